@@ -1,0 +1,165 @@
+"""Backbones: loading (hub id, local folder or preset), known configs, and a uniform view of the parts.
+
+Two architectures are supported, both through transformers' own classes: Mistral (`MistralForCausalLM`)
+and Mamba-2 (`Mamba2ForCausalLM`). Anything else is refused with a clear error before any weight loads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import AutoConfig, Mamba2Config, Mamba2ForCausalLM, MistralConfig, MistralForCausalLM, PretrainedConfig
+
+ARCHITECTURES: dict[str, type] = {"mistral": MistralForCausalLM, "mamba2": Mamba2ForCausalLM}
+PRESET_PREFIX = "preset:"
+
+
+def _mistral_7b() -> MistralConfig:
+    # mistralai/Mistral-7B-v0.3 config.json
+    return MistralConfig(
+        vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
+        rms_norm_eps=1e-5, rope_theta=1e6, sliding_window=None, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2,
+    )
+
+
+def _mamba_codestral_7b() -> Mamba2Config:
+    # mistralai/Mamba-Codestral-7B-v0.1 config.json
+    return Mamba2Config(
+        vocab_size=32768, hidden_size=4096, num_hidden_layers=64, state_size=128, expand=2,
+        head_dim=64, num_heads=128, n_groups=8, conv_kernel=4, chunk_size=256, use_bias=False,
+        use_conv_bias=True, residual_in_fp32=True, rms_norm=True, tie_word_embeddings=False,
+        layer_norm_epsilon=1e-5, time_step_limit=(0.0, float("inf")), bos_token_id=0, eos_token_id=2, pad_token_id=0,
+    )
+
+
+def _tiny_mistral(vocab_size: int = 1024, hidden_size: int = 256, num_hidden_layers: int = 8) -> MistralConfig:
+    return MistralConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=8, num_key_value_heads=2,
+        head_dim=hidden_size // 8, max_position_embeddings=2048, sliding_window=None,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+
+
+def _tiny_mamba2(vocab_size: int = 1024, hidden_size: int = 256, num_hidden_layers: int = 8) -> Mamba2Config:
+    head_dim = 32
+    return Mamba2Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, state_size=64,
+        expand=2, head_dim=head_dim, num_heads=2 * hidden_size // head_dim, n_groups=1, conv_kernel=4,
+        chunk_size=64, use_bias=False, use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+
+
+PRESETS: dict[str, Callable[..., PretrainedConfig]] = {
+    "mistral-7b-v0.3": _mistral_7b,
+    "mamba-codestral-7b-v0.1": _mamba_codestral_7b,
+    "tiny-mistral": _tiny_mistral,
+    "tiny-mamba2": _tiny_mamba2,
+}
+
+
+def preset_config(name: str, **overrides) -> PretrainedConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown backbone preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name](**overrides)
+
+
+def architecture(config: PretrainedConfig) -> str:
+    """'mistral' or 'mamba2'; a clear error for any other model type."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r}: DYNAMAX runs {' and '.join(sorted(ARCHITECTURES))} backbones only"
+        )
+    return model_type
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 on GPU as the 7B models ship; fp32 on CPU, where bf16 matmuls are slow and inexact.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_backbone(config: PretrainedConfig, seed: int = 0, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+    """A randomly initialised backbone of this config (tests, benchmarks, pretraining from scratch)."""
+    cls = ARCHITECTURES[architecture(config)]
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls(config).to(dtype)
+    return model.eval()
+
+
+def load_backbone(name_or_path: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                  seed: int = 0) -> nn.Module:
+    """Load a backbone from a hub id, a local `save_pretrained` folder, or `preset:NAME` (random weights).
+
+    Safetensors only and no remote code: a checkpoint that needs either is refused.
+    """
+    if name_or_path.startswith(PRESET_PREFIX):
+        return build_backbone(preset_config(name_or_path[len(PRESET_PREFIX):]), seed=seed, device=device, dtype=dtype)
+    if os.path.sep in name_or_path or name_or_path.startswith("."):
+        if not os.path.isdir(name_or_path):
+            raise FileNotFoundError(f"backbone folder {name_or_path!r} does not exist")
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    cls = ARCHITECTURES[architecture(config)]
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    model = cls.from_pretrained(name_or_path, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class BackboneParts:
+    """The pieces of a causal LM that the exit-aware decoder and the head trainer step through by hand."""
+
+    arch: str
+    embed: nn.Module
+    layers: nn.ModuleList
+    final_norm: nn.Module
+    lm_head: nn.Module
+    rotary_emb: nn.Module | None  # Mistral only
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def parts(model: nn.Module) -> BackboneParts:
+    arch = architecture(model.config)
+    if arch == "mistral":
+        inner = model.model
+        return BackboneParts(arch, inner.embed_tokens, inner.layers, inner.norm, model.lm_head, inner.rotary_emb)
+    inner = model.backbone
+    return BackboneParts(arch, inner.embeddings, inner.layers, inner.norm_f, model.lm_head, None)
+
+
+def signature(config: PretrainedConfig) -> dict:
+    """What heads must match to run on a backbone: trained heads refuse any other backbone."""
+    return {
+        "model_type": architecture(config),
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def default_exit_layers(n_layers: int, n_exits: int = 4) -> list[int]:
+    """`n_exits` block indices (0-based) spread evenly over the second half, never the last block."""
+    half = n_layers // 2
+    candidates = list(range(half - 1, n_layers - 1))  # after block half-1 .. block n-2
+    if n_exits >= len(candidates):
+        return candidates
+    step = len(candidates) / n_exits
+    return sorted({candidates[int(i * step)] for i in range(n_exits)})

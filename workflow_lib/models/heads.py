@@ -1,0 +1,214 @@
+"""Exit classifiers ("heads"): a registry by name, the paper's three heads, and a test-only forced head.
+
+Every head reads z = final_norm(h_l), the backbone's own final norm applied to the hidden state after
+block l (the caller applies the norm once and shares z with the intermediate LM prediction), and
+returns 2 logits; p_exit = softmax(logits)[..., 1].
+
+Two forms per head:
+  forward(z)            z: (B, T, D) -> (B, T, 2)   whole sequences (training, prefill)
+  step(z, state)        z: (B, D)    -> (B, 2), state   one generated token
+Stateless heads ignore the state; the `mamba` head carries conv + SSM state across tokens.
+
+A new head type is one class decorated with @register_head("name") plus one config entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import DynamicCache, Mamba2Config
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+from ..artifacts import atomic_path
+from .backbone import signature
+
+HEAD_TYPES: dict[str, type["ExitHead"]] = {}
+
+
+def register_head(name: str):
+    def wrap(cls):
+        if name in HEAD_TYPES:
+            raise ValueError(f"head type {name!r} registered twice")
+        cls.head_type = name
+        HEAD_TYPES[name] = cls
+        return cls
+    return wrap
+
+
+class ExitHead(nn.Module):
+    head_type: str = ""
+    trainable: bool = True
+
+    def __init__(self, hidden_size: int, **options: Any):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.options = options
+
+    def head_config(self) -> dict:
+        return {"head_type": self.head_type, "hidden_size": self.hidden_size, **self.options}
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
+        return None
+
+    def prefill(self, z: torch.Tensor, state: Any) -> Any:
+        """Consume the prompt's normed hidden states z: (B, T, D); return the state after it."""
+        return state
+
+    def step(self, z: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.forward(z[:, None, :])[:, 0, :], state  # (B, 2)
+
+    def macs_per_token(self) -> int:
+        """Multiply-accumulates of one `step` (for compute accounting)."""
+        return sum(m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
+
+
+@register_head("calm")
+class CalmHead(ExitHead):
+    """CALM's classifier: one linear layer d -> 2."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size)
+        self.proj = nn.Linear(hidden_size, 2)
+
+    def forward(self, z):
+        return self.proj(z)  # (B, T, 2)
+
+
+@register_head("ffn")
+class FfnHead(ExitHead):
+    """Transformer-style FFN classifier: d -> 4d, GELU, 4d -> 2."""
+
+    def __init__(self, hidden_size: int, expansion: int = 4):
+        super().__init__(hidden_size, expansion=expansion)
+        self.up = nn.Linear(hidden_size, expansion * hidden_size)
+        self.act = nn.GELU()
+        self.down = nn.Linear(expansion * hidden_size, 2)
+
+    def forward(self, z):
+        return self.down(self.act(self.up(z)))  # (B, T, 4d) -> (B, T, 2)
+
+
+@register_head("mamba")
+class MambaHead(ExitHead):
+    """One Mamba-2 block (in_proj, causal conv1d, selective SSM, gated norm) whose out_proj gives 2 values.
+
+    No residual connection (the residual would be d-dimensional). transformers' own `Mamba2Mixer` does the
+    work, so the fused mamba-ssm / causal-conv1d kernels are used on GPU when installed; only out_proj differs.
+    """
+
+    def __init__(self, hidden_size: int, state_size: int = 16, head_dim: int = 32, expand: int = 2,
+                 conv_kernel: int = 4, chunk_size: int = 64):
+        super().__init__(hidden_size, state_size=state_size, head_dim=head_dim, expand=expand,
+                         conv_kernel=conv_kernel, chunk_size=chunk_size)
+        intermediate = expand * hidden_size
+        if intermediate % head_dim:
+            raise ValueError(f"mamba head: expand*hidden_size={intermediate} is not a multiple of head_dim={head_dim}")
+        self.mixer_config = Mamba2Config(
+            hidden_size=hidden_size, num_hidden_layers=1, state_size=state_size, expand=expand, head_dim=head_dim,
+            num_heads=intermediate // head_dim, n_groups=1, conv_kernel=conv_kernel, chunk_size=chunk_size,
+            use_bias=False, use_conv_bias=True, vocab_size=1, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+        )
+        self.mixer = Mamba2Mixer(self.mixer_config, layer_idx=0)
+        self.mixer.out_proj = nn.Linear(intermediate, 2)
+
+    def forward(self, z):
+        return self.mixer(z)  # (B, T, D) -> (B, T, 2), parallel chunked scan
+
+    def init_state(self, batch_size, device, dtype):
+        return DynamicCache(config=self.mixer_config)
+
+    def prefill(self, z, state):
+        self.mixer(z, cache=state)  # (B, T, D): fills conv and SSM state
+        return state
+
+    def step(self, z, state):
+        return self.mixer(z[:, None, :], cache=state)[:, 0, :], state  # (B, 2)
+
+    def macs_per_token(self) -> int:
+        c = self.mixer_config
+        inner = c.expand * c.hidden_size
+        conv_dim = inner + 2 * c.n_groups * c.state_size
+        ssm = 3 * inner * c.state_size  # state decay+update and the readout, per channel and state element
+        return super().macs_per_token() + conv_dim * c.conv_kernel + ssm
+
+
+@register_head("forced")
+class ForcedHead(ExitHead):
+    """Test-only: always (or never) exits, so that missing-state policies can be tested exactly."""
+
+    trainable = False
+
+    def __init__(self, hidden_size: int, exit: bool = True):
+        super().__init__(hidden_size, exit=exit)
+        self.register_buffer("logits", torch.tensor([0.0, 1e4] if exit else [1e4, 0.0]), persistent=False)
+
+    def forward(self, z):
+        return self.logits.to(z.dtype).expand(*z.shape[:-1], 2)  # (B, T, 2)
+
+    def macs_per_token(self) -> int:
+        return 0
+
+
+def build_head(head_type: str, hidden_size: int, **options: Any) -> ExitHead:
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"unknown head type {head_type!r}; known: {', '.join(sorted(HEAD_TYPES))}")
+    return HEAD_TYPES[head_type](hidden_size, **options)
+
+
+def build_heads(head_type: str, hidden_size: int, exit_layers: list[int], seed: int = 0,
+                **options: Any) -> nn.ModuleDict:
+    """One head per exit layer, keyed by the layer index as a string (nn.ModuleDict needs str keys)."""
+    torch.manual_seed(seed)
+    return nn.ModuleDict({str(layer): build_head(head_type, hidden_size, **options) for layer in exit_layers})
+
+
+HEADS_WEIGHTS = "heads.safetensors"
+HEADS_CONFIG = "heads.json"
+
+
+def save_heads(directory: str | os.PathLike, heads: nn.ModuleDict, backbone_config, metadata: dict | None = None) -> None:
+    """Write heads.safetensors (each exit's own weights, keyed 'layer.param') and heads.json, atomically."""
+    first = next(iter(heads.values()))
+    tensors = {f"{layer}.{name}": p.detach().cpu().contiguous()
+               for layer, head in heads.items() for name, p in head.state_dict().items()}
+    config = {
+        "head": first.head_config(),
+        "exit_layers": sorted(int(k) for k in heads),
+        "backbone": signature(backbone_config),
+        **(metadata or {}),
+    }
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / HEADS_WEIGHTS))
+        (tmp / HEADS_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_heads(directory: str | os.PathLike, backbone_config=None,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.ModuleDict, dict]:
+    """Load heads saved by `save_heads`; refuse them if they were built for another backbone."""
+    directory = Path(directory)
+    for name in (HEADS_CONFIG, HEADS_WEIGHTS):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"heads folder {str(directory)!r} has no {name}")
+    config = json.loads((directory / HEADS_CONFIG).read_text())
+    if backbone_config is not None and config["backbone"] != signature(backbone_config):
+        raise ValueError(
+            f"heads in {str(directory)!r} were built for backbone {config['backbone']}, "
+            f"not for the loaded one {signature(backbone_config)}"
+        )
+    options = dict(config["head"])
+    head_type, hidden_size = options.pop("head_type"), options.pop("hidden_size")
+    heads = nn.ModuleDict({str(layer): build_head(head_type, hidden_size, **options) for layer in config["exit_layers"]})
+    tensors = load_file(str(directory / HEADS_WEIGHTS))
+    for layer, head in heads.items():
+        prefix = f"{layer}."
+        head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return heads.to(device=device, dtype=dtype).eval(), config
