@@ -1,0 +1,209 @@
+"""The exit-aware greedy decoder (Algorithm 1 of the paper, DESIGN.md §4), batch size 1.
+
+The prompt runs at full (or pruned) depth through the model's own forward, filling transformers' own cache.
+Each new token then runs block by block: at an exit layer the head reads z = final_norm(h) and the token
+exits when p_exit >= threshold; the missing-state policy fills the skipped blocks e+1 .. n-2, the last block
+n-1 runs on the exit hidden state, then the final norm and the LM head give the next token.
+
+With exits disabled (no heads, or threshold > 1) this is plain greedy decoding and matches
+`model.generate(do_sample=False)` token for token. The per-block loop does only what the model's own forward
+does for one token (embedding, rotary, mask, blocks, norm, head), plus one host sync per exit decision.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from ..models.backbone import parts
+from ..models.heads import ExitHead
+from .accounting import CostModel, TokenCost, crf_exact, crf_paper
+from .policies import FILL, resolve_policy
+from .pruning import kept_blocks, prune_blocks
+
+
+@dataclass
+class DecodeResult:
+    token_ids: list[int]  # generated tokens only (the stopping EOS / stop-string token included)
+    exit_layers: list[int]  # per generated token: the block it stopped at (n_layers-1 = full depth)
+    stop_reason: str  # 'eos' | 'stop_string' | 'max_new_tokens'
+    costs: list[TokenCost] = field(default_factory=list)  # one per decode step (token_ids[1:]; the first comes from prefill)
+    crf_exact: float = 1.0
+    crf_paper: float = 1.0
+    decode_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode throughput: tokens produced by decode steps per second of decoding (0 when none ran)."""
+        steps = len(self.token_ids) - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+
+def _stateful(head: ExitHead) -> bool:
+    """Whether the head carries a recurrent state that must see the prompt (the `mamba` head)."""
+    return type(head).prefill is not ExitHead.prefill
+
+
+class ExitDecoder:
+    """Greedy early-exit decoding on a Mistral or Mamba-2 backbone; see the module docstring."""
+
+    def __init__(self, model: nn.Module, heads: nn.ModuleDict | None = None, threshold: float = 2.0,
+                 policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0):
+        self.model = model
+        self.parts = parts(model)
+        n = self.parts.n_layers
+        self.policy = resolve_policy(self.parts.arch, policy)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+            raise ValueError(f"threshold must be a number, got {threshold!r}")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
+        self.threshold = float(threshold)
+        self.prune = prune
+        self.kept = kept_blocks(n, prune)
+        heads = heads if heads is not None else nn.ModuleDict()
+        for key, head in heads.items():
+            layer = int(key)
+            if not 0 <= layer <= n - 2:
+                raise ValueError(f"exit layer {layer} out of range: exits sit at blocks 0..{n - 2} of this {n}-block backbone")
+            if layer not in self.kept:
+                raise ValueError(f"exit layer {layer} is among the {prune} pruned blocks")
+            if head.hidden_size != model.config.hidden_size:
+                raise ValueError(f"head at layer {layer} reads hidden size {head.hidden_size}, the backbone has "
+                                 f"{model.config.hidden_size}")
+        self.exits_enabled = len(heads) > 0 and self.threshold <= 1.0
+        self.heads = {int(k): h for k, h in heads.items()} if self.exits_enabled else {}
+        self.head_macs = {layer: head.macs_per_token() for layer, head in self.heads.items()}
+        self.cost_model = CostModel(model.config)
+        self.dtype = self.parts.final_norm.weight.dtype  # heads read z in the model's dtype (Mamba keeps h in fp32)
+        self.penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
+        config = model.config
+        self._mask_fn = (create_causal_mask if getattr(config, "sliding_window", None) is None
+                         else create_sliding_window_causal_mask)
+
+    def _eos_ids(self, eos_token_id) -> set[int]:
+        if eos_token_id is None:
+            eos_token_id = self.model.generation_config.eos_token_id
+        if eos_token_id is None:
+            return set()
+        return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+
+    def _sync(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _next_token(self, logits: torch.Tensor, seq: torch.Tensor | None) -> torch.Tensor:
+        """Greedy choice from fp32 logits (1, V), after the optional repetition penalty; stays on device."""
+        if self.penalty is not None:
+            logits = self.penalty(seq, logits)  # (1, V)
+        return logits.argmax(-1)  # (1,)
+
+    def _prefill(self, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
+        """Run the prompt through the (pruned) model's own forward; prime stateful heads on their layer's z."""
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [self.parts.layers[layer].register_forward_hook(
+                     lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
+                 for layer, head in self.heads.items() if _stateful(head)]
+        try:
+            with prune_blocks(self.model, self.prune):
+                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, h in captured.items():
+            states[layer] = self.heads[layer].prefill(self.parts.final_norm(h).to(self.dtype), states[layer])  # z: (1, T, D)
+        return out.logits[:, -1, :].float()  # (1, V)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
+                 tokenizer=None, eos_token_id=None) -> DecodeResult:
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
+            raise ValueError(f"input_ids must have shape (1, T>=1) (batch size 1), got {tuple(input_ids.shape)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if stop_strings and tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer to decode the generated text")
+        p, model = self.parts, self.model
+        device = p.lm_head.weight.device
+        input_ids = input_ids.to(device)
+        eos = self._eos_ids(eos_token_id)
+        prompt_len = input_ids.shape[1]
+        last = p.n_layers - 1
+        cache = DynamicCache(config=model.config)
+        states = {layer: head.init_state(1, device, self.dtype) for layer, head in self.heads.items()}
+        seq = None
+        if self.penalty is not None:  # prompt + generated ids, for the repetition penalty
+            seq = torch.empty(1, prompt_len + max_new_tokens, dtype=torch.long, device=device)  # (1, T + N)
+            seq[:, :prompt_len] = input_ids
+
+        self._sync(device)
+        start = time.perf_counter()
+        logits = self._prefill(input_ids, cache, states)  # (1, V)
+        tok = self._next_token(logits, None if seq is None else seq[:, :prompt_len])  # (1,)
+        token_ids, exit_layers, costs = [int(tok)], [last], []
+        self._sync(device)
+        prefill_seconds = time.perf_counter() - start
+
+        stop_reason = self._stop_reason(token_ids, eos, stop_strings, tokenizer)
+        position_ids = torch.full((1, 1), prompt_len, dtype=torch.long, device=device)  # (1, 1), advanced in place
+        start = time.perf_counter()
+        while stop_reason is None and len(token_ids) < max_new_tokens:
+            pos = prompt_len + len(token_ids) - 1  # position of `tok`, the token this step reads
+            if seq is not None:
+                seq[:, pos] = tok
+            logits, exit_layer, head_macs = self._step(tok, position_ids, cache, states)
+            tok = self._next_token(logits, None if seq is None else seq[:, :pos + 1])  # (1,)
+            token_ids.append(int(tok))
+            exit_layers.append(exit_layer)
+            costs.append(self.cost_model.token_cost(exit_layer, pos + 1, self.policy, head_macs, self.prune))
+            position_ids += 1
+            stop_reason = self._stop_reason(token_ids, eos, stop_strings, tokenizer)
+        self._sync(device)
+        decode_seconds = time.perf_counter() - start
+        return DecodeResult(token_ids, exit_layers, stop_reason or "max_new_tokens", costs, crf_exact(costs),
+                            crf_paper(costs), decode_seconds, prefill_seconds)
+
+    def _step(self, tok: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+              states: dict) -> tuple[torch.Tensor, int, list[int]]:
+        """One decode step for token `tok` (1,): returns fp32 logits (1, V), the exit block, head MACs spent."""
+        p = self.parts
+        h = p.embed(tok[:, None])  # (1, 1, D)
+        block_kwargs: dict = {"cache": cache}
+        pos_emb = None
+        if p.arch == "mistral":
+            pos_emb = p.rotary_emb(h, position_ids=position_ids)  # cos, sin: (1, 1, head_dim)
+            mask = self._mask_fn(config=self.model.config, inputs_embeds=h, attention_mask=None, cache=cache,
+                                 position_ids=position_ids)
+            block_kwargs.update(attention_mask=mask, position_ids=position_ids, use_cache=True, position_embeddings=pos_emb)
+        exit_layer, head_macs = p.n_layers - 1, []
+        body = self.kept[:-1]
+        for idx, i in enumerate(body):
+            h = p.layers[i](h, **block_kwargs)  # (1, 1, D)
+            head = self.heads.get(i)
+            if head is None:
+                continue
+            exit_logits, states[i] = head.step(p.final_norm(h)[:, 0].to(self.dtype), states[i])  # (1, 2)
+            head_macs.append(self.head_macs[i])
+            if float(exit_logits.float().softmax(-1)[0, 1]) >= self.threshold:  # the one host sync per exit layer
+                exit_layer = i
+                FILL[(p.arch, self.policy)](p.layers, cache, h, i, body[idx + 1:], pos_emb)
+                break
+        h = p.layers[self.kept[-1]](h, **block_kwargs)  # (1, 1, D): the last block always runs
+        logits = p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[:, -1, :].float()  # (1, V)
+        return logits, exit_layer, head_macs
+
+    @staticmethod
+    def _stop_reason(token_ids: list[int], eos: set[int], stop_strings: list[str] | None, tokenizer) -> str | None:
+        if token_ids[-1] in eos:
+            return "eos"
+        # Like transformers' StopStringCriteria, match on decoded text (a stop string may span tokens); only the
+        # generated text counts, and the caller cuts it at the stop string.
+        if stop_strings and any(s in tokenizer.decode(token_ids) for s in stop_strings):
+            return "stop_string"
+        return None
