@@ -1,0 +1,83 @@
+"""The synthetic world: determinism, schema validity, held-out questions never asked in the corpus, spans."""
+import json
+
+import pytest
+
+from workflow_lib.data import schemas
+from workflow_lib.data.world import WorldConfig, triviaqa_prompt, write_world
+from workflow_lib.world import main as world_main
+
+SMALL = WorldConfig(n_people=40, qa_docs=20, truthful_docs=10, coqa_train_stories=10, coqa_eval_stories=10, n_unknown=5)
+FILES = ["coqa.json", "corpus_train.jsonl", "corpus_valid.jsonl", "triviaqa.jsonl", "triviaqa_train.jsonl",
+         "truthfulqa.jsonl", "world.json"]
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "w"
+    write_world(out, 0, SMALL)
+    return out
+
+
+def test_files_and_schemas(world_dir):
+    assert sorted(p.name for p in world_dir.iterdir()) == FILES
+    trivia = schemas.read_triviaqa(world_dir / "triviaqa.jsonl")
+    seen = schemas.read_triviaqa(world_dir / "triviaqa_train.jsonl")
+    truthful = schemas.read_truthfulqa(world_dir / "truthfulqa.jsonl")
+    coqa = schemas.read_coqa(world_dir / "coqa.json")
+    meta = json.loads((world_dir / "world.json").read_text())
+    assert len(trivia) == meta["n_held_out"] == len(meta["held_out_facts"]) > 0
+    assert len(trivia) + len(seen) == meta["n_facts"] == 40 * len(SMALL.attributes)
+    assert len(coqa) == 10 and len(truthful) == meta["n_held_out"] + 5
+    # The same loaders that read the real samples accept the synthetic files.
+    assert schemas.load_triviaqa(world_dir / "triviaqa.jsonl") == trivia
+    assert schemas.load_coqa(world_dir / "coqa.json") == coqa
+    for r in trivia:  # lm-eval's prompt appends "?" itself; answers stop at "\n", "." or ","
+        assert not r["question"].endswith("?") and not set(r["answer"]["value"]) & set("\n.,")
+    for r in truthful:
+        assert r["best_answer"] in r["correct_answers"] and not set(r["correct_answers"]) & set(r["incorrect_answers"])
+
+
+def test_same_seed_byte_identical_other_seed_differs(world_dir, tmp_path):
+    write_world(tmp_path / "same", 0, SMALL)
+    write_world(tmp_path / "other", 1, SMALL)
+    for name in FILES:
+        assert (tmp_path / "same" / name).read_bytes() == (world_dir / name).read_bytes(), name
+        assert (tmp_path / "other" / name).read_bytes() != (world_dir / name).read_bytes(), name
+
+
+def test_held_out_facts_never_asked_in_corpus(world_dir):
+    corpus = "\n".join(schemas.read_corpus(world_dir / "corpus_train.jsonl"))
+    corpus += "\n".join(schemas.read_corpus(world_dir / "corpus_valid.jsonl"))
+    meta = json.loads((world_dir / "world.json").read_text())
+    trivia = schemas.read_triviaqa(world_dir / "triviaqa.jsonl")
+    for fact, record in zip(meta["held_out_facts"], trivia):
+        assert fact["person"] in record["question"] and record["answer"]["value"] == fact["value"]
+        assert fact["person"] in corpus and fact["value"] in corpus  # stated ...
+        assert record["question"] not in corpus and triviaqa_prompt(record["question"]) not in corpus  # ... never asked
+    held = {(f["person"], f["attribute"]) for f in meta["held_out_facts"]}
+    # No question of any wording about a held-out (person, attribute): every corpus question line is about a seen fact.
+    from workflow_lib.data.world import ATTRIBUTES
+    for person, attribute in held:
+        for template in ATTRIBUTES[attribute].questions:
+            assert template.format(n=person) not in corpus
+    # Seen facts are asked, in the TriviaQA prompt format.
+    seen = schemas.read_triviaqa(world_dir / "triviaqa_train.jsonl")
+    assert sum(triviaqa_prompt(r["question"]) in corpus for r in seen) > len(seen) // 4
+
+
+def test_coqa_answers_are_spans_of_their_story(world_dir):
+    for record in schemas.read_coqa(world_dir / "coqa.json"):
+        answers = record["answers"]
+        for text, start, end in zip(answers["input_text"], answers["answer_start"], answers["answer_end"]):
+            assert 0 <= start < end <= len(record["story"])
+            assert text in record["story"][start:end]
+
+
+def test_cli_and_bad_input(tmp_path, capsys):
+    world_main(["--out-dir", str(tmp_path / "cli"), "--seed", "3", "--n-people", "10", "--coqa-eval-stories", "2"])
+    assert "10 people" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "world.json").read_text())["config"]["n_people"] == 10
+    with pytest.raises(ValueError, match="qa_fraction"):
+        world_main(["--out-dir", str(tmp_path / "bad"), "--qa-fraction", "1.5"])
+    assert not (tmp_path / "bad").exists()
