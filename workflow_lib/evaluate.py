@@ -1,0 +1,170 @@
+"""Evaluate one (backbone, heads, policy, task) over a list of grid points with the model loaded once.
+
+    python -m workflow_lib.evaluate --backbone runs/backbones/tiny-mistral --heads runs/heads/tiny-mistral/calm \
+        --policy recompute --task triviaqa --data data/triviaqa.jsonl --thresholds 0.5,0.9 --out-dir OUT
+
+Grid points and where their records go (each folder: record.json + samples.jsonl, written atomically):
+  --heads DIR --thresholds T1,T2,...   OUT/threshold~T/  (T spelled exactly as given on the command line)
+  --no-heads                           OUT/              (exits disabled: the baseline)
+  --no-heads --prune-series 0,1,2      OUT/prune~N/      (layer-pruning baseline)
+A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
+heads built for another backbone are refused when they load, before any generation.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
+
+
+def number_list(text: str, kind=float) -> list[tuple[str, float | int]]:
+    """'0.5,0.9' -> [('0.5', 0.5), ('0.9', 0.9)]: each item as spelled (it names the output folder) and parsed."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"empty list {text!r}")
+    out = []
+    for item in items:
+        try:
+            value = kind(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not {'a number' if kind is float else 'an integer'}") from None
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value) or value < 0):
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is not a finite non-negative number")
+        if isinstance(value, int) and value < 0:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r} is negative")
+        out.append((item, value))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True, help="backbone: local save_pretrained folder, hub id, or preset:NAME")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's)")
+    heads = p.add_mutually_exclusive_group(required=True)
+    heads.add_argument("--heads", help="folder of trained exit heads (save_heads)")
+    heads.add_argument("--no-heads", action="store_true", help="exits disabled: the baseline / pruning point")
+    p.add_argument("--policy", help="missing-state policy (mistral: recompute|copy|copy_prev; mamba2: recompute|skip); "
+                                    "default: the architecture's default")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--data", required=True, help="the task's data file (canonical format, or an original release format)")
+    p.add_argument("--fewshot-data", help="triviaqa only: few-shot pool file (default: questions outside the subset)")
+    p.add_argument("--triviaqa-n", type=int, default=1000, help="triviaqa only: size of the longest-answer subset")
+    p.add_argument("--thresholds", type=number_list, help="comma-separated exit thresholds (with --heads)")
+    p.add_argument("--prune", type=int, default=0, help="blocks pruned before the last (default 0)")
+    p.add_argument("--prune-series", type=lambda s: number_list(s, int),
+                   help="comma-separated n: one pruning point each (with --no-heads)")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--limit", type=int, help="evaluate only the first N documents")
+    p.add_argument("--shots", type=int, help="few-shot examples (default: the task's: triviaqa 2, coqa 0, truthfulqa 1)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--degenerate-limit", type=float, default=0.2, help="largest valid share of degenerate generations")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1234, help="lm-eval's python/numpy/torch/few-shot seeds")
+    p.add_argument("--device", help="cpu, cuda, cuda:0 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
+    args = p.parse_args(argv)
+
+    if args.heads is not None and not args.thresholds:
+        p.error("--heads needs --thresholds")
+    if args.no_heads and args.thresholds:
+        p.error("--thresholds needs --heads (--no-heads is the exits-disabled point)")
+    if args.prune_series and not args.no_heads:
+        p.error("--prune-series is the pruning baseline: use it with --no-heads")
+    if args.prune_series and args.prune:
+        p.error("give either --prune or --prune-series")
+    for name in ("limit", "max_new_tokens", "triviaqa_n"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.shots is not None and args.shots < 0:
+        p.error("--shots must be >= 0")
+    if args.prune < 0:
+        p.error("--prune must be >= 0")
+    if not 0.0 <= args.degenerate_limit <= 1.0:
+        p.error("--degenerate-limit must be in [0, 1]")
+    for flag, path in (("--data", args.data), ("--fewshot-data", args.fewshot_data)):
+        if path is not None and not Path(path).is_file():
+            p.error(f"{flag}: file not found: {path}")
+    if args.fewshot_data and args.task != "triviaqa":
+        p.error("--fewshot-data is for --task triviaqa")
+    if args.heads is not None and not Path(args.heads).is_dir():
+        p.error(f"--heads: folder not found: {args.heads}")
+    local = os.sep in args.backbone or args.backbone.startswith(".")
+    if not args.backbone.startswith("preset:") and local and not Path(args.backbone).exists():
+        p.error(f"--backbone: not found: {args.backbone}")
+    return args
+
+
+def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
+    """(output folder, point) for every grid point this job evaluates."""
+    if args.prune_series:
+        return [(args.out_dir / f"prune~{spelled}", {"threshold": None, "prune": n}) for spelled, n in args.prune_series]
+    if args.no_heads:
+        return [(args.out_dir, {"threshold": None, "prune": args.prune})]
+    return [(args.out_dir / f"threshold~{spelled}", {"threshold": t, "prune": args.prune}) for spelled, t in args.thresholds]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    lm_task, data_key = TASKS[args.task]
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+    from workflow_lib.data.schemas import LOADERS, DataFormatError
+
+    try:  # the data file's format, before the model loads (the task reads it again through the same loader)
+        LOADERS[args.task](args.data)
+        if args.fewshot_data:
+            LOADERS[args.task](args.fewshot_data)
+    except DataFormatError as e:
+        sys.exit(f"evaluate: error: {e}")
+
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    from workflow_lib.evaluation.lm_model import DynamaxLM
+    from workflow_lib.evaluation.records import build_record, sample_lines, write_point
+
+    metadata = {data_key: str(Path(args.data).resolve()), "triviaqa_n": args.triviaqa_n}
+    if args.fewshot_data:
+        metadata["triviaqa_fewshot_file"] = str(Path(args.fewshot_data).resolve())
+    task_manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=metadata)
+    torch.manual_seed(args.seed)
+    points = grid_points(args)
+    first = points[0][1]
+    try:
+        lm = DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy,
+                       prune=first["prune"], tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty,
+                       device=args.device, dtype=args.dtype, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
+        sys.exit(f"evaluate: error: {e}")
+
+    for out_dir, point in points:
+        threshold = point["threshold"] if point["threshold"] is not None else 2.0
+        try:
+            lm.set_point(threshold, point["prune"])
+        except ValueError as e:  # a prune n the backbone cannot take, an exit among the pruned blocks
+            sys.exit(f"evaluate: error: {e}")
+        start = time.perf_counter()
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=[lm_task], task_manager=task_manager, num_fewshot=args.shots, limit=args.limit,
+            gen_kwargs=f"max_gen_toks={args.max_new_tokens}", log_samples=True, random_seed=args.seed,
+            numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
+        wall = time.perf_counter() - start
+        point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
+                 "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers}
+        record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
+        path = write_point(out_dir, record, sample_lines(results["samples"][lm_task], lm.generations))
+        print(f"{path}: {record['metrics']} crf_exact={record['crf_exact']:.3f} crf_paper={record['crf_paper']:.3f} "
+              f"tok/s={record['speed']['decode_tokens_per_second']:.1f} degenerate={record['degenerate']['share']:.2f}"
+              f"{'' if record['valid'] else ' INVALID'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

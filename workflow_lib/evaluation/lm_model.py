@@ -1,0 +1,110 @@
+"""The early-exit model as an lm-eval model, registered as `dynamax`.
+
+A subclass of lm-eval's own `HFLM`, so tokenisation, context truncation, stop-sequence handling and the
+loglikelihood paths are lm-eval's, unchanged. What differs:
+- `generate_until` runs `ExitDecoder` one request at a time (early exit is a batch-size-1 technique)
+  and cuts the text at the stop strings itself, exactly as HFLM does; it keeps one statistics entry per
+  request (tokens, exit layers, stop reason, costs, timings) in `self.generations` for the run record;
+- `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0.
+
+lm-eval 0.4.13 does not read package entry points for models: the class registers itself when this
+module is imported. From the command line use `python -m workflow_lib.lm_eval_cli` (lm-eval's own CLI
+with this module imported), e.g.
+    python -m workflow_lib.lm_eval_cli --model dynamax \
+        --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0 \
+        --tasks dynamax_triviaqa --metadata '{"triviaqa_file": "triviaqa.jsonl"}'
+"""
+from __future__ import annotations
+
+import lm_eval.models  # noqa: F401  (registers the built-in models first; see DESIGN.md §8)
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.decoding.pruning import pruned_logits
+from workflow_lib.models.backbone import load_backbone
+from workflow_lib.models.heads import load_heads
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _none(value):
+    """model_args come from a 'k=v,...' string: an empty value or 'none' means not given."""
+    return None if value is None or str(value).strip().lower() in ("", "none", "null") else value
+
+
+@register_model("dynamax")
+class DynamaxLM(HFLM):
+    def __init__(self, backbone: str, heads: str | None = None, threshold: float = 2.0, policy: str | None = None,
+                 prune: int = 0, tokenizer: str | None = None, repetition_penalty: float = 1.0,
+                 device: str | None = None, dtype: str | None = None, seed: int = 0, batch_size: int | str = 1,
+                 max_length: int | None = None, **kwargs):
+        dtype = _none(dtype)
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        device = _none(device) or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_backbone(str(backbone), device=device, dtype=DTYPES.get(dtype), seed=int(seed)).eval()
+        head_modules = None
+        if _none(heads) is not None:
+            head_modules, self.heads_meta = load_heads(heads, backbone_config=model.config)  # refuses a foreign backbone
+            head_modules = head_modules.to(device=model.device).eval()
+        else:
+            self.heads_meta = None
+        tok_source = _none(tokenizer) or str(backbone)
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_source)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"no tokenizer at {tok_source!r} (pass tokenizer=PATH in model_args): {e}") from None
+        super().__init__(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length, **kwargs)
+        self.head_modules = head_modules
+        self.policy = _none(policy)
+        self.repetition_penalty = float(repetition_penalty)
+        self.generations: list[dict] = []
+        self.set_point(float(threshold), int(prune))
+
+    def set_point(self, threshold: float, prune: int = 0) -> None:
+        """Move to another grid point without reloading the model (one job evaluates many thresholds)."""
+        self.threshold, self.prune = threshold, prune
+        self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
+                                   repetition_penalty=self.repetition_penalty)
+        self.generations = []
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        if self.prune == 0:
+            return super()._model_call(inps, attn_mask, labels)
+        return pruned_logits(self.model, inps, self.prune)  # (B, T, V)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        out = []
+        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="dynamax generate_until"):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+            if kwargs.get("do_sample"):
+                raise ValueError("dynamax decodes greedily; the task asks for do_sample=True")
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)  # HFLM adds EOS the same way
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen_toks,
+                                           truncation=self.truncation)  # (1, T), as HFLM encodes it
+            with torch.no_grad():
+                res = self.decoder.generate(ids.to(self.device), max_new_tokens=max_gen_toks, stop_strings=until,
+                                            tokenizer=self.tokenizer, eos_token_id=self.eot_token_id)
+            text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
+            self.generations.append({
+                "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": int(ids.shape[1]),
+                "max_new_tokens": max_gen_toks, "token_ids": res.token_ids, "exit_layers": res.exit_layers,
+                "stop_reason": res.stop_reason, "costs": res.costs, "crf_exact": res.crf_exact,
+                "crf_paper": res.crf_paper, "decode_seconds": res.decode_seconds,
+                "prefill_seconds": res.prefill_seconds,
+            })
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+    def get_model_info(self) -> dict:
+        return {**super().get_model_info(), "threshold": self.threshold, "prune": self.prune,
+                "policy": self.decoder.policy, "exits_enabled": self.decoder.exits_enabled}

@@ -1,0 +1,152 @@
+"""Python side of the project's lm-eval tasks: local-file datasets, CoQA prompt and scorer, TruthfulQA metrics.
+
+The YAML files beside this module reference these functions with `!function helpers.<name>`. lm-eval
+loads this file by path, so it imports only absolute package names.
+
+Where the data comes from: lm-eval calls a task's `custom_dataset` with the run's metadata (the CLI's
+`--metadata '{"triviaqa_file": ...}'` or `TaskManager(metadata=...)`), so one task definition serves
+the real samples and the synthetic world's sets; the file is read through the data engineer's format-
+detecting loaders (workflow_lib.data.schemas), which also validate it.
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+
+import datasets
+
+from workflow_lib.data.schemas import LOADERS
+
+TRIVIAQA_SUBSET = 1000  # the paper's subset: the validation questions with the longest answers
+
+
+def data_file(kind: str, metadata: dict) -> str:
+    """The data file a task reads, from the run's metadata key `<kind>_file`."""
+    path = metadata.get(f"{kind}_file")
+    if not path:
+        raise ValueError(f"no {kind} data file: pass metadata {{'{kind}_file': PATH}} "
+                         f"(lm_eval --metadata, or TaskManager(metadata=...))")
+    return str(path)
+
+
+# ---------------------------------------------------------------- TriviaQA
+
+
+def longest_answers(records: list[dict], n: int) -> list[dict]:
+    """The n records whose answer value is longest in characters; ties keep file order."""
+    order = sorted(range(len(records)), key=lambda i: -len(records[i]["answer"]["value"]))  # stable sort
+    return [records[i] for i in order[:n]]
+
+
+def _triviaqa_doc(rec: dict) -> dict:
+    # Only the fields the prompt and metric use: the synthetic and real files carry different extras,
+    # and empty evidence lists would make datasets infer a null column type.
+    a = rec["answer"]
+    return {"question": rec["question"], "question_id": rec["question_id"],
+            "answer": {"value": a["value"], "aliases": list(a["aliases"]),
+                       "normalized_aliases": list(a["normalized_aliases"])}}
+
+
+def load_triviaqa(**metadata) -> datasets.DatasetDict:
+    """validation: the `triviaqa_n` (default 1000) longest-answer questions; train (few-shot pool): the
+    `triviaqa_fewshot_file` when given, else the questions left over, else the validation questions
+    themselves (lm-eval's sampler never shows a question as its own example)."""
+    records = LOADERS["triviaqa"](data_file("triviaqa", metadata))
+    n = int(metadata.get("triviaqa_n") or TRIVIAQA_SUBSET)
+    chosen = longest_answers(records, n)
+    if metadata.get("triviaqa_fewshot_file"):
+        pool = LOADERS["triviaqa"](metadata["triviaqa_fewshot_file"])
+    else:
+        ids = {r["question_id"] for r in chosen}
+        pool = [r for r in records if r["question_id"] not in ids] or chosen
+    return datasets.DatasetDict({
+        "validation": datasets.Dataset.from_list([_triviaqa_doc(r) for r in chosen]),
+        "train": datasets.Dataset.from_list([_triviaqa_doc(r) for r in pool]),
+    })
+
+
+# ---------------------------------------------------------------- CoQA
+
+
+def load_coqa(**metadata) -> datasets.DatasetDict:
+    """One document per story, as lm-eval's coqa: the whole conversation is the context and its last
+    turn is the question asked."""
+    records = LOADERS["coqa"](data_file("coqa", metadata))
+    docs = [{"source": r["source"], "story": r["story"], "questions": list(r["questions"]),
+             "answers": list(r["answers"]["input_text"])} for r in records]
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(docs)})
+
+
+def coqa_doc_to_text(doc: dict) -> str:
+    """lm-eval's coqa prompt: story, then every earlier turn answered, then the last question."""
+    text = doc["story"] + "\n\n"
+    for q, a in zip(doc["questions"][:-1], doc["answers"][:-1]):
+        text += f"Q: {q}\n\nA: {a}\n\n"
+    return text + f"Q: {doc['questions'][-1]}\n\nA:"
+
+
+def coqa_doc_to_target(doc: dict) -> list[str]:
+    return [doc["answers"][-1]]
+
+
+# Hand-written: CoQA's official evaluate-v1.0.py scorer. lm-eval's coqa used transformers'
+# squad_metrics for it, which transformers 5 removed (that is why the built-in task breaks).
+def normalize_answer(s: str) -> str:
+    """Lower case, drop punctuation and articles, collapse whitespace (official CoQA/SQuAD rule)."""
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def coqa_exact(gold: str, pred: str) -> float:
+    return float(normalize_answer(gold) == normalize_answer(pred))
+
+
+def coqa_f1(gold: str, pred: str) -> float:
+    gold_toks, pred_toks = normalize_answer(gold).split(), normalize_answer(pred).split()
+    if not gold_toks or not pred_toks:
+        return float(gold_toks == pred_toks)  # both empty (an unanswerable turn answered as such) counts 1
+    same = sum((Counter(gold_toks) & Counter(pred_toks)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_toks), same / len(gold_toks)
+    return 2 * precision * recall / (precision + recall)
+
+
+def coqa_scores(golds: list[str], pred: str) -> dict[str, float]:
+    """The official multi-reference rule: with n > 1 references, average over the n leave-one-out
+    maxima; with one reference, its score."""
+    if len(golds) == 1:
+        return {"em": coqa_exact(golds[0], pred), "f1": coqa_f1(golds[0], pred)}
+    rest = [golds[:i] + golds[i + 1:] for i in range(len(golds))]
+    return {"em": sum(max(coqa_exact(g, pred) for g in r) for r in rest) / len(golds),
+            "f1": sum(max(coqa_f1(g, pred) for g in r) for r in rest) / len(golds)}
+
+
+def coqa_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """lm-eval's coqa: the answer is the first line of the generation."""
+    return coqa_scores(coqa_doc_to_target(doc), results[0].strip().split("\n")[0])
+
+
+# ---------------------------------------------------------------- TruthfulQA (generation)
+
+
+def load_truthfulqa(**metadata) -> datasets.DatasetDict:
+    records = LOADERS["truthfulqa"](data_file("truthfulqa", metadata))
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(records)})
+
+
+def truthfulqa_process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """lm-eval's truthfulqa_gen preprocessing (periods added, 'I have no comment.' among the correct)."""
+    from lm_eval.tasks.truthfulqa.utils import process_docs_gen
+
+    return process_docs_gen(dataset)
+
+
+def truthfulqa_process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    """lm-eval's truthfulqa_gen metrics: BLEU and ROUGE-1/2/L, each max / diff / acc against the
+    correct and incorrect reference answers."""
+    from lm_eval.tasks.truthfulqa.utils import process_results_gen
+
+    return {k: float(v) for k, v in process_results_gen(doc, results).items()}
