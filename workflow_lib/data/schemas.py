@@ -92,7 +92,8 @@ TRUTHFULQA_SCHEMA = {
     },
 }
 
-TRUTHFULQA_CSV_COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source")
+TRUTHFULQA_CSV_COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers",
+                          "Source")
 
 
 def _coqa_extra_checks(rec: dict) -> str | None:
@@ -313,6 +314,13 @@ def truthfulqa_from_csv(path: str | os.PathLike) -> list[dict]:
                                   r["Source"]) for r in reader]
 
 
+def truthfulqa_from_hf(row: dict) -> dict:
+    """A hub `truthful_qa` generation row (already canonical), with any empty answer strings dropped."""
+    return truthfulqa_record(row["question"], row["best_answer"], [a for a in row["correct_answers"] if a.strip()],
+                             [a for a in row["incorrect_answers"] if a.strip()], row["type"], row["category"],
+                             row["source"])
+
+
 # ---------------------------------------------------------------- format-detecting loaders
 
 
@@ -335,12 +343,17 @@ def load_coqa(path: str | os.PathLike) -> list[dict]:
     if path.suffix == ".arrow":
         import datasets
 
-        rows = [coqa_from_hf(r) for r in datasets.Dataset.from_file(str(path))]
+        try:
+            rows = [coqa_from_hf(r) for r in datasets.Dataset.from_file(str(path))]
+        except (KeyError, TypeError) as e:
+            raise DataFormatError(f"{path}: HF CoQA row lacks or mistypes field {e}") from None
     else:
         rows = read_json_records(path, "coqa")
         if len(rows) == 1 and isinstance(rows[0], dict) and "data" in rows[0]:
             rows = rows[0]["data"]  # the official {"version": ..., "data": [...]} wrapper
-        if rows and isinstance(rows[0], dict) and rows[0].get("questions") and isinstance(rows[0]["questions"][0], dict):
+        first = rows[0] if rows and isinstance(rows[0], dict) else {}
+        qs = first.get("questions")
+        if isinstance(qs, list) and qs and isinstance(qs[0], dict):  # original layout: turn dicts
             try:
                 rows = [coqa_from_original(r) for r in rows]
             except (KeyError, TypeError) as e:

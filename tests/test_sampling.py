@@ -1,0 +1,139 @@
+"""Real-data sampling, offline: the TriviaQA longest-answer subset, seeded subsets, the text sampler over
+local files through the same `datasets` streaming path as the hub, and bad input."""
+import json
+import random
+
+import pytest
+
+from workflow_lib import sample_data
+from workflow_lib.data import sampling, schemas
+from workflow_lib.data.sampling import answer_length
+
+
+@pytest.fixture(scope="module")
+def triviaqa(shared_data):
+    return schemas.load_triviaqa(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
+
+
+def test_longest_answers_on_real_sample(triviaqa):
+    chosen = sampling.longest_answers(triviaqa, 1000)
+    ids = {r["question_id"] for r in chosen}
+    rest = [r for r in triviaqa if r["question_id"] not in ids]
+    assert len(chosen) == len(ids) == 1000 and len(rest) == 2000
+    assert min(map(answer_length, chosen)) >= max(map(answer_length, rest))
+    assert [answer_length(r) for r in chosen] == sorted((answer_length(r) for r in chosen), reverse=True)
+    shuffled = triviaqa[:]
+    random.Random(1).shuffle(shuffled)
+    assert sampling.longest_answers(shuffled, 1000) == chosen  # ties broken by id, not by input order
+    authors = sampling.longest_answers(triviaqa, 1000, offset=1000)  # the authors' ranks 1001-2000
+    assert not ids & {r["question_id"] for r in authors}
+    assert min(map(answer_length, chosen)) >= max(map(answer_length, authors))
+
+
+def test_triviaqa_cli_on_real_sample(shared_data, tmp_path, triviaqa):
+    out, fewshot = tmp_path / "triviaqa.jsonl", tmp_path / "fewshot.jsonl"
+    stats = sample_data.main(["triviaqa", "--source", str(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl"),
+                              "--out", str(out), "--n", "100", "--fewshot-out", str(fewshot), "--fewshot-n", "2"])
+    got = schemas.read_triviaqa(out)
+    assert got == sampling.longest_answers(triviaqa, 100) and stats["selected"] == 100
+    shots = schemas.read_triviaqa(fewshot)
+    assert len(shots) == 2 and not {r["question_id"] for r in shots} & {r["question_id"] for r in got}
+    meta = json.loads((tmp_path / "triviaqa.jsonl.meta.json").read_text())
+    assert meta["config"]["n"] == 100 and "packages" in meta and meta["stats"]["answer_length_unit"]
+
+
+def test_triviaqa_too_few_questions_writes_nothing(tmp_path):
+    src = tmp_path / "src.jsonl"
+    schemas.write_triviaqa(src, [schemas.triviaqa_record(f"Q{i}?", f"q{i}", "x" * i) for i in range(1, 4)])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(ValueError, match="asked for ranks 1-5 but the source has 3 questions"):
+        sampling.sample_triviaqa(str(src), out, n=5)
+    assert list(tmp_path.iterdir()) == [src]
+
+
+@pytest.mark.parametrize("kind,name", [("coqa", "coqa/coqa_dev_hf_validation.arrow"),
+                                       ("truthfulqa", "truthfulqa/TruthfulQA.csv")])
+def test_seeded_subsets_are_deterministic(shared_data, tmp_path, kind, name):
+    src = str(shared_data / name)
+    outs = [tmp_path / f"{kind}{i}.jsonl" for i in range(3)]
+    for out, seed in zip(outs, (7, 7, 8)):
+        sample_data.main([kind, "--source", src, "--out", str(out), "--n", "20", "--seed", str(seed)])
+    assert outs[0].read_bytes() == outs[1].read_bytes() != outs[2].read_bytes()
+    sub, full = schemas.LOADERS[kind](outs[0]), schemas.LOADERS[kind](src)
+    positions = [full.index(r) for r in sub]
+    assert len(sub) == 20 and positions == sorted(positions)  # source order kept
+
+
+def test_full_eval_set_copy(shared_data, tmp_path):
+    out = tmp_path / "coqa.json"
+    stats = sampling.sample_eval_set("coqa", str(shared_data / "coqa" / "coqa_dev_500.json"), out)
+    assert stats == {"records": 500, "questions": 7983}
+    assert json.loads(out.read_text())[0]["questions"][0] == "What color was Cotton?"  # .json: one array
+
+
+# ---------------------------------------------------------------- distillation text
+
+
+@pytest.fixture
+def text_source(tmp_path):
+    lines = [f"document {i}" + " word" * (i % 7) for i in range(200)]
+    path = tmp_path / "source.txt"
+    path.write_text("\n".join(lines[:100]) + "\n \n\n" + "\n".join(lines[100:]) + "\n")  # blank lines skipped
+    return path, lines
+
+
+def test_text_sampling_deterministic_by_seed(tmp_path, text_source):
+    src, lines = text_source
+    outs = [tmp_path / f"c{i}.jsonl" for i in range(3)]
+    for out, seed in zip(outs, (1, 1, 2)):
+        stats = sampling.sample_corpus(str(src), out, token_budget=300, seed=seed, shuffle_buffer=50)
+    assert outs[0].read_bytes() == outs[1].read_bytes() != outs[2].read_bytes()
+    docs = list(schemas.read_corpus(outs[0]))
+    assert set(docs) <= set(lines)
+    words = [len(d.split()) for d in docs]
+    assert sum(words) >= 300 and sum(words[:-1]) < 300  # whole documents until the budget is reached
+    assert docs != lines[:len(docs)]  # shuffled, not the file's first lines
+    assert not stats["exhausted_before_budget"]
+
+
+def test_text_sampling_from_jsonl_through_datasets(tmp_path, text_source):
+    _, lines = text_source
+    src = tmp_path / "source.jsonl"
+    src.write_text("".join(json.dumps({"text": ln, "id": i}) + "\n" for i, ln in enumerate(lines)))
+    out = tmp_path / "c.txt"
+    stats = sample_data.main(["fineweb", "--source", str(src), "--out", str(out), "--tokens", "100000", "--seed", "3",
+                              "--shuffle-buffer", "64"])
+    docs = list(schemas.read_corpus(out))
+    assert stats["exhausted_before_budget"] and stats["documents"] == 200
+    assert sorted(docs) == sorted(lines) and docs != lines
+
+
+def test_text_sampling_real_wikitext_with_tokenizer(tmp_path, shared_data):
+    """Token budget counted with a transformers tokenizer (a whitespace word-level one, built here)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    out = tmp_path / "wiki.jsonl"
+    stats = sampling.sample_corpus(str(shared_data / "wikitext2" / "valid.txt"), out, token_budget=5000, seed=0,
+                                   shuffle_buffer=500, tokenizer=str(tmp_path / "tok"))
+    docs = list(schemas.read_corpus(out))
+    assert stats["tokens"] == sum(len(d.split()) for d in docs) >= 5000 and stats["documents"] == len(docs)
+
+
+def test_text_sampling_bad_input(tmp_path, text_source):
+    src, _ = text_source
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(FileNotFoundError, match="source file not found: .*missing.txt"):
+        sampling.sample_corpus(str(tmp_path / "missing.txt"), out, token_budget=10)
+    with pytest.raises(ValueError, match="token_budget"):
+        sampling.sample_corpus(str(src), out, token_budget=0)
+    with pytest.raises(ValueError, match=r"output .*out.parquet: suffix must be one of \['.txt', '.jsonl'\]"):
+        sampling.sample_corpus(str(src), tmp_path / "out.parquet", token_budget=10)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "no text field"}\n')
+    with pytest.raises(schemas.DataFormatError, match="no string field 'text'"):
+        sampling.sample_corpus(str(bad), out, token_budget=10)
+    assert not out.exists() and not (tmp_path / "out.jsonl.meta.json").exists()

@@ -1,0 +1,66 @@
+"""Sample real data into local files: `python -m workflow_lib.sample_data {fineweb,triviaqa,coqa,truthfulqa} ...`
+
+Sources are hub ids (streamed or downloaded; needs internet) or local files, so the same commands run
+offline on ../shared/data-style samples. Each output gets a `<out>.meta.json` provenance record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from workflow_lib.data import sampling
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.sample_data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, hub: tuple, out_help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--source", default=hub[0], help=f"hub id or local file (default {hub[0]})")
+        c.add_argument("--config", default=hub[1], help=f"hub config name (default {hub[1]})")
+        c.add_argument("--split", default=hub[2], help=f"hub split (default {hub[2]})")
+        c.add_argument("--out", required=True, help=out_help)
+        c.add_argument("--seed", type=int, default=0)
+        return c
+
+    c = command("fineweb", "distillation text: seeded shuffle-buffer stream of whole documents up to a token budget",
+                sampling.FINEWEB, ".jsonl ({'text'} per line) or .txt (one document per line)")
+    c.add_argument("--tokens", type=int, required=True, help="token budget")
+    c.add_argument("--tokenizer", default=None, help="count tokens with this transformers tokenizer (folder or "
+                   "hub id); default: whitespace words")
+    c.add_argument("--shuffle-buffer", type=int, default=10_000, help="datasets shuffle buffer (documents)")
+    c.add_argument("--text-field", default="text", help="document field of a hub / .jsonl source")
+
+    c = command("triviaqa", "TriviaQA rc.nocontext: the --n questions with the longest answers (characters of "
+                "answer.value; ties by question_id)", sampling.TRIVIAQA, "canonical TriviaQA .jsonl")
+    c.add_argument("--n", type=int, default=1000)
+    c.add_argument("--offset", type=int, default=0, help="skip this many longest first (1000 reproduces the "
+                   "authors' ranks 1001-2000)")
+    c.add_argument("--fewshot-out", default=None, help="also write few-shot examples here (hub: train split; "
+                   "local: unselected questions)")
+    c.add_argument("--fewshot-n", type=int, default=5)
+    c.add_argument("--fewshot-split", default="train")
+
+    for name, hub, what in (("coqa", sampling.COQA, "CoQA"),
+                            ("truthfulqa", sampling.TRUTHFULQA, "TruthfulQA generation")):
+        c = command(name, f"{what}: all records, or --n drawn with --seed (source order kept)", hub,
+                    f"canonical {what} .jsonl (or .json: one array)")
+        c.add_argument("--n", type=int, default=None)
+
+    a = p.parse_args(argv)
+    if a.command == "fineweb":
+        stats = sampling.sample_corpus(a.source, a.out, a.tokens, a.seed, a.shuffle_buffer, a.config, a.split,
+                                       a.tokenizer, a.text_field)
+    elif a.command == "triviaqa":
+        stats = sampling.sample_triviaqa(a.source, a.out, a.n, a.offset, a.seed, a.config, a.split, a.fewshot_out,
+                                         a.fewshot_n, a.fewshot_split)
+    else:
+        stats = sampling.sample_eval_set(a.command, a.source, a.out, a.n, a.seed, a.config, a.split)
+    print(json.dumps(stats))
+    return stats
+
+
+if __name__ == "__main__":
+    main()
