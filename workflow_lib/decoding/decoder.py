@@ -38,6 +38,7 @@ class DecodeResult:
     crf_paper: float = 1.0
     decode_seconds: float = 0.0
     prefill_seconds: float = 0.0
+    last_logits: torch.Tensor | None = None  # (1, V) fp32 logits of the last step, before any penalty
 
     @property
     def tokens_per_second(self) -> float:
@@ -104,7 +105,8 @@ class ExitDecoder:
             logits = self.penalty(seq, logits)  # (1, V)
         return logits.argmax(-1)  # (1,)
 
-    def _prefill(self, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
         """Run the prompt through the (pruned) model's own forward; prime stateful heads on their layer's z."""
         captured: dict[int, torch.Tensor] = {}
         hooks = [self.parts.layers[layer].register_forward_hook(
@@ -144,7 +146,7 @@ class ExitDecoder:
 
         self._sync(device)
         start = time.perf_counter()
-        logits = self._prefill(input_ids, cache, states)  # (1, V)
+        logits = self.prefill(input_ids, cache, states)  # (1, V)
         tok = self._next_token(logits, None if seq is None else seq[:, :prompt_len])  # (1,)
         token_ids, exit_layers, costs = [int(tok)], [last], []
         self._sync(device)
@@ -157,7 +159,7 @@ class ExitDecoder:
             pos = prompt_len + len(token_ids) - 1  # position of `tok`, the token this step reads
             if seq is not None:
                 seq[:, pos] = tok
-            logits, exit_layer, head_macs = self._step(tok, position_ids, cache, states)
+            logits, exit_layer, head_macs = self.step(tok, position_ids, cache, states)
             tok = self._next_token(logits, None if seq is None else seq[:, :pos + 1])  # (1,)
             token_ids.append(int(tok))
             exit_layers.append(exit_layer)
@@ -167,9 +169,10 @@ class ExitDecoder:
         self._sync(device)
         decode_seconds = time.perf_counter() - start
         return DecodeResult(token_ids, exit_layers, stop_reason or "max_new_tokens", costs, crf_exact(costs),
-                            crf_paper(costs), decode_seconds, prefill_seconds)
+                            crf_paper(costs), decode_seconds, prefill_seconds, logits)
 
-    def _step(self, tok: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+    @torch.no_grad()
+    def step(self, tok: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
               states: dict) -> tuple[torch.Tensor, int, list[int]]:
         """One decode step for token `tok` (1,): returns fp32 logits (1, V), the exit block, head MACs spent."""
         p = self.parts

@@ -1,0 +1,133 @@
+"""The exit-aware decoder against transformers' own greedy `generate`, and its stopping, heads and costs."""
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.models.backbone import build_backbone, parts, preset_config
+from workflow_lib.models.heads import build_head, build_heads
+
+PROMPT = torch.tensor([[1, 17, 250, 33, 980, 4, 77, 512, 9]])  # (1, 9)
+
+
+def greedy(model, input_ids, max_new_tokens, **kw):
+    out = model.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
+                         return_dict_in_generate=True, **kw)
+    return out.sequences[0, input_ids.shape[1]:].tolist(), out.logits[-1].float()  # ids, (1, V)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny byte-level BPE with <pad>, <s>, </s> at ids 0, 1, 2 like the tiny presets."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.mark.parametrize("threshold,with_heads", [(2.0, False), (2.0, True), (1.5, True)])
+def test_exits_disabled_equals_generate(tiny_backbone, threshold, with_heads):
+    heads = build_heads("forced", 256, [4, 5]) if with_heads else None
+    ids, logits = greedy(tiny_backbone, PROMPT, 24, eos_token_id=None)
+    res = ExitDecoder(tiny_backbone, heads, threshold=threshold).generate(PROMPT, max_new_tokens=24, eos_token_id=[])
+    assert res.token_ids == ids
+    assert res.exit_layers == [7] * 24
+    assert res.stop_reason == "max_new_tokens"
+    torch.testing.assert_close(res.last_logits, logits, rtol=1e-5, atol=1e-5)
+    assert res.crf_exact == res.crf_paper == 1.0 and len(res.costs) == 23
+
+
+def test_eos_stops_like_generate(tiny_backbone):
+    free, _ = greedy(tiny_backbone, PROMPT, 16, eos_token_id=None)
+    eos = free[5]  # a token the model does produce: generation must stop at its first occurrence
+    ids, _ = greedy(tiny_backbone, PROMPT, 16, eos_token_id=eos)
+    res = ExitDecoder(tiny_backbone).generate(PROMPT, max_new_tokens=16, eos_token_id=eos)
+    assert res.token_ids == ids == free[:free.index(eos) + 1]
+    assert res.stop_reason == "eos"
+
+
+def test_repetition_penalty_equals_generate(tiny_mistral):
+    ids, _ = greedy(tiny_mistral, PROMPT, 16, eos_token_id=None, repetition_penalty=1.3)
+    res = ExitDecoder(tiny_mistral, repetition_penalty=1.3).generate(PROMPT, max_new_tokens=16, eos_token_id=[])
+    assert res.token_ids == ids
+    assert res.token_ids != ExitDecoder(tiny_mistral).generate(PROMPT, max_new_tokens=16, eos_token_id=[]).token_ids
+
+
+def test_stop_string_spanning_tokens():
+    tokenizer = byte_tokenizer()
+    model = build_backbone(preset_config("tiny-mistral", vocab_size=len(tokenizer), num_hidden_layers=4), device="cpu")
+    prompt = tokenizer("the quick", return_tensors="pt").input_ids
+    free = ExitDecoder(model).generate(prompt, max_new_tokens=20, eos_token_id=[])
+    pieces = [tokenizer.decode(free.token_ids[:k]) for k in range(len(free.token_ids) + 1)]
+    k = next(k for k in range(6, 19) if len(pieces[k]) > len(pieces[k - 1]) and len(pieces[k + 1]) > len(pieces[k]))
+    stop = pieces[k][-1] + pieces[k + 1][len(pieces[k])]  # last char of token k-1 + first char of token k
+    first = next(j for j in range(len(pieces)) if stop in pieces[j])  # it may already occur earlier
+    res = ExitDecoder(model).generate(prompt, max_new_tokens=20, stop_strings=["never there", stop],
+                                      tokenizer=tokenizer, eos_token_id=[])
+    assert res.stop_reason == "stop_string"
+    assert res.token_ids == free.token_ids[:first]
+    with pytest.raises(ValueError, match="tokenizer"):
+        ExitDecoder(model).generate(prompt, stop_strings=["x"])
+
+
+@pytest.mark.parametrize("policy", ["recompute", "copy", "copy_prev"])
+def test_forced_exit_records_layer_and_costs(tiny_mistral, policy):
+    res = ExitDecoder(tiny_mistral, build_heads("forced", 256, [3]), threshold=0.5, policy=policy).generate(
+        PROMPT, max_new_tokens=6, eos_token_id=[])
+    assert res.exit_layers == [7] + [3] * 5  # the prefill token runs full depth
+    assert len(res.costs) == 5 and res.crf_exact > 1.0
+    assert res.crf_paper == pytest.approx(8 / (5 + (3 / 6 if policy == "recompute" else 0)))
+
+
+def test_threshold_is_inclusive_and_first_exit_wins(tiny_mamba2):
+    heads = torch.nn.ModuleDict({"4": build_head("forced", 256, exit=False), "5": build_head("forced", 256),
+                                 "6": build_head("forced", 256)})
+    res = ExitDecoder(tiny_mamba2, heads, threshold=1.0).generate(PROMPT, max_new_tokens=4, eos_token_id=[])
+    assert res.exit_layers == [7, 5, 5, 5]
+
+
+def _mixer_calls(head):
+    calls = []
+    head.mixer.register_forward_hook(lambda _m, _i, out: calls.append(out.detach().clone()))
+    return calls
+
+
+def test_mamba_head_state_carried_across_tokens(tiny_backbone):
+    layer = 5
+    heads = build_heads("mamba", 256, [layer], seed=3)
+    calls = _mixer_calls(heads[str(layer)])
+    # threshold 1.0: the untrained head never reaches p_exit = 1, so every token reaches the head
+    res = ExitDecoder(tiny_backbone, heads, threshold=1.0).generate(PROMPT, max_new_tokens=8, eos_token_id=[])
+    assert res.exit_layers == [7] * 8
+    assert [c.shape[1] for c in calls] == [PROMPT.shape[1]] + [1] * 7  # prefill on the prompt, then one per step
+    stepwise = torch.cat(calls, dim=1)  # (1, T + 7, 2)
+    full = torch.cat([PROMPT, torch.tensor([res.token_ids[:-1]])], dim=1)  # (1, T + 7)
+    p = parts(tiny_backbone)
+    with torch.no_grad():
+        hs = tiny_backbone(full, output_hidden_states=True).hidden_states
+        h = hs[layer + 1] if p.arch == "mistral" else hs[layer]  # block `layer`'s output (conventions differ)
+        parallel = heads[str(layer)](p.final_norm(h))  # (1, T + 7, 2)
+    torch.testing.assert_close(stepwise, parallel, rtol=1e-4, atol=1e-4)
+
+
+def test_mamba_head_not_advanced_by_tokens_that_exit_before_it(tiny_mistral):
+    heads = torch.nn.ModuleDict({"3": build_head("forced", 256), "5": build_head("mamba", 256)})
+    calls = _mixer_calls(heads["5"])
+    res = ExitDecoder(tiny_mistral, heads, threshold=0.5).generate(PROMPT, max_new_tokens=5, eos_token_id=[])
+    assert res.exit_layers == [7] + [3] * 4
+    assert len(calls) == 1 and calls[0].shape[1] == PROMPT.shape[1]  # the prompt only
+
+
+def test_bad_input_errors(tiny_mistral, tiny_mamba2):
+    with pytest.raises(ValueError, match="does not apply to mamba2") as err:
+        ExitDecoder(tiny_mamba2, policy="copy")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="out of range"):
+        ExitDecoder(tiny_mistral, build_heads("calm", 256, [7]), threshold=0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        ExitDecoder(tiny_mistral, threshold="0.5")
+    with pytest.raises(ValueError, match="hidden size"):
+        ExitDecoder(tiny_mistral, build_heads("calm", 128, [4]), threshold=0.5)
+    with pytest.raises(ValueError, match="batch size 1"):
+        ExitDecoder(tiny_mistral).generate(PROMPT.repeat(2, 1))

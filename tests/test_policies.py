@@ -1,0 +1,145 @@
+"""Missing-state policies checked on the cache contents themselves, and fast path == reference."""
+import copy
+
+import pytest
+import torch
+from transformers import DynamicCache
+from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
+
+from workflow_lib.decoding import policies_reference
+from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.decoding.policies import FILL, POLICIES, resolve_policy
+from workflow_lib.models.backbone import parts
+from workflow_lib.models.heads import build_heads
+
+PROMPT = torch.tensor([[1, 40, 300, 7, 901, 56, 2, 88]])  # (1, 8)
+T = PROMPT.shape[1]
+EXIT = 3  # blocks 4..6 are skipped, block 7 (the last) runs
+
+
+def exit_step(model, policy, exit_layer=EXIT):
+    """Prefill, then one decode step forced to exit at `exit_layer`, recording what the policy saw and did.
+
+    Returns (cache before the step, cache at the exit (block e done, policy not yet run), cache after the step,
+    exit hidden state h_e (1,1,D), the last block's input, position embeddings or None).
+    """
+    p = parts(model)
+    dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy)
+    cache = DynamicCache(config=model.config)
+    tok = dec.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
+    before = copy.deepcopy(cache)
+    seen = {}
+
+    def at_exit(_m, _args, kwargs, out):
+        seen["h"], seen["cache"] = out.detach().clone(), copy.deepcopy(kwargs["cache"])
+
+    def at_last(_m, args):
+        seen["last_in"] = args[0].detach().clone()
+
+    hooks = [p.layers[exit_layer].register_forward_hook(at_exit, with_kwargs=True),
+             p.layers[p.n_layers - 1].register_forward_pre_hook(at_last)]
+    with torch.no_grad():
+        _, got_exit, _ = dec.step(tok, torch.full((1, 1), T), cache, {exit_layer: None})
+    for h in hooks:
+        h.remove()
+    assert got_exit == exit_layer
+    pos_emb = p.rotary_emb(seen["h"], torch.full((1, 1), T)) if p.arch == "mistral" else None
+    return before, seen["cache"], cache, seen["h"], seen["last_in"], pos_emb, tok
+
+
+def full_depth_step(model, before, tok):
+    cache = copy.deepcopy(before)
+    with torch.no_grad():
+        ExitDecoder(model).step(tok, torch.full((1, 1), T), cache, {})
+    return cache
+
+
+def kv(cache, j):
+    return cache.layers[j].keys, cache.layers[j].values  # (1, kv_heads, L, head_dim) each
+
+
+def mamba_states(cache, j):
+    return cache.layers[j].conv_states[0], cache.layers[j].recurrent_states[0]
+
+
+@pytest.mark.parametrize("policy", POLICIES["mistral"])
+def test_mistral_policy_cache_contents(tiny_mistral, policy):
+    p = parts(tiny_mistral)
+    before, _, after, h, last_in, (cos, sin), tok = exit_step(tiny_mistral, policy)
+    assert all(kv(after, j)[0].shape[-2] == T + 1 for j in range(p.n_layers))  # every block has this position
+    for j in range(EXIT + 1, p.n_layers - 1):
+        k, v = kv(after, j)
+        assert torch.equal(k[:, :, :T], kv(before, j)[0]) and torch.equal(v[:, :, :T], kv(before, j)[1])
+        if policy == "recompute":  # the block's own input norm, K/V projections and rotary on h_e
+            attn = p.layers[j].self_attn
+            x = p.layers[j].input_layernorm(h)  # (1, 1, D)
+            k_ref = attn.k_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, kv_heads, 1, head_dim)
+            _, k_ref = apply_rotary_pos_emb(k_ref, k_ref, cos, sin)
+            v_ref = attn.v_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+            torch.testing.assert_close(k[:, :, -1:], k_ref)
+            torch.testing.assert_close(v[:, :, -1:], v_ref)
+        elif policy == "copy":  # exactly the exit block's K, V for this position
+            assert torch.equal(k[:, :, -1], kv(after, EXIT)[0][:, :, -1])
+            assert torch.equal(v[:, :, -1], kv(after, EXIT)[1][:, :, -1])
+        else:  # copy_prev: this block's own previous position again
+            assert torch.equal(k[:, :, -1], k[:, :, -2]) and torch.equal(v[:, :, -1], v[:, :, -2])
+    # blocks 0..e advanced exactly once, as in a full-depth step; the last block ran on the exit hidden state
+    full = full_depth_step(tiny_mistral, before, tok)
+    for j in range(EXIT + 1):
+        assert torch.equal(kv(after, j)[0], kv(full, j)[0]) and torch.equal(kv(after, j)[1], kv(full, j)[1])
+    assert torch.equal(last_in, h)
+    attn = p.layers[-1].self_attn
+    k_last = attn.k_proj(p.layers[-1].input_layernorm(h)).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+    torch.testing.assert_close(kv(after, p.n_layers - 1)[0][:, :, -1:], apply_rotary_pos_emb(k_last, k_last, cos, sin)[1])
+
+
+@pytest.mark.parametrize("policy", POLICIES["mamba2"])
+def test_mamba2_policy_cache_contents(tiny_mamba2, policy):
+    p = parts(tiny_mamba2)
+    before, _, after, h, last_in, _, tok = exit_step(tiny_mamba2, policy)
+    stepped = copy.deepcopy(before)  # each block's own mixer stepped on h_e: in_proj, conv and SSM
+    with torch.no_grad():
+        for j in range(EXIT + 1, p.n_layers):
+            p.layers[j].mixer(p.layers[j].norm(h), cache=stepped)
+    for j in range(EXIT + 1, p.n_layers - 1):
+        if policy == "recompute":
+            for got, ref, old in zip(mamba_states(after, j), mamba_states(stepped, j), mamba_states(before, j)):
+                torch.testing.assert_close(got, ref)
+                assert not torch.equal(got, old)
+        else:  # skip: bit-identical
+            for got, old in zip(mamba_states(after, j), mamba_states(before, j)):
+                assert torch.equal(got, old)
+    full = full_depth_step(tiny_mamba2, before, tok)
+    for j in range(EXIT + 1):  # the exit block and those below it advanced exactly once
+        for got, ref in zip(mamba_states(after, j), mamba_states(full, j)):
+            assert torch.equal(got, ref)
+    assert torch.equal(last_in, h)  # the last block runs on the exit hidden state
+    for got, ref in zip(mamba_states(after, p.n_layers - 1), mamba_states(stepped, p.n_layers - 1)):
+        torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("arch,policy", [(a, pol) for a, pols in POLICIES.items() for pol in pols])
+@pytest.mark.parametrize("exit_layer", [2, 5, 6])
+def test_fast_path_equals_reference(tiny_mistral, tiny_mamba2, arch, policy, exit_layer):
+    model = tiny_mistral if arch == "mistral" else tiny_mamba2
+    p = parts(model)
+    _, at_exit, after, h, _, pos_emb, _ = exit_step(model, policy, exit_layer)
+    skipped = list(range(exit_layer + 1, p.n_layers - 1))
+    fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
+    with torch.no_grad():
+        FILL[(arch, policy)](p.layers, fast, h, exit_layer, skipped, pos_emb)
+        policies_reference.FILL[(arch, policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
+    states = kv if arch == "mistral" else mamba_states
+    for j in range(p.n_layers - 1):
+        for a, b, c in zip(states(fast, j), states(ref, j), states(after, j)):
+            torch.testing.assert_close(a, b)
+            assert torch.equal(a, c)  # and the decoder's own step wrote exactly the fast path's result
+
+
+def test_policy_names_and_errors():
+    assert resolve_policy("mistral", None) == "recompute" and resolve_policy("mamba2", None) == "recompute"
+    assert set(FILL) == set(policies_reference.FILL) == {(a, p) for a, ps in POLICIES.items() for p in ps}
+    for arch, bad in [("mamba2", "copy"), ("mamba2", "copy_prev"), ("mistral", "skip"), ("mistral", "nope")]:
+        with pytest.raises(ValueError, match=f"does not apply to {arch}") as err:
+            resolve_policy(arch, bad)
+        assert "\n" not in str(err.value)

@@ -1,0 +1,156 @@
+"""Generate text with the exit-aware decoder (greedy, batch size 1).
+
+  python -m workflow_lib.generate --backbone PATH_OR_ID [--heads DIR | --exit-at LAYER] [--threshold T]
+      [--policy NAME] [--prune N] (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N] [--stop STR ...] [--json]
+
+With neither --heads nor --exit-at, exits are disabled: the plain model's greedy output. --exit-at L runs a
+forced head at block L (every token exits there), for inspecting a policy. Every check on the arguments runs
+before any weight is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from .decoding.decoder import ExitDecoder
+from .decoding.policies import POLICIES, resolve_policy
+from .decoding.pruning import kept_blocks
+from .models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone,
+                              preset_config)
+from .models.heads import build_heads, load_heads
+
+DEFAULT_EXIT_THRESHOLD = 0.5
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be a number, got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("threshold must be a number, got nan")
+    return value
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("--prompt-ids is empty")
+    return ids
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m workflow_lib.generate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME (random weights)")
+    exits = ap.add_mutually_exclusive_group()
+    exits.add_argument("--heads", help="folder of trained exit heads (heads.safetensors + heads.json)")
+    exits.add_argument("--exit-at", type=int, metavar="LAYER", help="force every token to exit at this block (0..n-2)")
+    ap.add_argument("--threshold", type=_threshold, default=None,
+                    help=f"exit when p_exit >= T (default {DEFAULT_EXIT_THRESHOLD} with heads; > 1 disables exits)")
+    ap.add_argument("--policy", default=None,
+                    help="missing-state policy: " + "; ".join(f"{a}: {', '.join(p)}" for a, p in POLICIES.items())
+                    + " (default: recompute)")
+    ap.add_argument("--prune", type=int, default=0, help="drop this many blocks just before the last (default 0)")
+    prompt = ap.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (tokenised with the backbone's tokenizer)")
+    prompt.add_argument("--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (for preset: backbones)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings; the text is cut at the first")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty (default 1.0: off)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for preset weights and torch (default 0)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
+    return ap
+
+
+def _config(backbone: str):
+    if backbone.startswith(PRESET_PREFIX):
+        return preset_config(backbone[len(PRESET_PREFIX):])
+    if (os.path.sep in backbone or backbone.startswith(".")) and not os.path.isdir(backbone):
+        raise FileNotFoundError(f"backbone folder {backbone!r} does not exist")
+    return AutoConfig.from_pretrained(backbone, trust_remote_code=False)
+
+
+def _cut(text: str, stops: list[str] | None) -> str:
+    """The text up to the earliest stop string (the decoder only reports that one occurred)."""
+    cuts = [text.find(s) for s in stops or [] if s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.max_new_tokens < 1:
+        ap.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.repetition_penalty > 0:
+        ap.error(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    # Everything cheap first: config, architecture, policy, layers, heads, tokenizer; the weights last.
+    try:
+        config = _config(args.backbone)
+        arch = architecture(config)
+        policy = resolve_policy(arch, args.policy)
+        n = config.num_hidden_layers
+        kept_blocks(n, args.prune)
+        if args.exit_at is not None and not 0 <= args.exit_at <= n - 2:
+            raise ValueError(f"--exit-at {args.exit_at} out of range: exits sit at blocks 0..{n - 2} of this {n}-block backbone")
+        device = torch.device(args.device) if args.device else default_device()
+        dtype = default_dtype(device)
+        heads = None
+        if args.heads:
+            heads, _meta = load_heads(args.heads, backbone_config=config, device=device, dtype=dtype)
+        elif args.exit_at is not None:
+            heads = build_heads("forced", config.hidden_size, [args.exit_at]).to(device=device, dtype=dtype)
+        tokenizer = None
+        if not args.backbone.startswith(PRESET_PREFIX):
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(args.backbone)
+            except (OSError, ValueError) as err:
+                if args.prompt is not None or args.stop:
+                    raise ValueError(f"no tokenizer for {args.backbone!r}: {err}") from None
+        elif args.prompt is not None:
+            raise ValueError(f"{args.backbone} has no tokenizer: pass the prompt as --prompt-ids")
+        if args.stop and tokenizer is None:
+            raise ValueError("--stop needs a tokenizer to decode the generated text")
+        if args.prompt_ids and max(args.prompt_ids) >= config.vocab_size:
+            raise ValueError(f"--prompt-ids has an id >= the vocabulary size {config.vocab_size}")
+    except (ValueError, OSError) as err:
+        ap.error(str(err).splitlines()[0])
+    threshold = args.threshold if args.threshold is not None else (DEFAULT_EXIT_THRESHOLD if heads else 2.0)
+
+    torch.manual_seed(args.seed)
+    model = load_backbone(args.backbone, device=device, dtype=dtype, seed=args.seed)
+    decoder = ExitDecoder(model, heads, threshold=threshold, policy=policy, prune=args.prune,
+                          repetition_penalty=args.repetition_penalty)
+    if args.prompt is not None:
+        input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids  # (1, T)
+    else:
+        input_ids = torch.tensor([args.prompt_ids])  # (1, T)
+    result = decoder.generate(input_ids, max_new_tokens=args.max_new_tokens, stop_strings=args.stop,
+                              tokenizer=tokenizer)
+    text = _cut(tokenizer.decode(result.token_ids, skip_special_tokens=True), args.stop) if tokenizer else None
+    if args.json:
+        print(json.dumps({
+            "text": text, "token_ids": result.token_ids, "exit_layers": result.exit_layers,
+            "crf_exact": result.crf_exact, "crf_paper": result.crf_paper,
+            "tokens_per_second": result.tokens_per_second, "stop_reason": result.stop_reason,
+            "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
+            "prompt_tokens": input_ids.shape[1], "backbone": args.backbone, "arch": arch, "policy": policy,
+            "threshold": threshold, "exits_enabled": decoder.exits_enabled, "exit_heads": sorted(decoder.heads),
+            "prune": args.prune, "seed": args.seed,
+        }))
+    else:
+        print(text if text is not None else " ".join(map(str, result.token_ids)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
