@@ -1,0 +1,25 @@
+# DYNAMAX: early exits for Transformer and Mamba-2 decoders, from data to figures.
+#   snakemake --cores all                                   embedded default (config.yaml), offline, CPU
+#   snakemake --cores all --profile slurm --configfile configs/paper.yaml    paper scale on a SLURM GPU cluster
+#   snakemake --report results/report.html                  the HTML report (figures and tables, with captions)
+# Stages, in order: data -> tokenizer and pretraining (embedded only) -> heads -> evaluation and pruning
+# -> tables -> figures -> report. Helpers and config validation live in rules/common.smk.
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/pretrain.smk"
+include: "rules/heads.smk"
+include: "rules/evaluate.smk"
+include: "rules/prune.smk"
+include: "rules/tables.smk"
+include: "rules/figures.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        GRID_TABLE,
+        PARETO_TABLE,
+        figure_files(),

@@ -1,0 +1,216 @@
+# Helpers shared by every stage: the config (loaded, validated, defaults filled), the grid it spans, and
+# the paths of every artifact. Nothing here runs a job.
+import json
+import os
+import shlex
+
+import jsonschema
+import yaml
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# config.yaml is the default; a --configfile replaces it whole (configs/paper.yaml and configs/smoke.yaml are
+# complete), so no key of the embedded setup leaks into another setup by dictionary merging.
+if not workflow.config_settings.configfiles:
+
+    configfile: workflow.source_path("../config.yaml")
+
+
+CONFIG_SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+
+
+def config_error(config, schema_path):
+    """The most relevant schema violation as one line naming the key, e.g. 'evaluation.thresholds[1]: ...'."""
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    return f"invalid config: {where or '(top level)'}: {error.message}"
+
+
+# Checked before any job (dry runs included); snakemake's validate then fills in the schema's defaults.
+if message := config_error(config, CONFIG_SCHEMA):
+    raise WorkflowError(message)
+validate(config, CONFIG_SCHEMA)
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+SEED = config["seed"]
+WORLD = config["world"]
+REAL = config["real_data"]
+BACKBONES = config["backbones"]
+HEADS = config["heads"]["types"]
+EVAL = config["evaluation"]
+TASKS = list(EVAL["tasks"])
+FORMATS = config["analysis"]["formats"]
+
+
+def threshold_label(value):
+    """0.4 -> '0.4' (the path component threshold~0.4); 1e-05 never appears, thresholds are in [0, 1]."""
+    return format(float(value), "g")
+
+
+THRESHOLDS = [threshold_label(t) for t in EVAL["thresholds"]]
+
+if (WORLD is None) == (REAL is None):
+    raise WorkflowError("invalid config: set exactly one of 'world' (embedded setup) and 'real_data' (paper scale)")
+if REAL is not None:
+    for task in TASKS:
+        if task not in REAL:
+            raise WorkflowError(f"invalid config: evaluation.tasks.{task} needs real_data.{task} (where its data comes from)")
+for name, spec in BACKBONES.items():
+    if spec["model"] == "pretrain" and WORLD is None:
+        raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+
+wildcard_constraints:
+    backbone="|".join(BACKBONES),
+    head=r"[A-Za-z0-9_]+",
+    policy=r"[a-z_]+",
+    task="|".join(TASKS),
+    threshold=r"[0-9.]+",
+    n=r"[0-9]+",
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+DATA = f"{RESULTS}/world" if WORLD is not None else f"{RESULTS}/data"
+TASK_FILES = {"triviaqa": "triviaqa.jsonl", "coqa": "coqa.json", "truthfulqa": "truthfulqa.jsonl"}
+
+
+def corpus_file(split):
+    """Head-distillation (and, embedded, pretraining) text: split is train or valid."""
+    return f"{DATA}/corpus_{split}.jsonl"
+
+
+def task_file(task):
+    return f"{DATA}/{TASK_FILES[task]}"
+
+
+def fewshot_file(task):
+    """TriviaQA draws its 2 shots from questions outside the evaluated set."""
+    return f"{DATA}/triviaqa_train.jsonl" if task == "triviaqa" else None
+
+
+def task_inputs(wildcards):
+    files = {"data": task_file(wildcards.task)}
+    if fewshot_file(wildcards.task):
+        files["fewshot"] = fewshot_file(wildcards.task)
+    return files
+
+
+def cli(options):
+    """{'n_people': 200, 'qa_per_doc': [3, 8], 'class_balance': True} -> '--n-people 200 --qa-per-doc 3 8 ...'
+
+    Config keys are the entry points' flags with underscores; False and None leave a flag out.
+    """
+    words = []
+    for key, value in options.items():
+        flag = f"--{key.replace('_', '-')}"
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words.extend([flag, *map(str, value)])
+        else:
+            words.extend([flag, str(value)])
+    return shlex.join(words)
+
+
+# ---- backbones and heads -----------------------------------------------------------------------------------
+TOKENIZER = f"{RESULTS}/tokenizer"
+
+
+def pretrained_here(backbone):
+    return BACKBONES[backbone]["model"] == "pretrain"
+
+
+def backbone_path(backbone):
+    """What the entry points load: the folder pretrained here, or the configured hub id / folder."""
+    return f"{RESULTS}/backbones/{backbone}" if pretrained_here(backbone) else BACKBONES[backbone]["model"]
+
+
+def backbone_input(wildcards):
+    return [backbone_path(wildcards.backbone)] if pretrained_here(wildcards.backbone) else []
+
+
+def exit_layers_option(backbone):
+    layers = BACKBONES[backbone].get("exit_layers")
+    return shlex.join(["--exit-layers", ",".join(map(str, layers))]) if layers else ""
+
+
+def heads_dir(backbone, head):
+    return f"{RESULTS}/heads/{backbone}/head~{head}"
+
+
+# ---- the evaluation grid -----------------------------------------------------------------------------------
+EVAL_ROOT = f"{RESULTS}/eval"
+
+
+def exit_records():
+    return [
+        f"{EVAL_ROOT}/{b}/head~{h}/policy~{p}/task~{t}/threshold~{x}/record.json"
+        for b, spec in BACKBONES.items()
+        for h in HEADS
+        for p in spec["policies"]
+        for t in TASKS
+        for x in THRESHOLDS
+    ]
+
+
+def baseline_records():
+    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in BACKBONES for t in TASKS]
+
+
+def prune_records():
+    return [
+        f"{EVAL_ROOT}/{b}/prune~{n}/task~{t}/record.json"
+        for b, spec in BACKBONES.items()
+        for n in spec.get("prune", [])
+        for t in TASKS
+    ]
+
+
+def all_records():
+    return exit_records() + baseline_records() + prune_records()
+
+
+def task_options(task):
+    """Shots and sample limit of one task, as evaluate flags."""
+    spec = EVAL["tasks"][task] or {}
+    return cli({"num_fewshot": spec.get("shots"), "limit": spec.get("limit")})
+
+
+def evaluate_common(wildcards):
+    """Flags every evaluation job shares: the backbone, its tokenizer, the task's data and settings."""
+    words = ["--backbone", backbone_path(wildcards.backbone), "--task", wildcards.task, "--data", task_file(wildcards.task)]
+    if pretrained_here(wildcards.backbone):
+        words.extend(["--tokenizer", TOKENIZER])
+    if fewshot_file(wildcards.task):
+        words.extend(["--fewshot-data", fewshot_file(wildcards.task)])
+    spec = EVAL["tasks"][wildcards.task] or {}
+    options = {"shots": spec.get("shots"), "limit": spec.get("limit"), "max_new_tokens": EVAL["max_new_tokens"],
+               "degenerate_limit": EVAL["degenerate_limit"], "seed": SEED}
+    return f"{shlex.join(words)} {cli(options)}"
+
+
+def evaluate_inputs(wildcards):
+    files = task_inputs(wildcards)
+    files["backbone"] = backbone_input(wildcards)
+    if pretrained_here(wildcards.backbone):
+        files["tokenizer"] = TOKENIZER
+    return files
+
+
+# ---- analysis ----------------------------------------------------------------------------------------------
+GRID_TABLE = f"{RESULTS}/tables/grid.csv"
+PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
+
+
+def figure_files():
+    return [f"{RESULTS}/figures/{b}/{t}.{ext}" for b in BACKBONES for t in TASKS for ext in FORMATS]

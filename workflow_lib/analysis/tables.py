@@ -1,0 +1,126 @@
+"""Tidy result tables from the evaluation run records (pandas; no torch here).
+
+One row per grid point: the point's identity (backbone, method, head, policy, task, threshold, prune),
+read from its path (`.../head~calm/policy~copy/task~coqa/threshold~0.4/record.json`), then the record's
+metrics and measurements. The Pareto table keeps, per task, metric and backbone, the valid points that no
+other point beats in both CRF and metric: the best metric reachable at each CRF, and which method gets it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+ID_COLUMNS = ["backbone", "method", "head", "policy", "task", "threshold", "prune"]
+
+# The metric each task is judged by in the paper's figures (lm-eval names, filter suffix removed).
+HEADLINE_METRICS = {
+    "triviaqa": ["exact_match"],
+    "coqa": ["em", "f1"],
+    "truthfulqa": ["bleu_acc", "rougeL_acc"],
+}
+
+# Record fields that describe the run rather than measure it; they stay in the record files.
+_SKIPPED_FIELDS = {"config", "provenance", "packages", "git_commit", "samples", "seed", "exit_histogram",
+                   "exit_layer_histogram", "task", "threshold", "prune", "policy", "head", "backbone"}
+
+
+def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> dict:
+    """Identity of the grid point a record belongs to, from its path below `results_root`.
+
+    results/eval/{backbone}/head~{h}/policy~{p}/task~{t}/threshold~{x}/record.json -> early exit
+    results/eval/{backbone}/baseline/task~{t}/record.json                         -> exits disabled
+    results/eval/{backbone}/prune~{n}/task~{t}/record.json                        -> layer pruning
+    """
+    parts = Path(path).resolve().relative_to(Path(results_root).resolve()).parts[:-1]
+    point = {"backbone": parts[0], "method": "early_exit", "head": None, "policy": None,
+             "task": None, "threshold": None, "prune": 0}
+    for part in parts[1:]:
+        key, sep, value = part.partition("~")
+        if not sep:
+            if part != "baseline":
+                raise ValueError(f"unexpected path component {part!r} in {path}")
+            point["method"] = "baseline"
+        elif key == "prune":
+            point["method"], point["prune"] = "prune", int(value)
+        elif key == "threshold":
+            point["threshold"] = float(value)
+        elif key in ("head", "policy", "task"):
+            point[key] = value
+        else:
+            raise ValueError(f"unexpected path component {part!r} in {path}")
+    return point
+
+
+def _flatten(obj: dict, prefix: str = "") -> dict:
+    """Scalar leaves of a nested dict as dotted keys; lists and skipped fields are left out."""
+    flat = {}
+    for key, value in obj.items():
+        if key in _SKIPPED_FIELDS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, prefix=f"{name}."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+    return flat
+
+
+def metric_name(name: str) -> str:
+    """lm-eval's 'exact_match,remove_whitespace' -> 'exact_match' (one filter per task here)."""
+    return name.split(",")[0]
+
+
+def record_row(path: str | Path, results_root: str | Path = "results/eval") -> dict:
+    record = json.loads(Path(path).read_text())
+    row = grid_point(path, results_root)
+    metrics = record.pop("metrics", {}) or {}
+    for key, value in metrics.items():
+        if metric_name(key).endswith("_stderr"):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[metric_name(key)] = float(value)
+    for key, value in _flatten(record).items():
+        row.setdefault(key, value)
+    return row
+
+
+def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "results/eval") -> pd.DataFrame:
+    """One row per grid point, identity columns first, sorted for stable diffs."""
+    rows = [record_row(p, results_root) for p in record_paths]
+    if not rows:
+        raise ValueError("no run records given")
+    table = pd.DataFrame(rows)
+    order = ID_COLUMNS + [c for c in table.columns if c not in ID_COLUMNS]
+    return table[order].sort_values(ID_COLUMNS, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def series_name(row: pd.Series) -> str:
+    """The figure series a grid point belongs to."""
+    if row["method"] == "early_exit":
+        return f"{row['head']} / {row['policy']}"
+    return {"prune": "layer pruning", "baseline": "full model"}[row["method"]]
+
+
+def pareto_table(grid: pd.DataFrame, crf: str = "crf_exact") -> pd.DataFrame:
+    """Per task, headline metric and backbone: the valid points on the CRF-metric frontier, by CRF."""
+    valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
+    frames = []
+    for (task, backbone), points in valid.groupby(["task", "backbone"], sort=True):
+        for metric in HEADLINE_METRICS.get(task, []):
+            if metric not in points or crf not in points:
+                continue
+            pts = points.dropna(subset=[metric, crf]).sort_values([crf, metric], ascending=[False, False])
+            # Walking from the highest CRF down, a point is on the frontier when it beats every point
+            # that saves at least as much compute.
+            best = pts[metric].cummax().shift(fill_value=float("-inf"))
+            front = pts[pts[metric] > best].sort_values(crf)
+            frames.append(pd.DataFrame({
+                "task": task, "backbone": backbone, "metric": metric, "crf": front[crf].to_numpy(),
+                "value": front[metric].to_numpy(), "series": front.apply(series_name, axis=1).to_numpy(),
+                "threshold": front["threshold"].to_numpy(), "prune": front["prune"].to_numpy(),
+            }))
+    columns = ["task", "backbone", "metric", "crf", "value", "series", "threshold", "prune"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

@@ -1,0 +1,33 @@
+"""Entry point: the paper-style figure (metric versus CRF) for one backbone and task, from the grid table.
+
+    python -m workflow_lib.make_figures --grid results/tables/grid.csv --backbone mistral --task triviaqa \
+        --out results/figures/mistral/triviaqa.png results/figures/mistral/triviaqa.pdf [--crf exact|paper]
+"""
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from workflow_lib.analysis.figures import plot_task, save_figure
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.make_figures", description=__doc__.splitlines()[0])
+    p.add_argument("--grid", required=True, help="grid.csv written by make_tables")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--crf", choices=["exact", "paper"], default="exact", help="x axis: exact MACs or paper blocks")
+    p.add_argument("--out", nargs="+", required=True, help="figure files; the suffix picks the format")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    grid = pd.read_csv(args.grid)
+    save_figure(plot_task(grid, args.backbone, args.task, crf=f"crf_{args.crf}"), args.out)
+    print(f"{args.backbone} / {args.task} -> {' '.join(args.out)}")
+
+
+if __name__ == "__main__":
+    main()
