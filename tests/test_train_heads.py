@@ -1,0 +1,227 @@
+"""Head distillation: outputs and metadata, one backbone pass per batch, training helps, resume after kill -9
+gives bit-identical weights, bad input fails early with nothing written."""
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from workflow_lib.models.backbone import build_backbone, load_backbone, parts, preset_config, signature
+from workflow_lib.models.heads import build_heads, load_heads
+from workflow_lib.train_heads import main
+from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, TrainConfig, batch_indices,
+                                           loss_weights, save_checkpoint, train_heads)
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["Avel", "Borin", "Cassa", "Doran", "Elkin", "Farra", "Gorm", "Hesta"]
+PLACES = ["Quell", "Rindmoor", "Saltby", "Tarn", "Umber", "Vesk"]
+THINGS = ["lanterns", "copper", "moss", "kites", "ink", "salt"]
+
+
+def _text(n_lines: int, seed: int) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        name, place, thing = rng.choice(NAMES), rng.choice(PLACES), rng.choice(THINGS)
+        lines.append(f"{name} lives in {place} and trades {thing}. {name} likes {place}.\n")
+    return "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Train/valid text, a tiny BPE tokenizer, and tiny random Mistral and Mamba-2 folders that carry it."""
+    root = tmp_path_factory.mktemp("train_heads")
+    (root / "train.txt").write_text(_text(400, 0))
+    (root / "valid.txt").write_text(_text(120, 1))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train([str(root / "train.txt")], trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    for preset in ("tiny-mistral", "tiny-mamba2"):
+        folder = root / preset
+        config = preset_config(preset, vocab_size=320, hidden_size=64, num_hidden_layers=4)
+        build_backbone(config, seed=0, device="cpu", dtype=torch.float32).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return root
+
+
+def _cfg(workdir: Path, out: str, preset: str = "tiny-mistral", **kw) -> TrainConfig:
+    base = dict(backbone=str(workdir / preset), head="calm", train_text=str(workdir / "train.txt"),
+                valid_text=str(workdir / "valid.txt"), out=str(workdir / out), steps=30, batch_size=8, seq_len=32,
+                lr=3e-3, valid_tokens=2048, checkpoint_every=0, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_outputs_metadata_and_metrics(workdir):
+    cfg = _cfg(workdir, "out_meta", head="ffn", label_rule="oracle_in_intermediate_topk", k=3, class_balance=True,
+               checkpoint_every=10)
+    metrics = train_heads(cfg)
+    out = Path(cfg.out)
+    assert sorted(p.name for p in out.iterdir()) == ["heads.json", "heads.safetensors", METRICS_FILE]  # no checkpoint
+    model = load_backbone(cfg.backbone, device="cpu")
+    heads, meta = load_heads(out, model.config)
+    assert sorted(heads) == ["1", "2"] and meta["exit_layers"] == [1, 2]  # default exits of a 4-block backbone
+    for key, want in [("head_type", "ffn"), ("label_rule", "oracle_in_intermediate_topk"), ("k", 3),
+                      ("training_mode", "joint_decay"), ("class_balance", True), ("seed", 0), ("steps", 30)]:
+        assert meta[key] == want
+    assert meta["backbone_id"] == cfg.backbone and meta["data"]["train_text"].endswith("train.txt")
+    assert {"packages", "git_commit", "config"} <= set(meta["provenance"])
+    # each exit saved with its own weights (the authors' code saved the first head four times)
+    tensors = load_file(str(out / "heads.safetensors"))
+    assert not torch.equal(tensors["1.up.weight"], tensors["2.up.weight"])
+    saved = json.loads((out / METRICS_FILE).read_text())["metrics"]
+    assert saved["trained"] == json.loads(json.dumps(metrics["trained"]))
+    for which in ("trained", "untrained"):
+        for layer in ("1", "2"):
+            m = saved[which][layer]
+            assert {"loss", "accuracy", "precision", "recall", "f1", "positive_ratio"} <= set(m)
+            assert 0 <= m["f1"] <= 1 and 0 < m["positive_ratio"] < 1
+    assert saved["class_weights"] is not None and saved["throughput"]["tokens_per_second"] > 0
+    other = preset_config("tiny-mistral", vocab_size=320, hidden_size=64, num_hidden_layers=6)
+    with pytest.raises(ValueError, match="built for backbone"):
+        load_heads(out, other)
+
+
+@pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
+def test_one_backbone_pass_per_batch_for_all_exits(workdir, preset):
+    model = load_backbone(str(workdir / preset), device="cpu")
+    calls = [0] * 4
+    hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, block in enumerate(parts(model).layers)]
+    cfg = _cfg(workdir, "unused", preset, head="mamba", mode="individual")
+    heads = build_heads("mamba", 64, [0, 1, 2], seed=0)
+    before = {k: v.clone() for k, v in heads.state_dict().items()}
+    trainer = HeadTrainer(model, heads, cfg)
+    assert len(trainer.optimizers) == 3
+    batch = torch.randint(3, 300, (2, 32))  # (B, T)
+    for _ in range(3):
+        trainer.train_step(batch)
+    for h in hooks:
+        h.remove()
+    assert calls == [3, 3, 3, 3]  # every block ran once per step although three exits trained
+    after = heads.state_dict()
+    for layer in ("0", "1", "2"):  # every exit's head learnt
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(layer + "."))
+
+
+def test_captured_hidden_states_are_the_exit_block_outputs(workdir):
+    model = load_backbone(str(workdir / "tiny-mistral"), device="cpu")
+    trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), _cfg(workdir, "unused"))
+    ids = torch.randint(3, 300, (2, 16))  # (B, T)
+    z, labels = trainer.backbone_pass(ids)  # (E, B, T, D), (E, B, T)
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states  # Mistral: [embeddings, block 0, ...]
+    p = parts(model)
+    for i, layer in enumerate([0, 2]):
+        torch.testing.assert_close(z[i], p.final_norm(hidden[layer + 1]))
+        want = (p.lm_head(z[i]).argmax(-1) == model(ids).logits.argmax(-1)).long()  # k=1: argmaxes agree
+        assert torch.equal(labels[i], want)
+
+
+def test_loss_weights_and_data_order():
+    assert loss_weights(4, "joint_decay").tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1])  # earliest exit highest
+    assert loss_weights(4, "uniform").tolist() == pytest.approx([0.25] * 4)
+    a = torch.cat([batch_indices(s, 4, 10, seed=7) for s in range(5)])  # two epochs over 10 sequences
+    assert sorted(a[:10].tolist()) == list(range(10)) and sorted(a[10:20].tolist()) == list(range(10))
+    assert not torch.equal(a[:10], a[10:20])  # a fresh permutation per epoch
+    assert torch.equal(a, torch.cat([batch_indices(s, 4, 10, seed=7) for s in range(5)]))  # seeded
+    assert not torch.equal(a, torch.cat([batch_indices(s, 4, 10, seed=8) for s in range(5)]))
+
+
+@pytest.mark.parametrize("preset, head", [("tiny-mistral", "calm"), ("tiny-mistral", "ffn"), ("tiny-mamba2", "mamba")])
+def test_training_beats_untrained_heads_on_held_out_text(workdir, preset, head):
+    cfg = _cfg(workdir, f"out_{preset}_{head}", preset, head=head, mode="uniform", class_balance=True, steps=40)
+    metrics = train_heads(cfg)
+    for layer, trained in metrics["trained"].items():
+        untrained = metrics["untrained"][layer]
+        assert trained["loss"] < untrained["loss"]
+        assert trained["accuracy"] > untrained["accuracy"]
+
+
+def _argv(cfg: TrainConfig) -> list[str]:
+    return ["--backbone", cfg.backbone, "--head", cfg.head, "--train-text", cfg.train_text,
+            "--valid-text", cfg.valid_text, "--out", cfg.out, "--steps", str(cfg.steps),
+            "--batch-size", str(cfg.batch_size), "--seq-len", str(cfg.seq_len), "--lr", str(cfg.lr), "--seed", "3",
+            "--device", "cpu", "--checkpoint-every", str(cfg.checkpoint_every), "--valid-tokens", "256",
+            "--mode", "joint_decay", "--class-balance"]
+
+
+def test_resume_after_kill_is_bit_identical(workdir, capsys):
+    killed = _cfg(workdir, "resume_killed", head="ffn", steps=80, checkpoint_every=5)
+    clean = dataclasses.replace(killed, out=str(workdir / "resume_clean"), checkpoint_every=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    victim = subprocess.Popen([sys.executable, "-m", "workflow_lib.train_heads", *_argv(killed)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as the single-threaded subprocess
+    try:
+        main(_argv(clean))  # the uninterrupted reference, while the victim starts up
+        ckpt = Path(killed.out) / CHECKPOINT_DIR / "state.safetensors"
+        deadline = time.time() + 60
+        while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+        assert not (Path(killed.out) / "heads.safetensors").exists()  # nothing finished was written
+        capsys.readouterr()
+        main(_argv(killed))  # the same command again
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "resuming from step" in err and "resuming from step 0 " not in err
+    a = load_file(str(Path(killed.out) / "heads.safetensors"))
+    b = load_file(str(Path(clean.out) / "heads.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (Path(killed.out) / CHECKPOINT_DIR).exists()
+
+
+def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cases = [
+        (dict(train_text=str(tmp_path / "missing.txt")), FileNotFoundError, "training text .* does not exist"),
+        (dict(train_text=str(empty)), ValueError, "training text .* is empty"),
+        (dict(exit_layers=[1, 3]), ValueError, r"invalid for a 4-block backbone.*0\.\.2"),
+        (dict(head="transformer"), ValueError, "unknown or untrainable head type 'transformer'"),
+        (dict(head="forced"), ValueError, "untrainable head type 'forced'"),
+        (dict(k=0), ValueError, "k >= 1"),
+        (dict(mode="sum"), ValueError, "unknown training mode"),
+        (dict(backbone="preset:tiny-mistral"), ValueError, "--tokenizer"),
+        (dict(seq_len=100_000), ValueError, "fewer than one sequence"),
+    ]
+    for i, (kw, exc, match) in enumerate(cases):
+        cfg = dataclasses.replace(_cfg(workdir, "unused", **kw), out=str(tmp_path / f"out{i}"))
+        with pytest.raises(exc, match=match):
+            train_heads(cfg)
+        assert not Path(cfg.out).exists()
+    with pytest.raises(SystemExit, match="train_heads: error: training text .* is empty"):
+        main(["--backbone", str(workdir / "tiny-mistral"), "--head", "calm", "--train-text", str(empty),
+              "--valid-text", str(workdir / "valid.txt"), "--out", str(tmp_path / "cli")])
+    assert not (tmp_path / "cli").exists()
+
+
+def test_resuming_with_another_backbone_is_refused(workdir):
+    cfg = _cfg(workdir, "resume_other", steps=4, checkpoint_every=2)
+    # A checkpoint left by a run on the Mamba-2 backbone, then a restart on the Mistral one with the same --out.
+    mamba = load_backbone(str(workdir / "tiny-mamba2"), device="cpu")
+    other = dataclasses.replace(cfg, backbone=str(workdir / "tiny-mamba2"), exit_layers=[1, 2])
+    trainer = HeadTrainer(mamba, build_heads("calm", 64, [1, 2], seed=0), other)
+    ckpt = Path(cfg.out) / CHECKPOINT_DIR / "state.safetensors"
+    save_checkpoint(ckpt, trainer, 2, {"config": dataclasses.asdict(other), "backbone": signature(mamba.config),
+                                       "train_positive_ratio": [0.5, 0.5]})
+    with pytest.raises(ValueError, match="built for backbone"):
+        train_heads(cfg)
+    with pytest.raises(ValueError, match="different configuration.*lr"):
+        train_heads(dataclasses.replace(cfg, backbone=other.backbone, lr=1e-2))
+    assert not (Path(cfg.out) / "heads.json").exists()

@@ -1,0 +1,80 @@
+"""Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, DESIGN.md §3).
+
+  python -m workflow_lib.train_heads --backbone results/backbones/tiny-mistral --head mamba \
+      --train-text corpus_train.txt --valid-text corpus_valid.txt --out results/heads/tiny-mistral/mamba
+
+Writes <out>/heads.safetensors + heads.json (load with workflow_lib.models.heads.load_heads) and
+<out>/metrics.json (per-exit held-out loss/accuracy/precision/recall/F1/positive ratio, trained and untrained).
+Rerunning the same command after a crash resumes from <out>/checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .training.distill import TRAIN_MODES, TrainConfig, train_heads
+from .training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"exit layers must be comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.train_heads", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's; required for presets)")
+    p.add_argument("--head", required=True, help="head type: calm, ffn, mamba (any trainable registered head)")
+    p.add_argument("--head-options", type=json.loads, default={}, help='JSON dict of head options, e.g. \'{"state_size": 32}\'')
+    p.add_argument("--exit-layers", type=_layers, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
+    p.add_argument("--train-text", required=True, help="training text: .txt (one stream) or .jsonl with a 'text' field")
+    p.add_argument("--valid-text", required=True, help="held-out text for metrics (never the test data)")
+    p.add_argument("--out", required=True, help="output folder (heads, metrics.json; checkpoint/ while running)")
+    p.add_argument("--label-rule", choices=LABEL_RULES, default=DEFAULT_LABEL_RULE,
+                   help="top-k relaxation direction (default: the paper's wording)")
+    p.add_argument("--k", type=int, default=1, help="top-k relaxation (k=1: CALM's consistency oracle)")
+    p.add_argument("--mode", choices=TRAIN_MODES, default="joint_decay",
+                   help="joint_decay: weights E..1 from the earliest exit (paper); uniform; individual optimizers")
+    p.add_argument("--class-balance", action="store_true", help="weight CE by inverse class frequency per exit")
+    p.add_argument("--balance-batches", type=int, default=8, help="training batches that estimate the positive ratio")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm per optimizer (0: off)")
+    p.add_argument("--max-train-tokens", type=int, help="cap on training tokens read (repeats epochs if fewer are needed)")
+    p.add_argument("--valid-tokens", type=int, default=65536, help="held-out tokens evaluated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    a = p.parse_args(argv)
+    return TrainConfig(
+        backbone=a.backbone, head=a.head, train_text=a.train_text, valid_text=a.valid_text, out=a.out,
+        exit_layers=a.exit_layers, tokenizer=a.tokenizer, label_rule=a.label_rule, k=a.k, mode=a.mode,
+        class_balance=a.class_balance, balance_batches=a.balance_batches, steps=a.steps, batch_size=a.batch_size,
+        seq_len=a.seq_len, lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+        max_train_tokens=a.max_train_tokens, valid_tokens=a.valid_tokens, seed=a.seed,
+        checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options,
+    )
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    try:
+        metrics = train_heads(cfg)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, nothing written
+        sys.exit(f"train_heads: error: {e}")
+    summary = {layer: {"f1": round(m["f1"], 4), "untrained_f1": round(metrics["untrained"][layer]["f1"], 4),
+                       "positive_ratio": round(m["positive_ratio"], 4)} for layer, m in metrics["trained"].items()}
+    print(json.dumps({"held_out": summary, "tokens_per_second": round(metrics["throughput"]["tokens_per_second"], 1)}),
+          file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

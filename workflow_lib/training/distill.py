@@ -1,0 +1,489 @@
+"""Distillation training of exit heads on a frozen backbone (DESIGN.md §3).
+
+One backbone pass per batch: forward hooks on the exit blocks capture h_l for every exit while the model
+computes the oracle logits, so all exits of one head type train from that single pass. Heads read
+z = final_norm(h_l); labels come from `labels.exit_labels` (top-k relaxation). The `mamba` head sees whole
+sequences through its parallel (chunked scan) forward.
+
+Loss: 2-class cross-entropy per exit, combined by `mode`:
+  joint_decay  the paper's "linearly decaying weights based on each classifier's position within the network":
+               exits sorted from shallow to deep get weights proportional to E, E-1, ..., 1 (normalised to sum
+               to 1), i.e. the EARLIEST exit weighs most. Read literally, the weight decays as the position
+               grows; the early exits also see the fewest positive labels and gain the most compute when right.
+  uniform      equal weights 1/E, one optimizer.
+  individual   each exit its own AdamW and its own loss (and its own gradient clipping); still one backbone pass.
+
+Resumable: every `checkpoint_every` steps the heads, optimizer states, RNG states and the step are written
+atomically into <out>/checkpoint/state.safetensors (tensors; the rest as JSON in its metadata). The data order
+is a pure function of (seed, step), so a run killed at any moment and restarted with the same command ends
+with bit-identical weights. The finished output folder replaces <out> in one rename, checkpoint gone.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer
+
+from ..artifacts import atomic_path, provenance, write_json
+from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
+                               parts, preset_config, signature)
+from ..models.heads import HEAD_TYPES, build_heads, save_heads
+from .labels import DEFAULT_LABEL_RULE, check_label_rule, exit_labels
+
+TRAIN_MODES = ("joint_decay", "uniform", "individual")
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "state.safetensors"
+METRICS_FILE = "metrics.json"
+# Config keys that may differ between a killed run and its restart (they do not change the result).
+RESUME_FREE_KEYS = ("checkpoint_every",)
+
+
+@dataclass
+class TrainConfig:
+    backbone: str
+    head: str
+    train_text: str
+    valid_text: str
+    out: str
+    exit_layers: list[int] | None = None  # None: default_exit_layers(n_layers)
+    tokenizer: str | None = None  # None: the backbone folder's tokenizer
+    label_rule: str = DEFAULT_LABEL_RULE
+    k: int = 1
+    mode: str = "joint_decay"
+    class_balance: bool = False
+    balance_batches: int = 8  # training batches used to estimate the positive ratio for class balancing
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_train_tokens: int | None = None
+    valid_tokens: int = 65536
+    seed: int = 0
+    checkpoint_every: int = 100  # 0: no checkpoints
+    device: str | None = None
+    head_options: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def _check_text_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} {path!r} is empty")
+
+
+def _text_chunks(path: str, eos: str | None):
+    """Text pieces of a .txt (lines, newlines kept: the file is one stream) or .jsonl (one document per
+    record's "text", each followed by the EOS token) file."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if path.endswith(".jsonl"):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError(f"{path}:{line_no}: a .jsonl corpus needs a string field 'text' in every record")
+                yield record["text"] + (eos or "")
+            else:
+                yield line
+
+
+def read_tokens(path: str, tokenizer, max_tokens: int | None, what: str) -> torch.Tensor:
+    """The file's token ids (up to `max_tokens`), tokenized in batches of text pieces."""
+    _check_text_file(path, what)
+    ids: list[int] = []
+    pieces: list[str] = []
+
+    def flush():
+        for piece in tokenizer(pieces, add_special_tokens=False)["input_ids"]:
+            ids.extend(piece)
+        pieces.clear()
+
+    for piece in _text_chunks(path, tokenizer.eos_token):
+        pieces.append(piece)
+        if len(pieces) == 1024:
+            flush()
+            if max_tokens is not None and len(ids) >= max_tokens:
+                break
+    flush()
+    tokens = torch.tensor(ids[:max_tokens] if max_tokens is not None else ids, dtype=torch.long)  # (N,)
+    if tokens.numel() == 0:
+        raise ValueError(f"{what} {path!r} contains no tokens")
+    return tokens
+
+
+def pack(tokens: torch.Tensor, seq_len: int, path: str, what: str) -> torch.Tensor:
+    """(N,) -> (N // seq_len, seq_len); the ragged tail is dropped."""
+    n = tokens.numel() // seq_len
+    if n == 0:
+        raise ValueError(f"{what} {path!r} has {tokens.numel()} tokens, fewer than one sequence of --seq-len {seq_len}")
+    return tokens[: n * seq_len].view(n, seq_len)  # (n, L)
+
+
+def batch_indices(step: int, batch_size: int, n_sequences: int, seed: int) -> torch.Tensor:
+    """Sequence indices of training batch `step`: epoch e is a permutation seeded by (seed, e), so the order is
+    reproducible and a resumed run needs no data-loader state."""
+    flat = torch.arange(step * batch_size, (step + 1) * batch_size)  # (B,) positions in the endless stream
+    epochs, offsets = flat // n_sequences, flat % n_sequences  # (B,), (B,)
+    out = torch.empty_like(flat)  # (B,)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(n_sequences, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))  # (n,)
+        mask = epochs == epoch  # (B,)
+        out[mask] = perm[offsets[mask]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def loss_weights(n_exits: int, mode: str) -> torch.Tensor:
+    """Per-exit loss weights (E,), exits ordered from shallow to deep."""
+    if mode == "joint_decay":
+        w = torch.arange(n_exits, 0, -1, dtype=torch.float32)  # (E,): E, E-1, ..., 1
+        return w / w.sum()
+    if mode == "uniform":
+        return torch.full((n_exits,), 1.0 / n_exits)
+    if mode == "individual":
+        return torch.ones(n_exits)  # each exit's loss drives only its own optimizer
+    raise ValueError(f"unknown training mode {mode!r}; known: {', '.join(TRAIN_MODES)}")
+
+
+def balanced_class_weights(pos_ratio: torch.Tensor) -> torch.Tensor:
+    """(E,) positive ratios -> (E, 2) CE class weights, inverse to class frequency (each class weighs 1/2 overall)."""
+    p = pos_ratio.clamp(1e-3, 1 - 1e-3)  # (E,): a class never seen still gets a finite weight
+    return torch.stack([0.5 / (1 - p), 0.5 / p], dim=-1)  # (E, 2)
+
+
+@contextlib.contextmanager
+def _capture_blocks(layers: nn.ModuleList, exit_layers: list[int]):
+    """Record the output hidden state of each exit block during one forward pass."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(layer):
+        def fn(module, args, output):
+            captured[layer] = output[0] if isinstance(output, tuple) else output  # (B, T, D)
+        return fn
+
+    handles = [layers[layer].register_forward_hook(hook(layer)) for layer in exit_layers]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class HeadTrainer:
+    """Frozen backbone + one head per exit; `train_step` and `evaluate` each run the backbone once per batch."""
+
+    def __init__(self, model: nn.Module, heads: nn.ModuleDict, cfg: TrainConfig,
+                 class_weights: torch.Tensor | None = None):
+        self.model, self.heads, self.cfg = model.eval().requires_grad_(False), heads, cfg
+        self.parts = parts(model)
+        self.exit_layers = sorted(int(k) for k in heads)
+        self.device = next(model.parameters()).device
+        self.heads.to(self.device).train()
+        self.weights = loss_weights(len(self.exit_layers), cfg.mode).to(self.device)  # (E,)
+        self.class_weights = None if class_weights is None else class_weights.to(self.device)  # (E, 2)
+        groups = ([list(h.parameters()) for h in self._ordered(heads)] if cfg.mode == "individual"
+                  else [list(heads.parameters())])
+        self.optimizers = [torch.optim.AdamW(g, lr=cfg.lr, weight_decay=cfg.weight_decay) for g in groups]
+
+    def _ordered(self, heads: nn.ModuleDict) -> list[nn.Module]:
+        return [heads[str(layer)] for layer in self.exit_layers]
+
+    def _autocast(self):
+        # bf16 on GPU (heads keep fp32 master weights); plain fp32 on CPU.
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def backbone_pass(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T)."""
+        with _capture_blocks(self.parts.layers, self.exit_layers) as captured, self._autocast():
+            oracle = self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
+            z = torch.stack([self.parts.final_norm(captured[layer]) for layer in self.exit_layers])  # (E, B, T, D)
+            labels = exit_labels(self.parts.lm_head(z), oracle, self.cfg.label_rule, self.cfg.k)  # (E, B, T)
+        return z, labels
+
+    def _exit_losses(self, heads: nn.ModuleDict, z: torch.Tensor, labels: torch.Tensor,
+                     balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-exit mean CE (E,) and the head logits (E, B, T, 2)."""
+        losses, all_logits = [], []
+        for i, head in enumerate(self._ordered(heads)):
+            with self._autocast():
+                logits = head(z[i]).float()  # (B, T, 2)
+            weight = self.class_weights[i] if balanced and self.class_weights is not None else None  # (2,)
+            losses.append(F.cross_entropy(logits.flatten(0, 1), labels[i].flatten(), weight=weight))
+            all_logits.append(logits)
+        return torch.stack(losses), torch.stack(all_logits)  # (E,), (E, B, T, 2)
+
+    def train_step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch (B, T); returns the per-exit training losses (E,)."""
+        z, labels = self.backbone_pass(input_ids.to(self.device))  # (E, B, T, D), (E, B, T)
+        losses, _ = self._exit_losses(self.heads, z, labels, balanced=True)  # (E,)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        # Heads share no parameters, so one backward of the weighted sum gives each exit exactly its own gradient.
+        (losses * self.weights).sum().backward()
+        for opt in self.optimizers:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            opt.step()
+        return losses.detach()
+
+    @torch.no_grad()
+    def positive_ratio(self, batches) -> torch.Tensor:
+        """Mean exit label per exit (E,) over an iterable of (B, T) batches."""
+        total = torch.zeros(len(self.exit_layers), device=self.device)  # (E,)
+        count = 0
+        for input_ids in batches:
+            _, labels = self.backbone_pass(input_ids.to(self.device))  # (E, B, T)
+            total += labels.flatten(1).sum(1)  # (E,)
+            count += labels[0].numel()
+        return (total / count).cpu()
+
+    @torch.no_grad()
+    def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict]) -> dict[str, dict]:
+        """Held-out metrics per head set and exit: loss (unweighted CE), accuracy, precision, recall, F1
+        (positive class = exit) and the positive-label ratio. One backbone pass per batch for all head sets."""
+        for heads in head_sets.values():
+            heads.to(self.device).eval()
+        n_exits = len(self.exit_layers)
+        stats = {name: torch.zeros(n_exits, 5, dtype=torch.float64) for name in head_sets}  # loss_sum, tp, fp, fn, tn
+        n_tokens = 0
+        for start in range(0, len(sequences), self.cfg.batch_size):
+            z, labels = self.backbone_pass(sequences[start:start + self.cfg.batch_size].to(self.device))  # (E, B, T, D)
+            n_tokens += labels[0].numel()
+            for name, heads in head_sets.items():
+                losses, logits = self._exit_losses(heads, z, labels, balanced=False)  # (E,), (E, B, T, 2)
+                pred, gold = logits.argmax(-1).flatten(1).bool(), labels.flatten(1).bool()  # (E, B*T) each
+                stats[name] += torch.stack([
+                    losses * labels[0].numel(), (pred & gold).sum(1), (pred & ~gold).sum(1),
+                    (~pred & gold).sum(1), (~pred & ~gold).sum(1),
+                ], dim=1).double().cpu()  # (E, 5)
+        self.heads.train()
+        return {name: {str(layer): _metrics(*s.tolist(), n_tokens) for layer, s in zip(self.exit_layers, st)}
+                for name, st in stats.items()}
+
+
+def _metrics(loss_sum: float, tp: float, fp: float, fn: float, tn: float, n: int) -> dict:
+    precision = tp / (tp + fp) if tp + fp else 0.0  # no predicted exits: precision 0 (sklearn's zero_division=0)
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"loss": loss_sum / n, "accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+            "positive_ratio": (tp + fn) / n, "predicted_exit_ratio": (tp + fp) / n, "tokens": n}
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, trainer: HeadTrainer, step: int, state: dict) -> None:
+    """Heads, optimizer states, RNG states and step in ONE safetensors file, replaced atomically."""
+    tensors = {f"heads.{k}": v.detach().cpu().contiguous() for k, v in trainer.heads.state_dict().items()}
+    groups = []
+    for i, opt in enumerate(trainer.optimizers):
+        sd = opt.state_dict()
+        for pid, pstate in sd["state"].items():
+            for key, value in pstate.items():
+                tensors[f"optim{i}.{pid}.{key}"] = value.detach().cpu().contiguous()
+        groups.append(sd["param_groups"])
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for j, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda{j}"] = s
+    meta = {"step": step, "param_groups": groups, **state}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=str)})
+
+
+def read_checkpoint_meta(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"])
+
+
+def load_checkpoint(path: Path, trainer: HeadTrainer) -> dict:
+    """Restore heads, optimizers and RNG from `path`; return its metadata (step, config, ...)."""
+    meta = read_checkpoint_meta(path)
+    tensors = load_file(str(path))
+    trainer.heads.load_state_dict({k[len("heads."):]: v for k, v in tensors.items() if k.startswith("heads.")})
+    for i, opt in enumerate(trainer.optimizers):
+        prefix = f"optim{i}."
+        state: dict[int, dict] = {}
+        for name, value in tensors.items():
+            if name.startswith(prefix):
+                pid, key = name[len(prefix):].split(".", 1)
+                state.setdefault(int(pid), {})[key] = value
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][i]})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[f"rng.cuda{j}"] for j in range(torch.cuda.device_count())
+                                      if f"rng.cuda{j}" in tensors])
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+def _backbone_config(name: str):
+    """The backbone's config without loading weights (cheap validation before any real work)."""
+    if name.startswith(PRESET_PREFIX):
+        return preset_config(name[len(PRESET_PREFIX):])
+    if (os.path.sep in name or name.startswith(".")) and not os.path.isdir(name):
+        raise FileNotFoundError(f"backbone folder {name!r} does not exist")
+    return AutoConfig.from_pretrained(name, trust_remote_code=False)
+
+
+def _load_tokenizer(cfg: TrainConfig, backbone_config):
+    source = cfg.tokenizer or cfg.backbone
+    if source.startswith(PRESET_PREFIX):
+        raise ValueError(f"backbone {cfg.backbone!r} is a random preset without a tokenizer: pass --tokenizer PATH")
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    if len(tokenizer) > backbone_config.vocab_size:
+        raise ValueError(f"tokenizer {source!r} has {len(tokenizer)} tokens, more than the backbone's "
+                         f"vocab_size {backbone_config.vocab_size}")
+    return tokenizer
+
+
+def validate(cfg: TrainConfig):
+    """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
+    if cfg.head not in HEAD_TYPES or not HEAD_TYPES[cfg.head].trainable:
+        trainable = sorted(n for n, c in HEAD_TYPES.items() if c.trainable)
+        raise ValueError(f"unknown or untrainable head type {cfg.head!r}; trainable: {', '.join(trainable)}")
+    check_label_rule(cfg.label_rule, cfg.k)
+    if cfg.mode not in TRAIN_MODES:
+        raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
+    for name in ("steps", "batch_size", "balance_batches", "valid_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
+    if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
+        raise ValueError(f"max_train_tokens {cfg.max_train_tokens} is less than one sequence of {cfg.seq_len}")
+    _check_text_file(cfg.train_text, "training text")
+    _check_text_file(cfg.valid_text, "validation text")
+    if os.path.abspath(cfg.train_text) == os.path.abspath(cfg.valid_text):
+        raise ValueError(f"validation text must differ from the training text (both {cfg.train_text!r})")
+    config = _backbone_config(cfg.backbone)
+    architecture(config)
+    n = config.num_hidden_layers
+    exit_layers = sorted(cfg.exit_layers) if cfg.exit_layers else default_exit_layers(n)
+    bad = [layer for layer in exit_layers if not 0 <= layer <= n - 2]
+    if bad or len(set(exit_layers)) != len(exit_layers):
+        raise ValueError(f"exit layers {exit_layers} invalid for a {n}-block backbone: each must be a distinct "
+                         f"block index in 0..{n - 2} (the last block always runs)")
+    return config, exit_layers
+
+
+def _check_resume(meta: dict, cfg: TrainConfig, backbone_config, ckpt: Path) -> None:
+    if meta["backbone"] != signature(backbone_config):
+        raise ValueError(f"checkpoint {str(ckpt)!r} holds heads built for backbone {meta['backbone']}, not for "
+                         f"{cfg.backbone!r} {signature(backbone_config)}; remove it or choose another --out")
+    old, new = meta["config"], dataclasses.asdict(cfg)
+    diff = sorted(k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k])
+    if diff:
+        raise ValueError(f"checkpoint {str(ckpt)!r} was written with a different configuration "
+                         f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)}); "
+                         f"rerun the same command to resume, or remove it")
+
+
+def train_heads(cfg: TrainConfig) -> dict:
+    """Train one head type at all exits; write heads + metrics.json to cfg.out atomically; return the metrics."""
+    backbone_config, exit_layers = validate(cfg)
+    cfg = dataclasses.replace(cfg, exit_layers=exit_layers)
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT_DIR / CHECKPOINT_FILE
+    meta = read_checkpoint_meta(ckpt) if ckpt.is_file() else None
+    if meta is not None:
+        _check_resume(meta, cfg, backbone_config, ckpt)
+    tokenizer = _load_tokenizer(cfg, backbone_config)
+    needed = cfg.steps * cfg.batch_size * cfg.seq_len  # tokens the whole run consumes (one epoch if available)
+    budget = min(needed, cfg.max_train_tokens) if cfg.max_train_tokens else needed
+    train = pack(read_tokens(cfg.train_text, tokenizer, budget, "training text"), cfg.seq_len, cfg.train_text,
+                 "training text")  # (N, L)
+    valid = pack(read_tokens(cfg.valid_text, tokenizer, cfg.valid_tokens, "validation text"), cfg.seq_len,
+                 cfg.valid_text, "validation text")  # (Nv, L)
+
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    model = load_backbone(cfg.backbone, device=device, seed=cfg.seed)
+    d = model.config.hidden_size
+    heads = build_heads(cfg.head, d, exit_layers, seed=cfg.seed, **cfg.head_options).float()
+    initial = build_heads(cfg.head, d, exit_layers, seed=cfg.seed, **cfg.head_options).float()  # baseline
+    trainer = HeadTrainer(model, heads, cfg)
+
+    def batch(step: int) -> torch.Tensor:
+        return train[batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # (B, L)
+
+    if meta is not None:
+        meta = load_checkpoint(ckpt, trainer)
+        start, pos_ratio = meta["step"], torch.tensor(meta["train_positive_ratio"])
+        print(f"resuming from step {start} ({ckpt})", file=sys.stderr)
+    else:
+        start = 0
+        # The training labels' positive ratio (first training batches, in training order): reported, and
+        # used for class balancing.
+        pos_ratio = trainer.positive_ratio(batch(s) for s in range(min(cfg.balance_batches, cfg.steps)))  # (E,)
+    if cfg.class_balance:
+        trainer.class_weights = balanced_class_weights(pos_ratio).to(trainer.device)  # (E, 2)
+
+    ckpt_state = {"config": dataclasses.asdict(cfg), "backbone": signature(backbone_config),
+                  "train_positive_ratio": pos_ratio.tolist()}
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.head} heads",
+               file=sys.stderr, mininterval=1.0)
+    for step in bar:
+        losses = trainer.train_step(batch(step))  # (E,)
+        bar.set_postfix(loss=f"{losses.mean().item():.4f}", refresh=False)
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            save_checkpoint(ckpt, trainer, done, ckpt_state)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    bar.close()
+
+    evaluation = trainer.evaluate(valid, {"trained": heads, "untrained": initial})
+    trained_tokens = (cfg.steps - start) * cfg.batch_size * cfg.seq_len
+    metrics = {
+        "exit_layers": exit_layers,
+        "trained": evaluation["trained"],
+        "untrained": evaluation["untrained"],
+        "train_positive_ratio": dict(zip(map(str, exit_layers), pos_ratio.tolist())),
+        "class_weights": None if trainer.class_weights is None else
+        dict(zip(map(str, exit_layers), trainer.class_weights.cpu().tolist())),
+        "train_sequences": len(train),
+        "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "epochs": cfg.steps * cfg.batch_size / len(train),
+        "valid_tokens": valid.numel(),
+        "throughput": {"tokens": trained_tokens, "seconds": seconds,
+                       "tokens_per_second": trained_tokens / seconds if seconds > 0 else math.nan,
+                       "resumed_from_step": start, "device": str(trainer.device)},
+    }
+    metadata = {
+        "backbone_id": cfg.backbone, "head_type": cfg.head, "label_rule": cfg.label_rule, "k": cfg.k,
+        "training_mode": cfg.mode, "loss_weights": trainer.weights.cpu().tolist(), "class_balance": cfg.class_balance,
+        "data": {"train_text": os.path.abspath(cfg.train_text), "valid_text": os.path.abspath(cfg.valid_text),
+                 "tokenizer": cfg.tokenizer or cfg.backbone},
+        "seed": cfg.seed, "steps": cfg.steps, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),
+    }
+    with atomic_path(out) as tmp:  # replaces <out> (and its checkpoint folder) in one rename
+        save_heads(tmp, heads.cpu(), model.config, metadata)
+        write_json(tmp / METRICS_FILE, {"metrics": metrics, "provenance": metadata["provenance"]})
+    return metrics

@@ -1,0 +1,52 @@
+"""Exit labels for head distillation: the top-k relaxation of "the exit's prediction matches the full model".
+
+For a position t and an exit after block l, the intermediate prediction is lm_head(final_norm(h_l[t])) and the
+oracle is the full model's logits at t. Label 1 means "safe to exit here". Two directions of the relaxation:
+
+  intermediate_in_oracle_topk   (paper wording, default) the intermediate top-1 token is among the oracle's
+                                top-k tokens; k = 1 is CALM's consistency oracle (argmaxes agree).
+  oracle_in_intermediate_topk   (the authors' code, their k = 15) the oracle's top-1 token is among the
+                                intermediate top-k tokens.
+
+"Among the top-k" is decided by rank: a token is in the top-k when fewer than k tokens have a strictly higher
+logit. Ties therefore count in the token's favour and the rule does not depend on how torch.topk orders ties.
+"""
+from __future__ import annotations
+
+import torch
+
+LABEL_RULES = ("intermediate_in_oracle_topk", "oracle_in_intermediate_topk")
+DEFAULT_LABEL_RULE = LABEL_RULES[0]
+
+
+def check_label_rule(rule: str, k: int) -> None:
+    """Raise a clear ValueError for an unknown rule or k < 1 (called before any expensive work)."""
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {rule!r}; known: {', '.join(LABEL_RULES)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top-k relaxation needs an integer k >= 1, got k={k!r}")
+
+
+def _in_topk(logits: torch.Tensor, token: torch.Tensor, k: int) -> torch.Tensor:
+    """Whether `token` (...) is within the top-k of `logits` (..., V), by strict rank."""
+    at_token = logits.gather(-1, token[..., None])  # (..., 1)
+    rank = (logits > at_token).sum(-1)  # (...): tokens strictly more likely than `token`
+    return rank < k
+
+
+def exit_labels(intermediate_logits: torch.Tensor, oracle_logits: torch.Tensor,
+                rule: str = DEFAULT_LABEL_RULE, k: int = 1) -> torch.Tensor:
+    """Exit labels (0/1, int64) for any leading shape, e.g. (E, B, T, V) x (B, T, V) -> (E, B, T).
+
+    `oracle_logits` broadcasts against `intermediate_logits`, so all exits are labelled in one call.
+    """
+    check_label_rule(rule, k)
+    if intermediate_logits.shape[-1] != oracle_logits.shape[-1]:
+        raise ValueError(f"vocabulary sizes differ: intermediate {intermediate_logits.shape[-1]}, "
+                         f"oracle {oracle_logits.shape[-1]}")
+    intermediate_logits, oracle_logits = torch.broadcast_tensors(intermediate_logits, oracle_logits)  # (..., V)
+    if rule == "intermediate_in_oracle_topk":
+        label = _in_topk(oracle_logits, intermediate_logits.argmax(-1), k)  # (...)
+    else:
+        label = _in_topk(intermediate_logits, oracle_logits.argmax(-1), k)  # (...)
+    return label.long()  # (...)
