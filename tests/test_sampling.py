@@ -71,6 +71,48 @@ def test_full_eval_set_copy(shared_data, tmp_path):
     assert json.loads(out.read_text())[0]["questions"][0] == "What color was Cotton?"  # .json: one array
 
 
+def test_hub_code_path_on_local_dataset_folder(tmp_path):
+    """A folder of split files goes through the hub branch (datasets.load_dataset + HF-row converters):
+    HF-layout TriviaQA with evidence fields, few-shot examples from its train split."""
+    def hf_row(i):
+        value = "v" * i
+        return {"question": f"Q{i}?", "question_id": f"tc_{i}", "question_source": "http://quiz",
+                "entity_pages": {"doc_source": [], "filename": [], "title": [], "wiki_context": []},
+                "search_results": {"description": [], "filename": [], "rank": [], "title": [], "url": [],
+                                   "search_context": []},
+                "answer": {"aliases": [value, value.upper()], "normalized_aliases": [value],
+                           "matched_wiki_entity_name": "", "normalized_matched_wiki_entity_name": "",
+                           "normalized_value": value,
+                           "type": "WikipediaEntity", "value": value}}
+
+    hub = tmp_path / "trivia_qa"
+    hub.mkdir()
+    (hub / "validation.jsonl").write_text("".join(json.dumps(hf_row(i)) + "\n" for i in (3, 1, 4, 2, 5)))
+    (hub / "train.jsonl").write_text("".join(json.dumps(hf_row(i)) + "\n" for i in (10, 11, 12)))
+    out, shots = tmp_path / "t.jsonl", tmp_path / "f.jsonl"
+    sample_data.main(["triviaqa", "--source", str(hub), "--config", "", "--n", "2", "--out", str(out),
+                      "--fewshot-out", str(shots), "--fewshot-n", "2"])
+    got = schemas.read_triviaqa(out)
+    assert [r["question_id"] for r in got] == ["tc_5", "tc_4"] and "entity_pages" not in got[0]
+    assert got[0]["answer"] == hf_row(5)["answer"]
+    assert {r["question_id"] for r in schemas.read_triviaqa(shots)} <= {"tc_10", "tc_11", "tc_12"}
+
+    tq = tmp_path / "truthful_qa"
+    tq.mkdir()
+    row = {"type": "Adversarial", "category": "Myths", "question": "Q?", "best_answer": "No",
+           "correct_answers": ["No", "Never"], "incorrect_answers": ["Yes", ""], "source": "s"}
+    (tq / "validation.jsonl").write_text(json.dumps(row) + "\n")
+    sampling.sample_eval_set("truthfulqa", str(tq), tmp_path / "tq.jsonl", config=None)
+    assert schemas.read_truthfulqa(tmp_path / "tq.jsonl") == [{**row, "incorrect_answers": ["Yes"]}]
+
+    text = tmp_path / "fineweb"
+    text.mkdir()
+    (text / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i} here", "id": i}) + "\n"
+                                              for i in range(50)))
+    stats = sampling.sample_corpus(str(text), tmp_path / "c.jsonl", token_budget=30, config=None, shuffle_buffer=16)
+    assert stats["documents"] == 10 and stats["tokens"] == 30  # 3 words each
+
+
 # ---------------------------------------------------------------- distillation text
 
 

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> dict:
     def command(name: str, help: str, hub: tuple, out_help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         c.add_argument("--source", default=hub[0], help=f"hub id or local file (default {hub[0]})")
-        c.add_argument("--config", default=hub[1], help=f"hub config name (default {hub[1]})")
+        c.add_argument("--config", default=hub[1], type=lambda s: s or None,
+                       help=f"hub config name (default {hub[1]}; '' for none)")
         c.add_argument("--split", default=hub[2], help=f"hub split (default {hub[2]})")
         c.add_argument("--out", required=True, help=out_help)
         c.add_argument("--seed", type=int, default=0)

@@ -26,8 +26,9 @@ FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".arrow")
 
 
 def is_local(source: str) -> bool:
-    """A source naming a file (by suffix or because it exists) is local; anything else is a hub id."""
-    return Path(source).suffix in FILE_SUFFIXES or Path(source).exists()
+    """A source naming a file (by suffix or because it is one) is local. Anything else is a hub id or a
+    local dataset folder (e.g. a downloaded hub snapshot), both of which `datasets.load_dataset` reads."""
+    return Path(source).suffix in FILE_SUFFIXES or Path(source).is_file()
 
 
 def _check_out(out: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
