@@ -189,9 +189,13 @@ def test_resume_after_kill_is_bit_identical(workdir, capsys):
 def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
     cases = [
         (dict(train_text=str(tmp_path / "missing.txt")), FileNotFoundError, "training text .* does not exist"),
         (dict(train_text=str(empty)), ValueError, "training text .* is empty"),
+        (dict(train_text=str(blank)), ValueError, "training text .* contains no documents"),
+        (dict(valid_text=str(workdir / "train.txt")), ValueError, "validation text must differ"),
         (dict(exit_layers=[1, 3]), ValueError, r"invalid for a 4-block backbone.*0\.\.2"),
         (dict(head="transformer"), ValueError, "unknown or untrainable head type 'transformer'"),
         (dict(head="forced"), ValueError, "untrainable head type 'forced'"),

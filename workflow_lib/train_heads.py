@@ -32,7 +32,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--head", required=True, help="head type: calm, ffn, mamba (any trainable registered head)")
     p.add_argument("--head-options", type=json.loads, default={}, help='JSON dict of head options, e.g. \'{"state_size": 32}\'')
     p.add_argument("--exit-layers", type=_layers, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
-    p.add_argument("--train-text", required=True, help="training text: .txt (one stream) or .jsonl with a 'text' field")
+    p.add_argument("--train-text", required=True, help="training corpus: .txt (a document per line) or .jsonl ('text')")
     p.add_argument("--valid-text", required=True, help="held-out text for metrics (never the test data)")
     p.add_argument("--out", required=True, help="output folder (heads, metrics.json; checkpoint/ while running)")
     p.add_argument("--label-rule", choices=LABEL_RULES, default=DEFAULT_LABEL_RULE,

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer
 
 from ..artifacts import atomic_path, provenance, write_json
+from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                parts, preset_config, signature)
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
@@ -89,43 +90,32 @@ def _check_text_file(path: str, what: str) -> None:
         raise ValueError(f"{what} {path!r} is empty")
 
 
-def _text_chunks(path: str, eos: str | None):
-    """Text pieces of a .txt (lines, newlines kept: the file is one stream) or .jsonl (one document per
-    record's "text", each followed by the EOS token) file."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if path.endswith(".jsonl"):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path}:{line_no}: a .jsonl corpus needs a string field 'text' in every record")
-                yield record["text"] + (eos or "")
-            else:
-                yield line
-
-
 def read_tokens(path: str, tokenizer, max_tokens: int | None, what: str) -> torch.Tensor:
-    """The file's token ids (up to `max_tokens`), tokenized in batches of text pieces."""
+    """The corpus as one stream <s> doc </s> <s> doc </s> ... (the framing pretraining used), up to `max_tokens`.
+
+    Documents come from the data package's `read_corpus` (.txt: one per non-blank line; .jsonl: "text") and
+    are tokenized in batches, stopping once the budget is reached (a large FineWeb sample is not read whole)."""
     _check_text_file(path, what)
+    frame = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [],
+             [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     ids: list[int] = []
-    pieces: list[str] = []
+    docs: list[str] = []
 
     def flush():
-        for piece in tokenizer(pieces, add_special_tokens=False)["input_ids"]:
-            ids.extend(piece)
-        pieces.clear()
+        for doc_ids in (tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []):
+            ids.extend([*frame[0], *doc_ids, *frame[1]])
+        docs.clear()
 
-    for piece in _text_chunks(path, tokenizer.eos_token):
-        pieces.append(piece)
-        if len(pieces) == 1024:
+    for doc in read_corpus(path):
+        docs.append(doc)
+        if len(docs) == 256:
             flush()
             if max_tokens is not None and len(ids) >= max_tokens:
                 break
     flush()
     tokens = torch.tensor(ids[:max_tokens] if max_tokens is not None else ids, dtype=torch.long)  # (N,)
     if tokens.numel() == 0:
-        raise ValueError(f"{what} {path!r} contains no tokens")
+        raise ValueError(f"{what} {path!r} contains no documents")
     return tokens
 
 
