@@ -16,6 +16,8 @@ with this module imported), e.g.
 """
 from __future__ import annotations
 
+import logging
+
 import lm_eval.models  # noqa: F401  (registers the built-in models first; see DESIGN.md §8)
 import torch
 from lm_eval.api.registry import register_model
@@ -29,6 +31,7 @@ from workflow_lib.decoding.pruning import pruned_logits
 from workflow_lib.models.backbone import load_backbone
 from workflow_lib.models.heads import load_heads
 
+eval_logger = logging.getLogger("lm_eval.dynamax")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -47,11 +50,15 @@ class DynamaxLM(HFLM):
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         device = _none(device) or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():  # lm_eval's CLI passes device=cuda by default
+            eval_logger.warning("dynamax: CUDA is not available, running on the CPU")
+            device = "cpu"
         model = load_backbone(str(backbone), device=device, dtype=DTYPES.get(dtype), seed=int(seed)).eval()
         head_modules = None
         if _none(heads) is not None:
-            head_modules, self.heads_meta = load_heads(heads, backbone_config=model.config)  # refuses a foreign backbone
-            head_modules = head_modules.to(device=model.device).eval()
+            head_modules, self.heads_meta = load_heads(heads, backbone_config=model.config, device=model.device,
+                                                       dtype=model.dtype)  # refuses heads of another backbone
+            head_modules.eval()
         else:
             self.heads_meta = None
         tok_source = _none(tokenizer) or str(backbone)

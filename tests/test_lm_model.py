@@ -1,0 +1,81 @@
+"""The `dynamax` lm-eval model: registered beside the built-ins, equal to lm-eval's `hf` model with exits
+disabled (generations, metrics, loglikelihoods), and actually exiting early with heads and a low threshold."""
+import lm_eval
+import pytest
+import torch
+from eval_setup import save_calm_heads, saved_backbone, task_files, task_metadata  # noqa: F401  (fixtures)
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
+from lm_eval.tasks import TaskManager
+
+from workflow_lib.evaluation.lm_model import DynamaxLM
+from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
+
+ALL_TASKS = [name for name, _ in TASKS.values()]
+
+
+def test_registered_beside_builtin_models():
+    assert get_model("dynamax") is DynamaxLM
+    assert get_model("hf").__name__ == "HFLM"  # registering ours did not hide lm-eval's own
+
+
+def _evaluate(model, model_args, files):
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=task_metadata(files))
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=ALL_TASKS, task_manager=tm,
+                                   limit=2, gen_kwargs="max_gen_toks=6", log_samples=True)
+
+
+def test_exits_disabled_equals_hf(saved_backbone, task_files):
+    ours = _evaluate("dynamax", {"backbone": str(saved_backbone), "device": "cpu"}, task_files)
+    ref = _evaluate("hf", {"pretrained": str(saved_backbone), "device": "cpu", "dtype": "float32"}, task_files)
+    for task in ALL_TASKS:
+        assert ours["results"][task] == ref["results"][task]
+        assert [s["resps"] for s in ours["samples"][task]] == [s["resps"] for s in ref["samples"][task]]
+        assert [s["arguments"] for s in ours["samples"][task]] == [s["arguments"] for s in ref["samples"][task]]
+        assert all(s["resps"][0][0] for s in ours["samples"][task])  # something was generated to compare
+
+
+def _ll_requests():
+    pairs = [("Question: Who painted the old tower?\nAnswer:", " Mira Holt"), ("Cotton was a", " white kitten")]
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def test_loglikelihood_full_and_pruned(saved_backbone):
+    from lm_eval.models.huggingface import HFLM
+
+    ours = DynamaxLM(backbone=str(saved_backbone), device="cpu")
+    ref = HFLM(pretrained=str(saved_backbone), device="cpu", dtype="float32")
+    full = [ll for ll, _ in ours.loglikelihood(_ll_requests())]
+    assert full == pytest.approx([ll for ll, _ in ref.loglikelihood(_ll_requests())], abs=1e-4)
+    rolling = [Instance("loglikelihood_rolling", {}, ("Cotton was a white kitten.",), 0)]
+    assert ours.loglikelihood_rolling(rolling) == pytest.approx(ref.loglikelihood_rolling(rolling), abs=1e-4)
+    ours.set_point(2.0, prune=1)
+    pruned = [ll for ll, _ in ours.loglikelihood(_ll_requests())]
+    assert all(abs(a - b) > 1e-3 for a, b in zip(pruned, full))  # the pruned model scores differently
+
+
+def test_heads_exit_early_and_threshold_moves_the_point(saved_backbone, task_files, tmp_path):
+    heads = save_calm_heads(tmp_path / "heads", saved_backbone, exit_layers=(1, 2))
+    lm = DynamaxLM(backbone=str(saved_backbone), heads=str(heads), threshold=0.0, device="cpu")
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=task_metadata(task_files))
+    lm_eval.simple_evaluate(model=lm, tasks=["dynamax_triviaqa"], task_manager=tm, limit=2,
+                            gen_kwargs="max_gen_toks=5")
+    assert len(lm.generations) == 2
+    for g in lm.generations:  # p_exit >= 0 always: every decode step stops at the first exit
+        assert g["exit_layers"][1:] == [1] * (len(g["token_ids"]) - 1)
+        assert g["crf_paper"] > 1.0 and g["crf_exact"] > 1.0
+    lm.set_point(2.0)  # threshold above 1: exits disabled, same model object
+    assert lm.generations == [] and not lm.decoder.exits_enabled
+    lm_eval.simple_evaluate(model=lm, tasks=["dynamax_triviaqa"], task_manager=tm, limit=2,
+                            gen_kwargs="max_gen_toks=5")
+    assert all(set(g["exit_layers"]) == {3} and g["crf_exact"] == 1.0 for g in lm.generations)
+
+
+def test_heads_for_another_backbone_are_refused(saved_backbone, tmp_path):
+    from workflow_lib.models.backbone import preset_config
+    from workflow_lib.models.heads import build_heads, save_heads
+
+    other = preset_config("tiny-mistral", vocab_size=512, hidden_size=64, num_hidden_layers=6)
+    save_heads(tmp_path / "heads", build_heads("calm", 64, [3], seed=0), other)
+    with pytest.raises(ValueError, match="built for backbone"):
+        DynamaxLM(backbone=str(saved_backbone), heads=str(tmp_path / "heads"), threshold=0.5, device="cpu")
