@@ -3,7 +3,7 @@ disabled (generations, metrics, loglikelihoods), and actually exiting early with
 import lm_eval
 import pytest
 import torch
-from eval_setup import save_calm_heads, saved_backbone, task_files, task_metadata  # noqa: F401  (fixtures)
+from eval_setup import save_calm_heads, save_tiny_backbone, saved_backbone, task_files, task_metadata  # noqa: F401  (fixtures)
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 from lm_eval.tasks import TaskManager
@@ -79,3 +79,23 @@ def test_heads_for_another_backbone_are_refused(saved_backbone, tmp_path):
     save_heads(tmp_path / "heads", build_heads("calm", 64, [3], seed=0), other)
     with pytest.raises(ValueError, match="built for backbone"):
         DynamaxLM(backbone=str(saved_backbone), heads=str(tmp_path / "heads"), threshold=0.5, device="cpu")
+
+
+def test_lm_eval_command_line(task_files, tmp_path):
+    """lm-eval's own CLI, through the project's wrapper: --model dynamax resolves, the tasks are found.
+    One backbone only: the CLI indexes all of lm-eval's built-in tasks (~10 s)."""
+    import json
+    import subprocess
+    import sys
+
+    saved_backbone = save_tiny_backbone(tmp_path / "backbone", "tiny-mistral")
+    meta = json.dumps({"triviaqa_file": str(task_files["triviaqa"])})
+    cmd = [sys.executable, "-m", "workflow_lib.lm_eval_cli", "--model", "dynamax",
+           "--model_args", f"backbone={saved_backbone},threshold=0.4,policy=recompute,prune=0",
+           "--tasks", "dynamax_triviaqa", "--metadata", meta, "--limit", "1", "--gen_kwargs", "max_gen_toks=3",
+           "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert "exact_match,remove_whitespace" in results["results"]["dynamax_triviaqa"]
+    assert results["config"]["model"] == "dynamax"

@@ -1,0 +1,97 @@
+"""The evaluate entry: grid points with the model loaded once, complete run records beside lm-eval's
+per-sample log, the degenerate rule, and bad input refused before the model loads or generates."""
+import json
+
+import pytest
+from eval_setup import save_calm_heads, save_tiny_backbone, task_files  # noqa: F401  (fixture)
+
+from workflow_lib.evaluate import main
+from workflow_lib.evaluation.degenerate import degenerate_summary, is_degenerate
+
+
+@pytest.fixture(scope="module")
+def mistral_dir(tmp_path_factory):
+    return save_tiny_backbone(tmp_path_factory.mktemp("mistral"), "tiny-mistral")
+
+
+def test_degenerate_rule():
+    assert is_degenerate([5, 6, 7], "max_new_tokens")  # the token limit without a stop
+    assert is_degenerate([9, 9, 9, 2], "eos")  # one token repeated (the stopping token is not text)
+    assert is_degenerate([9, 9, 9, 13], "stop_string")
+    assert not is_degenerate([5, 6, 2], "eos")
+    assert not is_degenerate([5, 2], "eos") and not is_degenerate([2], "eos")
+    assert is_degenerate([9, 9, 13], "eos") and not is_degenerate([9, 8, 9, 2], "eos")
+    assert degenerate_summary([True, False, False, False], 0.2) == {"count": 1, "share": 0.25, "limit": 0.2, "valid": False}
+    assert degenerate_summary([True, False, False, False, False], 0.2)["valid"]  # the limit itself is still valid
+    with pytest.raises(ValueError):
+        degenerate_summary([], 1.5)
+
+
+def _run(tmp_path, *extra):
+    return main(["--out-dir", str(tmp_path / "out"), "--limit", "3", "--max-new-tokens", "6", *extra])
+
+
+def test_thresholds_write_one_record_each(mistral_dir, task_files, tmp_path):
+    heads = save_calm_heads(tmp_path / "heads", mistral_dir, exit_layers=(1, 2))
+    _run(tmp_path, "--backbone", str(mistral_dir), "--heads", str(heads), "--task", "triviaqa",
+         "--data", str(task_files["triviaqa"]), "--thresholds", "0.0,5")
+    low = json.loads((tmp_path / "out" / "threshold~0.0" / "record.json").read_text())
+    off = json.loads((tmp_path / "out" / "threshold~5" / "record.json").read_text())
+    assert set(low["metrics"]) == {"exact_match"} and low["n_samples"] == 3
+    assert low["exits_enabled"] and not off["exits_enabled"]
+    assert low["crf_exact"] > 1.0 and low["crf_paper"] > 1.0 and off["crf_exact"] == off["crf_paper"] == 1.0
+    assert set(low["exit_histogram"]) == {"1"} and set(off["exit_histogram"]) == {"3"}
+    assert sum(low["exit_histogram"].values()) == low["speed"]["decode_tokens"]
+    assert low["speed"]["decode_tokens_per_second"] > 0 and low["wall_seconds"] > 0
+    assert set(low["degenerate"]) == {"count", "share", "limit", "valid"} and low["valid"] == low["degenerate"]["valid"]
+    assert low["provenance"]["config"]["task"] == "triviaqa" and low["provenance"]["seed"] == 1234
+    assert low["provenance"]["packages"]["lm_eval"] == "0.4.13"
+    samples = [json.loads(line) for line in (tmp_path / "out" / "threshold~0.0" / "samples.jsonl").open()]
+    assert len(samples) == 3
+    assert all(s["dynamax"]["exit_layers"][1:] == [1] * (len(s["dynamax"]["token_ids"]) - 1) for s in samples)
+    assert sum(s["dynamax"]["degenerate"] for s in samples) == low["degenerate"]["count"]
+
+
+def test_baseline_and_pruning_points(mistral_dir, task_files, tmp_path):
+    common = ["--backbone", str(mistral_dir), "--no-heads", "--task", "coqa", "--data", str(task_files["coqa"])]
+    _run(tmp_path, *common)
+    base = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert set(base["metrics"]) == {"em", "f1"} and base["threshold"] is None and base["prune"] == 0
+    main(["--out-dir", str(tmp_path / "prune"), "--limit", "2", "--max-new-tokens", "4", *common, "--prune-series", "0,2"])
+    p0 = json.loads((tmp_path / "prune" / "prune~0" / "record.json").read_text())
+    p2 = json.loads((tmp_path / "prune" / "prune~2" / "record.json").read_text())
+    assert p0["crf_paper"] == 1.0 and p2["crf_paper"] == pytest.approx(4 / 2)  # 2 of 4 blocks run
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--task", "squad"], "invalid choice: 'squad'"),
+    (["--data", "/nonexistent/triviaqa.jsonl"], "file not found"),
+    (["--thresholds", "0.5,high"], "'high' in '0.5,high' is not a number"),
+    (["--thresholds", "0.5,nan"], "not a finite non-negative number"),
+])
+def test_bad_arguments_are_refused_before_loading(bad, message, task_files, tmp_path, capsys):
+    args = {"--backbone": "preset:tiny-mistral", "--task": "triviaqa", "--data": str(task_files["triviaqa"]),
+            "--thresholds": "0.5", "--out-dir": str(tmp_path / "out")}
+    args.update(dict(zip(bad[::2], bad[1::2])))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*sum(([k, v] for k, v in args.items()), []), "--heads", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_data_format_is_refused(task_files, tmp_path):
+    with pytest.raises(SystemExit, match="coqa"):
+        main(["--backbone", "preset:tiny-mistral", "--no-heads", "--task", "coqa", "--data", str(task_files["triviaqa"]),
+              "--out-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_heads_for_another_backbone_are_refused(mistral_dir, task_files, tmp_path):
+    from workflow_lib.models.backbone import preset_config
+    from workflow_lib.models.heads import build_heads, save_heads
+
+    save_heads(tmp_path / "heads", build_heads("calm", 64, [1], seed=0), preset_config("tiny-mamba2", hidden_size=64))
+    with pytest.raises(SystemExit, match="built for backbone"):
+        _run(tmp_path, "--backbone", str(mistral_dir), "--heads", str(tmp_path / "heads"), "--task", "triviaqa",
+             "--data", str(task_files["triviaqa"]), "--thresholds", "0.5")
+    assert not (tmp_path / "out").exists()
