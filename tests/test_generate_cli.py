@@ -77,7 +77,10 @@ def test_exit_at_and_prune(capsys):
     assert got["exit_layers"] == [7] + [4] * 5 and got["crf_paper"] == pytest.approx(8 / 6)
     got = run(capsys, "--backbone", "preset:tiny-mamba2", "--prompt-ids", "5,6,7", "--prune", "2",
               "--max-new-tokens", "4", "--json")
-    assert got["crf_paper"] == pytest.approx(8 / 6) and got["prune"] == 2
+    assert got["crf_paper"] == pytest.approx(8 / 6) and got["prune"] == 2 and got["prune_start"] == 5
+    got = run(capsys, "--backbone", "preset:tiny-mamba2", "--prompt-ids", "5,6,7", "--prune", "2", "--prune-start", "1",
+              "--max-new-tokens", "4", "--json")
+    assert got["crf_paper"] == pytest.approx(8 / 6) and got["prune_start"] == 1
     generate.main(["--backbone", "preset:tiny-mistral", "--prompt-ids", "5,6,7", "--max-new-tokens", "3"])
     assert len(capsys.readouterr().out.split()) == 3  # without a tokenizer the ids are printed
 
@@ -117,6 +120,8 @@ def test_errors_before_any_work(capsys, tmp_path, no_weights):
         "policy 'copy' does not apply to mamba2": ["--backbone", "preset:tiny-mamba2", "--policy", "copy",
                                                    "--prompt-ids", "5"],
         "prune must be an integer": ["--backbone", "preset:tiny-mistral", "--prune", "9", "--prompt-ids", "5"],
+        "prune start must be an integer": ["--backbone", "preset:tiny-mistral", "--prune", "2", "--prune-start", "0",
+                                           "--prompt-ids", "5"],
         "has no tokenizer": ["--backbone", "preset:tiny-mistral", "--prompt", "hello"],
         "does not exist": ["--backbone", str(tmp_path / "missing"), "--prompt-ids", "5"],
         "not allowed with argument --heads": ["--backbone", "preset:tiny-mistral", "--heads", "x", "--exit-at", "4",

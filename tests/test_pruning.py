@@ -3,16 +3,16 @@ import pytest
 import torch
 
 from workflow_lib.decoding.decoder import ExitDecoder
-from workflow_lib.decoding.pruning import kept_blocks, prune_blocks, pruned_logits
-from workflow_lib.models.backbone import architecture, build_backbone, parts
+from workflow_lib.decoding.pruning import angular_distance_start, kept_blocks, prune_blocks, pruned_logits
+from workflow_lib.models.backbone import architecture, build_backbone, parts, preset_config
 from workflow_lib.models.heads import build_heads
 
 PROMPT = torch.tensor([[1, 64, 3, 700, 21, 5, 333]])  # (1, 7)
 
 
-def without_blocks(model, n):
+def without_blocks(model, n, start=None):
     """A fresh model of n fewer blocks holding the kept blocks' weights (renumbered)."""
-    keep = kept_blocks(model.config.num_hidden_layers, n)
+    keep = kept_blocks(model.config.num_hidden_layers, n, start)
     config = model.config.__class__.from_dict({**model.config.to_dict(), "num_hidden_layers": len(keep)})
     small = build_backbone(config, device="cpu", dtype=torch.float32)
     prefix = "model.layers." if architecture(config) == "mistral" else "backbone.layers."
@@ -81,3 +81,36 @@ def test_exits_with_pruning(tiny_mistral):
         PROMPT, max_new_tokens=5, eos_token_id=[])
     assert res.exit_layers == [7, 2, 2, 2, 2]
     assert res.crf_paper == pytest.approx(8 / (4 + 1 / 6))  # blocks 0-2 and 7 run, block 3 recomputed
+
+
+def test_prune_start_equals_model_without_those_blocks(tiny_backbone):
+    assert kept_blocks(8, 2, start=2) == [0, 1, 4, 5, 6, 7]
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="prune start must be an integer in 1..5"):
+            kept_blocks(8, 2, start=bad)
+    small = without_blocks(tiny_backbone, 2, start=2)
+    ids = greedy(small)
+    res = ExitDecoder(tiny_backbone, prune=2, prune_start=2).generate(PROMPT, max_new_tokens=12, eos_token_id=[])
+    assert res.token_ids == ids and res.crf_paper == pytest.approx(8 / 6)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned_logits(tiny_backbone, PROMPT, 2, start=2), small(PROMPT).logits.float())
+    # an exit above the dropped range: blocks 0, 1, 4, 5 and 7 run, block 6 is recomputed
+    res = ExitDecoder(tiny_backbone, build_heads("forced", 256, [5]), threshold=0.5, prune=2, prune_start=2).generate(
+        PROMPT, max_new_tokens=3, eos_token_id=[])
+    assert res.exit_layers == [7, 5, 5]
+    assert res.crf_paper == pytest.approx(8 / (5 + (1 / 6 if architecture(tiny_backbone.config) == "mistral" else 9 / 26)))
+
+
+@pytest.mark.parametrize("name", ["tiny-mistral", "tiny-mamba2"])
+def test_angular_distance_picks_the_blocks_that_change_nothing(name):
+    model = build_backbone(preset_config(name), seed=1, device="cpu", dtype=torch.float32)
+    p = parts(model)
+    with torch.no_grad():
+        for j in (3, 4):  # blocks 3 and 4 add nothing to the residual stream: inputs of blocks 3 and 5 are equal
+            outs = ([p.layers[j].self_attn.o_proj, p.layers[j].mlp.down_proj] if p.arch == "mistral"
+                    else [p.layers[j].mixer.out_proj])
+            for lin in outs:
+                lin.weight.zero_()
+    calibration = [PROMPT, torch.tensor([[1, 9, 99, 999]])]
+    assert angular_distance_start(model, calibration, 2) == 3
+    assert angular_distance_start(model, calibration, 1) in (3, 4)

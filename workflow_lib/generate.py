@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="missing-state policy: " + "; ".join(f"{a}: {', '.join(p)}" for a, p in POLICIES.items())
                     + " (default: recompute)")
     ap.add_argument("--prune", type=int, default=0, help="drop this many blocks just before the last (default 0)")
+    ap.add_argument("--prune-start", type=int, default=None,
+                    help="first dropped block (default: the --prune blocks just before the last)")
     prompt = ap.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (tokenised with the backbone's tokenizer)")
     prompt.add_argument("--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (for preset: backbones)")
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         arch = architecture(config)
         policy = resolve_policy(arch, args.policy)
         n = config.num_hidden_layers
-        kept_blocks(n, args.prune)
+        kept_blocks(n, args.prune, args.prune_start)
         if args.exit_at is not None and not 0 <= args.exit_at <= n - 2:
             raise ValueError(f"--exit-at {args.exit_at} out of range: exits sit at blocks 0..{n - 2} of this {n}-block backbone")
         device = torch.device(args.device) if args.device else default_device()
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = load_backbone(args.backbone, device=device, dtype=dtype, seed=args.seed)
     decoder = ExitDecoder(model, heads, threshold=threshold, policy=policy, prune=args.prune,
-                          repetition_penalty=args.repetition_penalty)
+                          repetition_penalty=args.repetition_penalty, prune_start=args.prune_start)
     if args.prompt is not None:
         input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids  # (1, T)
     else:
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
             "prompt_tokens": input_ids.shape[1], "backbone": args.backbone, "arch": arch, "policy": policy,
             "threshold": threshold, "exits_enabled": decoder.exits_enabled, "exit_heads": sorted(decoder.heads),
-            "prune": args.prune, "seed": args.seed,
+            "prune": args.prune, "prune_start": decoder.prune_start if args.prune else None, "seed": args.seed,
         }))
     else:
         print(text if text is not None else " ".join(map(str, result.token_ids)))

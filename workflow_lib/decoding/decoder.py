@@ -56,7 +56,8 @@ class ExitDecoder:
     """Greedy early-exit decoding on a Mistral or Mamba-2 backbone; see the module docstring."""
 
     def __init__(self, model: nn.Module, heads: nn.ModuleDict | None = None, threshold: float = 2.0,
-                 policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0):
+                 policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0,
+                 prune_start: int | None = None):
         self.model = model
         self.parts = parts(model)
         n = self.parts.n_layers
@@ -66,8 +67,11 @@ class ExitDecoder:
         if not repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
         self.threshold = float(threshold)
-        self.prune = prune
-        self.kept = kept_blocks(n, prune)
+        self.kept = kept_blocks(n, prune, prune_start)
+        self.prune, self.prune_start = prune, n - 1 - prune if prune_start is None else prune_start
+        # Costs depend on block counts only: an exit at the k-th kept block costs what an exit at block k does
+        # when the pruned blocks are the ones before the last, which is the form accounting takes.
+        self._cost_layer = {b: k for k, b in enumerate(self.kept[:-1])} | {n - 1: n - 1}
         heads = heads if heads is not None else nn.ModuleDict()
         for key, head in heads.items():
             layer = int(key)
@@ -113,7 +117,7 @@ class ExitDecoder:
                      lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
                  for layer, head in self.heads.items() if _stateful(head)]
         try:
-            with prune_blocks(self.model, self.prune):
+            with prune_blocks(self.model, self.prune, self.prune_start):
                 out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
         finally:
             for hook in hooks:
@@ -163,7 +167,8 @@ class ExitDecoder:
             tok = self._next_token(logits, None if seq is None else seq[:, :pos + 1])  # (1,)
             token_ids.append(int(tok))
             exit_layers.append(exit_layer)
-            costs.append(self.cost_model.token_cost(exit_layer, pos + 1, self.policy, head_macs, self.prune))
+            costs.append(self.cost_model.token_cost(self._cost_layer[exit_layer], pos + 1, self.policy, head_macs,
+                                                    self.prune))
             position_ids += 1
             stop_reason = self._stop_reason(token_ids, eos, stop_strings, tokenizer)
         self._sync(device)
