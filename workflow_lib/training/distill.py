@@ -250,33 +250,49 @@ class HeadTrainer:
 
     @torch.no_grad()
     def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict]) -> dict[str, dict]:
-        """Held-out metrics per head set and exit: loss (unweighted CE), accuracy, precision, recall, F1
-        (positive class = exit) and the positive-label ratio. One backbone pass per batch for all head sets."""
+        """Held-out metrics per head set and exit (see `exit_metrics`). One backbone pass per batch serves
+        every head set."""
         for heads in head_sets.values():
             heads.to(self.device).eval()
-        n_exits = len(self.exit_layers)
-        stats = {name: torch.zeros(n_exits, 5, dtype=torch.float64) for name in head_sets}  # loss_sum, tp, fp, fn, tn
-        n_tokens = 0
+        logits = {name: [] for name in head_sets}
+        labels = []
         for start in range(0, len(sequences), self.cfg.batch_size):
-            z, labels = self.backbone_pass(sequences[start:start + self.cfg.batch_size].to(self.device))  # (E, B, T, D)
-            n_tokens += labels[0].numel()
+            z, gold = self.backbone_pass(sequences[start:start + self.cfg.batch_size].to(self.device))  # (E, B, T, D)
+            labels.append(gold.flatten(1).cpu())  # (E, B*T)
             for name, heads in head_sets.items():
-                losses, logits = self._exit_losses(heads, z, labels, balanced=False)  # (E,), (E, B, T, 2)
-                pred, gold = logits.argmax(-1).flatten(1).bool(), labels.flatten(1).bool()  # (E, B*T) each
-                stats[name] += torch.stack([
-                    losses * labels[0].numel(), (pred & gold).sum(1), (pred & ~gold).sum(1),
-                    (~pred & gold).sum(1), (~pred & ~gold).sum(1),
-                ], dim=1).double().cpu()  # (E, 5)
+                _, head_logits = self._exit_losses(heads, z, gold, balanced=False)  # (E, B, T, 2)
+                logits[name].append(head_logits.flatten(1, 2).cpu())  # (E, B*T, 2)
         self.heads.train()
-        return {name: {str(layer): _metrics(*s.tolist(), n_tokens) for layer, s in zip(self.exit_layers, st)}
-                for name, st in stats.items()}
+        gold = torch.cat(labels, 1)  # (E, N)
+        return {name: {str(layer): exit_metrics(out[e], gold[e]) for e, layer in enumerate(self.exit_layers)}
+                for name, out in ((name, torch.cat(chunks, 1)) for name, chunks in logits.items())}
 
 
-def _metrics(loss_sum: float, tp: float, fp: float, fn: float, tn: float, n: int) -> dict:
+def _auroc(score: torch.Tensor, gold: torch.Tensor) -> float | None:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties given average ranks; None when
+    only one class is present. Hand-written: a dozen lines do not justify a scikit-learn dependency."""
+    n_pos, n = int(gold.sum()), gold.numel()
+    if n_pos in (0, n):
+        return None
+    values, inverse, counts = score.double().unique(sorted=True, return_inverse=True, return_counts=True)  # (U,)
+    first_rank = counts.cumsum(0) - counts + 1  # (U,): 1-based rank of each distinct score's first occurrence
+    avg_rank = first_rank + (counts - 1) / 2  # (U,)
+    rank_sum = avg_rank[inverse][gold.bool()].sum().item()  # sum over positives
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+
+
+def exit_metrics(logits: torch.Tensor, gold: torch.Tensor) -> dict:
+    """logits (N, 2), gold (N,) -> loss (unweighted CE), accuracy, precision, recall, F1 (positive class = exit,
+    decided at p_exit >= 0.5), AUROC of p_exit (threshold-free: the decoder sweeps the threshold), the
+    positive-label ratio and the predicted exit ratio."""
+    n = gold.numel()
+    pred, g = logits.argmax(-1).bool(), gold.bool()  # (N,), (N,)
+    tp, fp, fn = (pred & g).sum().item(), (pred & ~g).sum().item(), (~pred & g).sum().item()
     precision = tp / (tp + fp) if tp + fp else 0.0  # no predicted exits: precision 0 (sklearn's zero_division=0)
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"loss": loss_sum / n, "accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+    return {"loss": F.cross_entropy(logits, gold).item(), "accuracy": (pred == g).float().mean().item(),
+            "precision": precision, "recall": recall, "f1": f1, "auroc": _auroc(logits.softmax(-1)[:, 1], gold),
             "positive_ratio": (tp + fn) / n, "predicted_exit_ratio": (tp + fp) / n, "tokens": n}
 
 
