@@ -21,7 +21,7 @@ def exit_step(model, policy, exit_layer=EXIT):
     """Prefill, then one decode step forced to exit at `exit_layer`, recording what the policy saw and did.
 
     Returns (cache before the step, cache at the exit (block e done, policy not yet run), cache after the step,
-    exit hidden state h_e (1,1,D), the last block's input, position embeddings or None).
+    exit hidden state h_e (1,1,D), the last block's input, position embeddings or None, the step's input token).
     """
     p = parts(model)
     dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy)

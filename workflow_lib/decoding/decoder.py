@@ -129,6 +129,12 @@ class ExitDecoder:
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
                  tokenizer=None, eos_token_id=None) -> DecodeResult:
+        """Greedy-decode up to `max_new_tokens` after `input_ids` (1, T).
+
+        Stops at an EOS id (`eos_token_id`: int or list; None takes the model's generation config, [] disables
+        it) or once the decoded generated text contains a stop string (needs `tokenizer`); the stopping token is
+        kept in `token_ids` and cutting the text at the stop string is the caller's job.
+        """
         if input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
             raise ValueError(f"input_ids must have shape (1, T>=1) (batch size 1), got {tuple(input_ids.shape)}")
         if max_new_tokens < 1:
