@@ -206,11 +206,14 @@ def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
     empty.write_text("")
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n")
+    csv = tmp_path / "corpus.csv"
+    csv.write_text("text\nhello\n")
     cases = [
         (dict(train_text=str(tmp_path / "missing.txt")), FileNotFoundError, "training text .* does not exist"),
         (dict(train_text=str(empty)), ValueError, "training text .* is empty"),
         (dict(train_text=str(blank)), ValueError, "training text .* contains no documents"),
         (dict(valid_text=str(workdir / "train.txt")), ValueError, "validation text must differ"),
+        (dict(valid_text=str(csv)), ValueError, "corpus must be .txt or .jsonl"),
         (dict(exit_layers=[1, 3]), ValueError, r"invalid for a 4-block backbone.*0\.\.2"),
         (dict(head="transformer"), ValueError, "unknown or untrainable head type 'transformer'"),
         (dict(head="forced"), ValueError, "untrainable head type 'forced'"),

@@ -383,8 +383,9 @@ def validate(cfg: TrainConfig):
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
         raise ValueError(f"max_train_tokens {cfg.max_train_tokens} is less than one sequence of {cfg.seq_len}")
-    _check_text_file(cfg.train_text, "training text")
-    _check_text_file(cfg.valid_text, "validation text")
+    for path, what in ((cfg.train_text, "training text"), (cfg.valid_text, "validation text")):
+        _check_text_file(path, what)
+        read_corpus(path)  # checks the format (suffix) now; documents are read later
     if os.path.abspath(cfg.train_text) == os.path.abspath(cfg.valid_text):
         raise ValueError(f"validation text must differ from the training text (both {cfg.train_text!r})")
     config = _backbone_config(cfg.backbone)
