@@ -48,7 +48,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm per optimizer (0: off)")
-    p.add_argument("--max-train-tokens", type=int, help="cap on training tokens read (repeats epochs if fewer are needed)")
+    p.add_argument("--max-train-tokens", type=int, help="cap on training tokens read (default: steps*batch*seq_len; epochs repeat when the run needs more)")
     p.add_argument("--valid-tokens", type=int, default=65536, help="held-out tokens evaluated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
