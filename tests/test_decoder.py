@@ -4,6 +4,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from workflow_lib.decoding.accounting import CostModel
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import build_backbone, parts, preset_config
 from workflow_lib.models.heads import build_head, build_heads
@@ -36,6 +37,8 @@ def test_exits_disabled_equals_generate(tiny_backbone, threshold, with_heads):
     assert res.stop_reason == "max_new_tokens"
     torch.testing.assert_close(res.last_logits, logits, rtol=1e-5, atol=1e-5)
     assert res.crf_exact == res.crf_paper == 1.0 and len(res.costs) == 23
+    cost_model = CostModel(tiny_backbone.config)  # step i reads the token at position T+i, attending to T+i+1
+    assert [c.macs_full for c in res.costs] == [cost_model.full_token_macs(PROMPT.shape[1] + i + 1) for i in range(23)]
 
 
 def test_eos_stops_like_generate(tiny_backbone):
