@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1234, help="lm-eval's python/numpy/torch/few-shot seeds")
     p.add_argument("--device", help="cpu, cuda, cuda:0 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); batch-1 decoding of a small "
+                                               "model is fastest on 1, and oversubscribed cores make it many times slower")
     args = p.parse_args(argv)
 
     if args.heads is not None and not args.thresholds:
@@ -83,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.shots is not None and args.shots < 0:
         p.error("--shots must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
     if args.prune < 0:
         p.error("--prune must be >= 0")
     if not 0.0 <= args.degenerate_limit <= 1.0:
@@ -110,6 +114,7 @@ def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
     lm_task, data_key = TASKS[args.task]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata["triviaqa_fewshot_file"] = str(Path(args.fewshot_data).resolve())
     task_manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=metadata)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     points = grid_points(args)
     first = points[0][1]
     try:
@@ -144,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
         sys.exit(f"evaluate: error: {e}")
 
+    setup_seconds = time.perf_counter() - started  # imports, data check, model and heads load: paid once per job
     for out_dir, point in points:
         threshold = point["threshold"] if point["threshold"] is not None else 2.0
         try:
@@ -157,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
         wall = time.perf_counter() - start
         point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
-                 "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers}
+                 "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers,
+                 "setup_seconds": setup_seconds}
         record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
         path = write_point(out_dir, record, sample_lines(results["samples"][lm_task], lm.generations))
         print(f"{path}: {record['metrics']} crf_exact={record['crf_exact']:.3f} crf_paper={record['crf_paper']:.3f} "

@@ -17,6 +17,7 @@ from collections import Counter
 import datasets
 import numpy as np
 
+from workflow_lib.data.sampling import longest_answers
 from workflow_lib.data.schemas import LOADERS
 
 TRIVIAQA_SUBSET = 1000  # the paper's subset: the validation questions with the longest answers
@@ -34,12 +35,6 @@ def data_file(kind: str, metadata: dict) -> str:
 # ---------------------------------------------------------------- TriviaQA
 
 
-def longest_answers(records: list[dict], n: int) -> list[dict]:
-    """The n records whose answer value is longest in characters; ties keep file order."""
-    order = sorted(range(len(records)), key=lambda i: -len(records[i]["answer"]["value"]))  # stable sort
-    return [records[i] for i in order[:n]]
-
-
 def _triviaqa_doc(rec: dict) -> dict:
     # Only the fields the prompt and metric use: the synthetic and real files carry different extras,
     # and empty evidence lists would make datasets infer a null column type.
@@ -55,7 +50,7 @@ def load_triviaqa(**metadata) -> datasets.DatasetDict:
     themselves (lm-eval's sampler never shows a question as its own example)."""
     records = LOADERS["triviaqa"](data_file("triviaqa", metadata))
     n = int(metadata.get("triviaqa_n") or TRIVIAQA_SUBSET)
-    chosen = longest_answers(records, n)
+    chosen = longest_answers(records, min(n, len(records)))  # the data rules' ranking (ties by question_id)
     if metadata.get("triviaqa_fewshot_file"):
         pool = LOADERS["triviaqa"](metadata["triviaqa_fewshot_file"])
     else:
