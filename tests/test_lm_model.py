@@ -2,7 +2,6 @@
 disabled (generations, metrics, loglikelihoods), and actually exiting early with heads and a low threshold."""
 import lm_eval
 import pytest
-import torch
 from eval_setup import save_calm_heads, save_tiny_backbone, saved_backbone, task_files, task_metadata  # noqa: F401  (fixtures)
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             lm.set_point(threshold, point["prune"])
         except ValueError as e:  # a prune n the backbone cannot take, an exit among the pruned blocks
             sys.exit(f"evaluate: error: {e}")
+        lm.warm_up()
         start = time.perf_counter()
         results = lm_eval.simple_evaluate(
             model=lm, tasks=[lm_task], task_manager=task_manager, num_fewshot=args.shots, limit=args.limit,

@@ -80,6 +80,13 @@ class DynamaxLM(HFLM):
                                    repetition_penalty=self.repetition_penalty)
         self.generations = []
 
+    def warm_up(self, new_tokens: int = 8) -> None:
+        """One short untimed generation at the current point: the first calls pay one-off costs (allocator,
+        lazy kernels) that would otherwise land in the first grid point's tokens/s."""
+        ids = torch.tensor([[self.eot_token_id] * 4], device=self.device)  # (1, 4)
+        with torch.no_grad():
+            self.decoder.generate(ids, max_new_tokens=new_tokens, eos_token_id=-1)  # no EOS: all steps run
+
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         if self.prune == 0:
             return super()._model_call(inps, attn_mask, labels)
