@@ -31,9 +31,7 @@ rule pretrain:
         world=lambda wc, input: os.path.dirname(input.world),
         seed=SEED,
         arch=lambda wc: BACKBONES[wc.backbone]["arch"],
-        options=lambda wc: cli(
-            {("num_layers" if k == "layers" else k): v for k, v in BACKBONES[wc.backbone].get("pretrain", {}).items()}
-        ),
+        options=lambda wc: cli(BACKBONES[wc.backbone].get("pretrain", {})),
     threads: 2
     log:
         f"{LOGS}/pretrain/{{backbone}}.log",

@@ -23,8 +23,11 @@ HEADLINE_METRICS = {
 }
 
 # Record fields that describe the run rather than measure it; they stay in the record files.
-_SKIPPED_FIELDS = {"config", "provenance", "packages", "git_commit", "samples", "seed", "exit_histogram",
-                   "exit_layer_histogram", "task", "threshold", "prune", "policy", "head", "backbone"}
+# `cost` repeats crf_exact / crf_paper; `metrics` become their own columns (see record_row).
+_SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "backbone",
+                   "task", "threshold", "prune", "policy", "head"}
+SPEED = "speed.decode_tokens_per_second"
+LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup", SPEED, "n_samples"]
 
 
 def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> dict:
@@ -73,27 +76,38 @@ def metric_name(name: str) -> str:
     return name.split(",")[0]
 
 
-def record_row(path: str | Path, results_root: str | Path = "results/eval") -> dict:
+def record_row(path: str | Path, results_root: str | Path = "results/eval") -> tuple[dict, list[str]]:
+    """One grid point's row, and the names of its metric columns."""
     record = json.loads(Path(path).read_text())
     row = grid_point(path, results_root)
-    metrics = record.pop("metrics", {}) or {}
-    for key, value in metrics.items():
-        if metric_name(key).endswith("_stderr"):
-            continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            row[metric_name(key)] = float(value)
+    names = []
+    for key, value in (record.pop("metrics", None) or {}).items():
+        name = metric_name(key)
+        if not name.endswith("_stderr") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[name] = float(value)
+            names.append(name)
     for key, value in _flatten(record).items():
         row.setdefault(key, value)
-    return row
+    return row, names
 
 
 def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "results/eval") -> pd.DataFrame:
     """One row per grid point, identity columns first, sorted for stable diffs."""
-    rows = [record_row(p, results_root) for p in record_paths]
+    rows, metrics = [], {}
+    for path in record_paths:
+        row, names = record_row(path, results_root)
+        rows.append(row)
+        metrics.update(dict.fromkeys(names))
     if not rows:
         raise ValueError("no run records given")
     table = pd.DataFrame(rows)
-    order = ID_COLUMNS + [c for c in table.columns if c not in ID_COLUMNS]
+    if SPEED in table:
+        # Measured speedup: decode tokens per second against the same backbone and task with exits disabled.
+        base = table[table["method"] == "baseline"].set_index(["backbone", "task"])[SPEED]
+        reference = pd.Series(list(zip(table["backbone"], table["task"])), index=table.index).map(base)
+        table["speedup"] = table[SPEED] / reference
+    first = ID_COLUMNS + [m for m in metrics if m in table] + [c for c in LEADING_COLUMNS if c in table]
+    order = first + [c for c in table.columns if c not in first]
     return table[order].sort_values(ID_COLUMNS, na_position="first", kind="stable").reset_index(drop=True)
 
 

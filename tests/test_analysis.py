@@ -1,0 +1,106 @@
+"""Tables and figures from run records: identity from paths, tidy rows, Pareto frontier, figure files."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflow_lib.analysis.tables import grid_point, grid_table, pareto_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_record(root: Path, rel: str, metric: float, crf: float, tps: float = 100.0, valid: bool = True,
+                 metric_name: str = "exact_match,remove_whitespace") -> Path:
+    path = root / rel / "record.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base, _, filt = metric_name.partition(",")
+    stderr = f"{base}_stderr,{filt}" if filt else f"{base}_stderr"  # lm-eval's spelling
+    record = {"metrics": {metric_name: metric, stderr: 0.1}, "crf_exact": crf,
+              "crf_paper": crf * 1.1, "valid": valid, "degenerate": {"share": 0.0 if valid else 0.9},
+              "speed": {"decode_tokens_per_second": tps}, "n_samples": 10, "provenance": {"seed": 0}}
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.fixture
+def records(tmp_path):
+    root = tmp_path / "results" / "eval"
+    paths = [
+        write_record(root, "mistral/baseline/task~triviaqa", 0.80, 1.0, tps=100.0),
+        write_record(root, "mistral/prune~1/task~triviaqa", 0.50, 1.2, tps=120.0),
+        write_record(root, "mistral/prune~2/task~triviaqa", 0.20, 1.5, tps=150.0),
+        write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.9", 0.79, 1.1, tps=105.0),
+        write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.5", 0.60, 1.4, tps=130.0),
+        write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.2", 0.90, 2.0, valid=False),
+        write_record(root, "mistral/head~mamba/policy~recompute/task~triviaqa/threshold~0.5", 0.55, 1.3),
+    ]
+    return root, paths
+
+
+def test_grid_point_reads_identity_from_path(tmp_path):
+    root = tmp_path / "eval"
+    exit_point = grid_point(root / "m/head~ffn/policy~copy_prev/task~coqa/threshold~0.45/record.json", root)
+    assert exit_point == {"backbone": "m", "method": "early_exit", "head": "ffn", "policy": "copy_prev",
+                          "task": "coqa", "threshold": 0.45, "prune": 0}
+    assert grid_point(root / "m/prune~3/task~coqa/record.json", root)["prune"] == 3
+    assert grid_point(root / "m/baseline/task~coqa/record.json", root)["method"] == "baseline"
+    with pytest.raises(ValueError, match="unexpected path component"):
+        grid_point(root / "m/bogus~1/task~coqa/record.json", root)
+
+
+def test_grid_table_one_row_per_point(records):
+    root, paths = records
+    grid = grid_table(paths, root)
+    assert len(grid) == len(paths)
+    assert list(grid.columns[:8]) == ["backbone", "method", "head", "policy", "task", "threshold", "prune",
+                                      "exact_match"]
+    assert "exact_match_stderr" not in grid and "provenance.seed" not in grid
+    exit_row = grid[(grid["head"] == "calm") & (grid["threshold"] == 0.5)].iloc[0]
+    assert exit_row["exact_match"] == pytest.approx(0.60)
+    assert exit_row["speedup"] == pytest.approx(1.3)  # 130 tokens/s against the baseline's 100
+    assert grid["degenerate.share"].notna().all()
+
+
+def test_pareto_keeps_only_undominated_valid_points(records):
+    root, paths = records
+    pareto = pareto_table(grid_table(paths, root))
+    front = list(zip(pareto["crf"], pareto["value"], pareto["series"]))
+    # The invalid (0.90 at CRF 2.0) point would dominate everything; it must not count.
+    assert front == [(1.0, 0.80, "full model"), (1.1, 0.79, "calm / copy"), (1.4, 0.60, "calm / copy"),
+                     (1.5, 0.20, "layer pruning")]
+    assert (pareto["task"] == "triviaqa").all() and (pareto["metric"] == "exact_match").all()
+
+
+def test_entry_points_write_tables_and_figures(records, tmp_path):
+    root, paths = records
+    grid, pareto = tmp_path / "tables" / "grid.csv", tmp_path / "tables" / "pareto.csv"
+    subprocess.run([sys.executable, "-m", "workflow_lib.make_tables", "--records", *map(str, paths),
+                    "--results-root", str(root), "--grid", str(grid), "--pareto", str(pareto)], check=True)
+    assert len(pd.read_csv(grid)) == len(paths)
+    figures = [tmp_path / "fig" / "triviaqa.png", tmp_path / "fig" / "triviaqa.pdf"]
+    subprocess.run([sys.executable, "-m", "workflow_lib.make_figures", "--grid", str(grid), "--backbone",
+                    "mistral", "--task", "triviaqa", "--crf", "paper", "--out", *map(str, figures)], check=True)
+    assert figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figures[1].read_bytes()[:5] == b"%PDF-"
+    assert not list((tmp_path / "fig").glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_figure_errors_name_the_missing_point(records, tmp_path):
+    root, paths = records
+    grid = tmp_path / "grid.csv"
+    grid_table(paths, root).to_csv(grid, index=False)
+    result = subprocess.run([sys.executable, "-m", "workflow_lib.make_figures", "--grid", str(grid), "--backbone",
+                             "mamba2", "--task", "triviaqa", "--out", str(tmp_path / "x.png")],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "no grid points for backbone 'mamba2'" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_analysis_does_not_import_torch():
+    code = ("import sys, workflow_lib.analysis.tables, workflow_lib.analysis.figures, "
+            "workflow_lib.make_tables, workflow_lib.make_figures; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
