@@ -109,7 +109,9 @@ def cli(options):
     Config keys are the entry points' flags with underscores; False and None leave a flag out.
     """
     words = []
-    for key, value in options.items():
+    # Sorted: the same settings give the same command whatever order the config file lists them in, so
+    # rewriting a config does not make Snakemake rerun jobs for a changed parameter.
+    for key, value in sorted(options.items()):
         flag = f"--{key.replace('_', '-')}"
         if value is None or value is False:
             continue
