@@ -1,10 +1,13 @@
 """Shared fixtures: offline hub, tiny random backbones, the real data samples beside the checkout."""
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Pipeline rules call `python -m workflow_lib...`: subprocesses must find this interpreter first, venv activated or not.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
