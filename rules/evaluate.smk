@@ -13,6 +13,7 @@ rule evaluate_exits:
         common=evaluate_common,
         heads=lambda wc: heads_dir(wc.backbone, wc.head),
         out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/head~{wc.head}/policy~{wc.policy}/task~{wc.task}",
+    threads: 1
     log:
         f"{LOGS}/evaluate/{{backbone}}/{{head}}/{{policy}}/{{task}}/{{threshold}}.log",
     benchmark:
@@ -20,7 +21,7 @@ rule evaluate_exits:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --heads {params.heads} --policy {wildcards.policy}"
+        "python -m workflow_lib.evaluate {params.common} --threads {threads} --heads {params.heads} --policy {wildcards.policy}"
         " --thresholds {wildcards.threshold} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -32,6 +33,7 @@ rule evaluate_baseline:
     params:
         common=evaluate_common,
         out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/baseline/task~{wc.task}",
+    threads: 1
     log:
         f"{LOGS}/evaluate/{{backbone}}/baseline/{{task}}.log",
     benchmark:
@@ -39,4 +41,4 @@ rule evaluate_baseline:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"

@@ -26,6 +26,7 @@ rule train_heads:
         options=cli(
             {k: config["heads"][k] for k in ("label_rule", "k", "mode", "class_balance", "steps", "batch_size", "seq_len", "lr")}
         ),
+    threads: 1
     log:
         f"{LOGS}/train_heads/{{backbone}}/{{head}}.log",
     benchmark:
@@ -35,4 +36,4 @@ rule train_heads:
     shell:
         "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --head {wildcards.head}"
         " {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
-        " --out {params.out} --seed {params.seed} {params.options} > {log} 2>&1"
+        " --out {params.out} --seed {params.seed} --threads {threads} {params.options} > {log} 2>&1"

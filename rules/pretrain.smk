@@ -32,7 +32,7 @@ rule pretrain:
         seed=SEED,
         arch=lambda wc: BACKBONES[wc.backbone]["arch"],
         options=lambda wc: cli(BACKBONES[wc.backbone].get("pretrain", {})),
-    threads: 2
+    threads: 1
     log:
         f"{LOGS}/pretrain/{{backbone}}.log",
     benchmark:

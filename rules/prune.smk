@@ -10,6 +10,7 @@ rule evaluate_prune:
     params:
         common=evaluate_common,
         out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/prune~{wc.n}/task~{wc.task}",
+    threads: 1
     log:
         f"{LOGS}/evaluate/{{backbone}}/prune~{{n}}/{{task}}.log",
     benchmark:
@@ -17,4 +18,4 @@ rule evaluate_prune:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --no-heads --prune {wildcards.n} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --prune {wildcards.n} --out-dir {params.out_dir} > {log} 2>&1"

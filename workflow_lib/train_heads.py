@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+import torch
+
 from .training.distill import TRAIN_MODES, TrainConfig, train_heads
 from .training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
 
@@ -53,7 +55,13 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); give each concurrent job its "
+                                               "share of the cores, oversubscribed cores make every job slower")
     a = p.parse_args(argv)
+    if a.threads is not None:
+        if a.threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(a.threads)
     return TrainConfig(
         backbone=a.backbone, head=a.head, train_text=a.train_text, valid_text=a.valid_text, out=a.out,
         exit_layers=a.exit_layers, tokenizer=a.tokenizer, label_rule=a.label_rule, k=a.k, mode=a.mode,

@@ -28,8 +28,11 @@ _CODAS = ["", "", "n", "r", "l", "s", "th", "k", "m", "x", "nd", "rn"]
 _PLACE_SUFFIXES = ["holm", "mere", "vik", "ford", "wick", "stead", "moor", "dale", "port", "gate"]
 
 # Value sets of the attributes; plain words, so the world needs no real-world knowledge.
-PROFESSIONS = ["baker", "weaver", "potter", "sailor", "miner", "tailor", "farmer", "painter", "carpenter",
-               "fisher", "singer", "healer", "hunter", "brewer", "cobbler", "scribe", "smith", "gardener"]
+# Two-word professions: multi-token answers, whose first token needs recall and whose rest follows from it
+# (the mix that gives early exits something to trade).
+PROFESSIONS = ["glass blower", "stone mason", "bee keeper", "rope maker", "boat builder", "clock mender",
+               "lamp lighter", "candle maker", "horse trainer", "sheep shearer", "map drawer", "bell ringer",
+               "wine merchant", "tea blender", "cheese maker", "river pilot", "book binder", "road sweeper"]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "pink", "brown",
            "silver"]
 PETS = ["cat", "dog", "goat", "parrot", "rabbit", "pony", "tortoise", "owl", "ferret", "goose", "lizard",
