@@ -152,11 +152,13 @@ def heads_dir(backbone, head):
 
 # ---- the evaluation grid -----------------------------------------------------------------------------------
 EVAL_ROOT = f"{RESULTS}/eval"
+# One evaluation job's folder (wildcards backbone, head, policy, task); its points are threshold~X/ inside.
+EXIT_CELL = f"{EVAL_ROOT}/{{backbone}}/head~{{head}}/policy~{{policy}}/task~{{task}}"
 
 
 def exit_records():
     return [
-        f"{EVAL_ROOT}/{b}/head~{h}/policy~{p}/task~{t}/threshold~{x}/record.json"
+        f"{EXIT_CELL}/threshold~{x}/record.json".format(backbone=b, head=h, policy=p, task=t)
         for b, spec in BACKBONES.items()
         for h in HEADS
         for p in spec["policies"]
@@ -180,12 +182,6 @@ def prune_records():
 
 def all_records():
     return exit_records() + baseline_records() + prune_records()
-
-
-def task_options(task):
-    """Shots and sample limit of one task, as evaluate flags."""
-    spec = EVAL["tasks"][task] or {}
-    return cli({"num_fewshot": spec.get("shots"), "limit": spec.get("limit")})
 
 
 def evaluate_common(wildcards):

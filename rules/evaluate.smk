@@ -1,6 +1,9 @@
-# Stage 4, evaluation grid: one job per (backbone, head, policy, task, threshold), so adding a threshold adds
-# exactly its jobs; plus the exits-disabled baseline per (backbone, task). Records: metrics, both CRFs,
-# measured speed, exit histogram, degenerate share and validity, provenance.
+# Stage 4, evaluation grid: one job per (backbone, head, policy, task) evaluates every threshold with the model
+# loaded once (a job's fixed cost, imports and loading, is most of a tiny model's evaluation). Its records are
+# update() outputs and the job runs with --reuse: adding a threshold reruns each cell for that threshold only,
+# keeping every record already made with the same settings and inputs. The exits-disabled baseline is one job
+# per (backbone, task): it is the same for every head and policy. Records: metrics, both CRFs, measured speed,
+# exit histogram, degenerate share and validity, provenance.
 
 
 rule evaluate_exits:
@@ -8,21 +11,22 @@ rule evaluate_exits:
         unpack(evaluate_inputs),
         heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.safetensors",
     output:
-        f"{EVAL_ROOT}/{{backbone}}/head~{{head}}/policy~{{policy}}/task~{{task}}/threshold~{{threshold}}/record.json",
+        [update(f"{EXIT_CELL}/threshold~{x}/record.json") for x in THRESHOLDS],
     params:
         common=evaluate_common,
         heads=lambda wc: heads_dir(wc.backbone, wc.head),
-        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/head~{wc.head}/policy~{wc.policy}/task~{wc.task}",
+        thresholds=",".join(THRESHOLDS),
+        out_dir=lambda wc: EXIT_CELL.format(**wc),
     threads: 1
     log:
-        f"{LOGS}/evaluate/{{backbone}}/{{head}}/{{policy}}/{{task}}/{{threshold}}.log",
+        f"{LOGS}/evaluate/{{backbone}}/{{head}}/{{policy}}/{{task}}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/{{backbone}}/{{head}}/{{policy}}/{{task}}/{{threshold}}.tsv"
+        f"{BENCHMARKS}/evaluate/{{backbone}}/{{head}}/{{policy}}/{{task}}.tsv"
     conda:
         "../envs/gpu.yaml"
     shell:
         "python -m workflow_lib.evaluate {params.common} --threads {threads} --heads {params.heads} --policy {wildcards.policy}"
-        " --thresholds {wildcards.threshold} --out-dir {params.out_dir} > {log} 2>&1"
+        " --thresholds {params.thresholds} --reuse --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule evaluate_baseline:

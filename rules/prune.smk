@@ -1,5 +1,7 @@
 # Stage 5, layer-pruning baseline: one job per (backbone, task, n) with the n blocks before the last one
-# dropped (prefill and decode alike), so adding a depth adds exactly its jobs.
+# dropped (prefill and decode alike), so adding a depth adds exactly its jobs. Unlike the thresholds the depths
+# are not batched into one job: the series differs per backbone, and a rule's outputs cannot vary with a
+# wildcard (by hand, `evaluate --no-heads --prune-series 1,2,3` runs a whole series with one model load).
 
 
 rule evaluate_prune:

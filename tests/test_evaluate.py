@@ -52,6 +52,29 @@ def test_thresholds_write_one_record_each(mistral_dir, task_files, tmp_path):
     assert sum(s["dynamax"]["degenerate"] for s in samples) == low["degenerate"]["count"]
 
 
+
+def test_reuse_keeps_points_with_the_same_settings_and_inputs(mistral_dir, task_files, tmp_path, capsys):
+    heads = save_calm_heads(tmp_path / "heads", mistral_dir, exit_layers=(1, 2))
+    common = ["--backbone", str(mistral_dir), "--heads", str(heads), "--task", "triviaqa",
+              "--data", str(task_files["triviaqa"]), "--reuse"]
+    record = tmp_path / "out" / "threshold~0.5" / "record.json"
+
+    def stamp():
+        return record.read_bytes(), record.stat().st_mtime_ns
+
+    _run(tmp_path, *common, "--thresholds", "0.5")
+    first = stamp()
+    _run(tmp_path, *common, "--thresholds", "0.5,0.9", "--threads", "1")  # a new point; threads are not a setting
+    assert stamp() == first and (tmp_path / "out" / "threshold~0.9" / "record.json").is_file()
+    assert "threshold~0.5: kept" in capsys.readouterr().out
+
+    main(["--out-dir", str(tmp_path / "out"), "--limit", "2", "--max-new-tokens", "6", *common, "--thresholds", "0.5"])
+    assert stamp() != first and json.loads(record.read_text())["n_samples"] == 2  # another setting: recomputed
+    second = stamp()
+    (heads / "heads.safetensors").touch()  # heads newer than the record: recomputed
+    main(["--out-dir", str(tmp_path / "out"), "--limit", "2", "--max-new-tokens", "6", *common, "--thresholds", "0.5"])
+    assert stamp() != second
+
 def test_baseline_and_pruning_points(mistral_dir, task_files, tmp_path):
     common = ["--backbone", str(mistral_dir), "--no-heads", "--task", "coqa", "--data", str(task_files["coqa"])]
     _run(tmp_path, *common)

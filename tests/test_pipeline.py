@@ -71,13 +71,29 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
 
     config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
     config["evaluation"]["thresholds"].append(0.7)
+    config["backbones"]["mistral"]["prune"].append(2)
     extended = tmp_path / "extended.yaml"
     extended.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(extended))
     out = plan.stdout
     stats = out.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
     jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.split() and line.split()[0] != "total"}
-    # Exactly the new threshold's evaluations (one per backbone x head x policy x task) and what reads them.
-    assert jobs == {"evaluate_exits": 2, "tables": 1, "figure": 2, "all": 1}, out
-    assert out.count("threshold~0.7/record.json") >= 2 and "threshold~0.5/record.json\n" not in out
+    # Only the cells that gain a point (one per backbone x head x policy x task; the new depth's
+    # pruning job) and what reads them; nothing upstream (data, backbones, heads).
+    assert jobs == {"evaluate_exits": 2, "evaluate_prune": 1, "tables": 1, "figure": 2, "all": 1}, out
+
+    # Running them computes only the new points: the records already there are kept byte for byte (a recomputed
+    # one would differ: records hold measured times). Snakemake touches them, so their mtimes do change.
+    old = sorted((tmp_path / "results/eval").rglob("record.json"))
+    before = {path: path.read_bytes() for path in old}
+    run = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(extended), "--cores", "2"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert {path: path.read_bytes() for path in old} == before
+    new = set((tmp_path / "results/eval").rglob("record.json")) - set(old)
+    assert sorted(p.relative_to(tmp_path / "results/eval").as_posix() for p in new) == [
+        "mamba2/head~calm/policy~skip/task~triviaqa/threshold~0.7/record.json",
+        "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.7/record.json",
+        "mistral/prune~2/task~triviaqa/record.json",
+    ]
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)

@@ -9,10 +9,16 @@ Grid points and where their records go (each folder: record.json + samples.jsonl
   --no-heads --prune-series 0,1,2      OUT/prune~N/      (layer-pruning baseline)
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
+
+--reuse keeps a point whose record.json already exists, was made with the same settings (every option but the
+lists of points, --threads and --reuse) and is newer than every input file (backbone, tokenizer, heads, data):
+the pipeline evaluates a whole threshold list per job, and adding a threshold to it then computes only that one.
+Delete a point's folder to have it recomputed.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -68,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1234, help="lm-eval's python/numpy/torch/few-shot seeds")
     p.add_argument("--device", help="cpu, cuda, cuda:0 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
+    p.add_argument("--reuse", action="store_true", help="keep points already evaluated with the same settings and "
+                                                         "inputs (see above)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); batch-1 decoding of a small "
                                                "model is fastest on 1, and oversubscribed cores make it many times slower")
     args = p.parse_args(argv)
@@ -113,11 +121,53 @@ def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     return [(args.out_dir / f"threshold~{spelled}", {"threshold": t, "prune": args.prune}) for spelled, t in args.thresholds]
 
 
+# Options that change which points a job evaluates or how fast, not what a point's record holds.
+NOT_SETTINGS = ("thresholds", "prune_series", "threads", "reuse", "out_dir")
+
+
+def settings(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+
+
+def newest_input(args: argparse.Namespace) -> float:
+    """Latest modification time among the local files a point depends on (hub ids have none here)."""
+    times = []
+    for path in (args.backbone, args.tokenizer, args.heads, args.data, args.fewshot_data):
+        if path is None or not Path(path).exists():
+            continue
+        files = [Path(path)] if Path(path).is_file() else [f for f in Path(path).rglob("*") if f.is_file()]
+        times.extend(f.stat().st_mtime for f in files)
+    return max(times, default=0.0)
+
+
+def reusable(out_dir: Path, point: dict, config: dict, inputs_mtime: float) -> bool:
+    """Whether out_dir already holds this point's record, made with these settings after the inputs last changed."""
+    from workflow_lib.evaluation.records import RECORD
+
+    path = out_dir / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    same_point = record.get("threshold") == point["threshold"] and record.get("prune") == point["prune"]
+    same_settings = settings(record.get("provenance", {}).get("config") or {}) == settings(config)
+    return same_point and same_settings and path.stat().st_mtime >= inputs_mtime
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     lm_task, data_key = TASKS[args.task]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    points = grid_points(args)
+    if args.reuse:  # before the expensive imports: a job with every point done costs a fraction of a second
+        inputs_mtime = newest_input(args)
+        kept = [out_dir for out_dir, point in points if reusable(out_dir, point, config, inputs_mtime)]
+        for out_dir in kept:
+            print(f"{out_dir}: kept (evaluated before with the same settings and inputs)")
+        points = [(out_dir, point) for out_dir, point in points if out_dir not in kept]
+        if not points:
+            return 0
 
     from workflow_lib.data.schemas import LOADERS, DataFormatError
 
@@ -142,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    points = grid_points(args)
     first = points[0][1]
     try:
         lm = DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy,
