@@ -91,8 +91,19 @@ def test_threshold_is_inclusive_and_first_exit_wins(tiny_mamba2):
 
 
 def _mixer_calls(head):
+    """Every output of the head, (1, T, 2) each: its mixer on the prompt (prefill), then each step's."""
     calls = []
     head.mixer.register_forward_hook(lambda _m, _i, out: calls.append(out.detach().clone()))
+    step = head.step
+
+    def recorded_step(z, state):
+        conv_state = state.get_conv_state(0)
+        out, state = step(z, state)
+        if conv_state is not None:  # the CPU step does not go through the mixer's forward (no hook)
+            calls.append(out.detach().clone()[:, None])
+        return out, state
+
+    head.step = recorded_step
     return calls
 
 

@@ -14,12 +14,16 @@ def test_head_shapes_and_registry(head_type):
 
 def test_mamba_head_parallel_equals_recurrent():
     head = build_heads("mamba", 64, [0], seed=1)["0"].eval()
-    z = torch.randn(1, 40, 64)
+    z = torch.randn(2, 40, 64)
     with torch.no_grad():
-        parallel = head(z)  # (1, 40, 2)
-        state = head.prefill(z[:, :13], head.init_state(1, z.device, z.dtype))
-        steps = torch.stack([head.step(z[:, t], state)[0] for t in range(13, 40)], dim=1)  # (1, 27, 2)
+        parallel = head(z)  # (2, 40, 2)
+        state = head.prefill(z[:, :13], head.init_state(2, z.device, z.dtype))
+        steps = torch.stack([head.step(z[:, t], state)[0] for t in range(13, 40)], dim=1)  # (2, 27, 2)
+        # the CPU step against transformers' own single-token mixer step on the same prefix
+        mixer_state = head.prefill(z[:, :13], head.init_state(2, z.device, z.dtype))
+        mixer_steps = torch.cat([head.mixer(z[:, t : t + 1], cache=mixer_state) for t in range(13, 40)], dim=1)
     torch.testing.assert_close(steps, parallel[:, 13:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(steps, mixer_steps, atol=1e-6, rtol=1e-5)
 
 
 def test_heads_round_trip_keep_each_exit_own_weights(tmp_path, tiny_mistral):

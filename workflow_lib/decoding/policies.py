@@ -94,22 +94,51 @@ def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings)
         w = mixer.in_proj.weight[inner:]  # (conv_dim + heads, D)
         b = None if mixer.in_proj.bias is None else mixer.in_proj.bias[inner:]
         xbc, dt = F.linear(x, w, b).split([mixer.conv_dim, mixer.num_heads], dim=-1)  # (1,1,conv_dim), (1,1,heads)
-        # The mixer's own kernels (causal-conv1d / mamba-ssm on GPU) update the states in place
-        xbc = hf_mamba2.causal_conv1d_update(xbc.transpose(1, 2), state.conv_states[0], mixer.conv1d.weight.squeeze(1),
-                                             mixer.conv1d.bias, activation=mixer.activation)  # (1, conv_dim, 1)
-        groups_state = mixer.n_groups * mixer.ssm_state_size
-        xs, B, C = xbc[:, :, 0].split([inner, groups_state, groups_state], dim=-1)  # (1, inner), (1, G*N), (1, G*N)
-        A = -torch.exp(mixer.A_log.float())  # (heads,)
-        hf_mamba2.mamba2_selective_state_update(
-            state.recurrent_states[0],  # (1, heads, head_dim, N), updated in place
-            xs.view(1, mixer.num_heads, mixer.head_dim),  # (1, heads, head_dim)
-            dt.view(1, mixer.num_heads, 1).expand(-1, -1, mixer.head_dim),  # (1, heads, head_dim)
-            A[:, None, None].expand(-1, mixer.head_dim, mixer.ssm_state_size),  # (heads, head_dim, N)
-            B.view(1, mixer.n_groups, mixer.ssm_state_size),  # (1, G, N)
-            C.view(1, mixer.n_groups, mixer.ssm_state_size),  # (1, G, N)
-            mixer.D[:, None].expand(-1, mixer.head_dim),  # (heads, head_dim)
-            z=None, dt_bias=mixer.dt_bias[:, None].expand(-1, mixer.head_dim), dt_softplus=True,
-        )
+        if xbc.is_cuda:
+            _mamba2_state_step_kernels(mixer, state, xbc, dt)
+        else:
+            _mamba2_state_step_torch(mixer, state, xbc, dt)
+
+
+def _mamba2_state_step_kernels(mixer, state, xbc, dt) -> None:
+    """The mixer's own single-step functions: the fused causal-conv1d / mamba-ssm kernels when installed."""
+    inner = mixer.intermediate_size
+    xbc = hf_mamba2.causal_conv1d_update(xbc.transpose(1, 2), state.conv_states[0], mixer.conv1d.weight.squeeze(1),
+                                         mixer.conv1d.bias, activation=mixer.activation)  # (1, conv_dim, 1)
+    groups_state = mixer.n_groups * mixer.ssm_state_size
+    xs, B, C = xbc[:, :, 0].split([inner, groups_state, groups_state], dim=-1)  # (1, inner), (1, G*N), (1, G*N)
+    A = -torch.exp(mixer.A_log.float())  # (heads,)
+    hf_mamba2.mamba2_selective_state_update(
+        state.recurrent_states[0],  # (1, heads, head_dim, N), updated in place
+        xs.view(1, mixer.num_heads, mixer.head_dim),  # (1, heads, head_dim)
+        dt.view(1, mixer.num_heads, 1).expand(-1, -1, mixer.head_dim),  # (1, heads, head_dim)
+        A[:, None, None].expand(-1, mixer.head_dim, mixer.ssm_state_size),  # (heads, head_dim, N)
+        B.view(1, mixer.n_groups, mixer.ssm_state_size),  # (1, G, N)
+        C.view(1, mixer.n_groups, mixer.ssm_state_size),  # (1, G, N)
+        mixer.D[:, None].expand(-1, mixer.head_dim),  # (heads, head_dim)
+        z=None, dt_bias=mixer.dt_bias[:, None].expand(-1, mixer.head_dim), dt_softplus=True,
+    )
+
+
+def _mamba2_state_step_torch(mixer, state, xbc, dt) -> None:
+    """The same update in a few in-place torch ops, for CPU (where no fused kernel exists).
+
+    Hand-written because transformers' pure-torch fallbacks also compute the block's output (the readout over
+    C and D) and broadcast dt and A to (heads, head_dim, N) first: a recomputed block then cost 56% of a full
+    block's time against 36% of its multiply-accumulates (benchmarks/realised_speedup.py).
+    """
+    inner, heads, n = mixer.intermediate_size, mixer.num_heads, mixer.ssm_state_size
+    conv = state.conv_states[0]  # (1, conv_dim, K)
+    conv.copy_(torch.roll(conv, shifts=-1, dims=-1))
+    conv[:, :, -1] = xbc[:, 0]  # (1, conv_dim): the window now ends at this position
+    xbc = F.silu(torch.einsum("bck,ck->bc", conv, mixer.conv1d.weight[:, 0]) + mixer.conv1d.bias)  # (1, conv_dim)
+    gn = mixer.n_groups * n
+    xs, B, _C = xbc.split([inner, gn, gn], dim=-1)  # (1, inner), (1, G*N), (1, G*N)
+    dt = F.softplus(dt[:, 0] + mixer.dt_bias)  # (1, heads)
+    decay = torch.exp(dt * -torch.exp(mixer.A_log.float()))  # (1, heads)
+    B = B.view(1, mixer.n_groups, 1, n).repeat_interleave(heads // mixer.n_groups, dim=1)  # (1, heads, 1, N)
+    s = state.recurrent_states[0]  # (1, heads, head_dim, N)
+    s.mul_(decay[:, :, None, None]).add_((dt[:, :, None] * xs.view(1, heads, mixer.head_dim))[..., None] * B)
 
 
 def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, Mamba2Config
@@ -130,7 +131,34 @@ class MambaHead(ExitHead):
         return state
 
     def step(self, z, state):
-        return self.mixer(z[:, None, :], cache=state)[:, 0, :], state  # (B, 2)
+        conv = state.get_conv_state(0)
+        if z.is_cuda or conv is None:  # the mixer's own step: fused kernels on GPU; a fresh state fills itself
+            return self.mixer(z[:, None, :], cache=state)[:, 0, :], state  # (B, 2)
+        return self._step_torch(z, conv, state.get_recurrent_state(0)), state
+
+    def _step_torch(self, z, conv, s):
+        """The mixer's single-token step in a few in-place torch ops, for CPU (no fused kernels there).
+
+        Hand-written because transformers' pure-torch step broadcasts dt and A to (heads, head_dim, N) and
+        goes through general fallbacks: one head evaluation took about 4 tiny-Mistral blocks' time
+        (benchmarks/trained_sweep.py). The tests check it against the parallel form.
+        """
+        m = self.mixer
+        b, heads, p, n, g = z.shape[0], m.num_heads, m.head_dim, m.ssm_state_size, m.n_groups
+        gate, xbc, dt = m.in_proj(z).split([m.intermediate_size, m.conv_dim, heads], dim=-1)  # (B, inner|conv|H)
+        conv.copy_(torch.roll(conv, shifts=-1, dims=-1))  # (B, conv_dim, K)
+        conv[:, :, -1] = xbc  # the window now ends at this token
+        xbc = F.silu(torch.einsum("bck,ck->bc", conv, m.conv1d.weight[:, 0]) + m.conv1d.bias)  # (B, conv_dim)
+        x, B, C = xbc.split([m.intermediate_size, g * n, g * n], dim=-1)  # (B, inner), (B, G*N), (B, G*N)
+        x = x.view(b, heads, p)  # (B, H, P)
+        dt = F.softplus(dt + m.dt_bias)  # (B, H)
+        decay = torch.exp(dt * -torch.exp(m.A_log.float()))  # (B, H)
+        B = B.view(b, g, 1, n).repeat_interleave(heads // g, dim=1)  # (B, H, 1, N)
+        C = C.view(b, g, n).repeat_interleave(heads // g, dim=1)  # (B, H, N)
+        s.mul_(decay[:, :, None, None]).add_((dt[:, :, None] * x)[..., None] * B)  # (B, H, P, N)
+        y = torch.einsum("bhpn,bhn->bhp", s, C.to(s.dtype)) + m.D[:, None] * x  # (B, H, P)
+        y = m.norm(y.reshape(b, -1), gate)  # (B, inner): gated RMSNorm
+        return m.out_proj(y.to(z.dtype))  # (B, 2)
 
     def macs_per_token(self) -> int:
         c = self.mixer_config
