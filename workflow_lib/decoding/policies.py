@@ -8,7 +8,8 @@ state h_e (B=1, T=1, D):
            copy       the K, V the exit block computed for this position (the paper's proposal)
            copy_prev  each skipped block's own previous-position K, V again (the authors' code)
   mamba2   recompute  each skipped block's conv and SSM states advanced with h_e (norm, in_proj without the gate
-                      columns, conv update, SSM update; no gate, no out_proj)
+                      columns, conv update, SSM update; no gate, no out_proj): transformers' step functions
+                      on CUDA (fused kernels when installed), models/mamba2_step.py on CPU
            skip       states untouched
 
 These are the fast paths; `policies_reference.py` holds a minimal, literal version of each and the tests
@@ -25,6 +26,8 @@ import transformers.models.mamba2.modeling_mamba2 as hf_mamba2
 from torch import nn
 from transformers import Cache
 from transformers.models.mistral.modeling_mistral import rotate_half
+
+from workflow_lib.models.mamba2_step import advance_state
 
 POLICIES: dict[str, tuple[str, ...]] = {"mistral": ("recompute", "copy", "copy_prev"), "mamba2": ("recompute", "skip")}
 DEFAULT_POLICY: dict[str, str] = {"mistral": "recompute", "mamba2": "recompute"}
@@ -97,7 +100,7 @@ def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings)
         if xbc.is_cuda:
             _mamba2_state_step_kernels(mixer, state, xbc, dt)
         else:
-            _mamba2_state_step_torch(mixer, state, xbc, dt)
+            advance_state(mixer, state.conv_states[0], state.recurrent_states[0], xbc[:, 0], dt[:, 0])
 
 
 def _mamba2_state_step_kernels(mixer, state, xbc, dt) -> None:
@@ -118,27 +121,6 @@ def _mamba2_state_step_kernels(mixer, state, xbc, dt) -> None:
         mixer.D[:, None].expand(-1, mixer.head_dim),  # (heads, head_dim)
         z=None, dt_bias=mixer.dt_bias[:, None].expand(-1, mixer.head_dim), dt_softplus=True,
     )
-
-
-def _mamba2_state_step_torch(mixer, state, xbc, dt) -> None:
-    """The same update in a few in-place torch ops, for CPU (where no fused kernel exists).
-
-    Hand-written because transformers' pure-torch fallbacks also compute the block's output (the readout over
-    C and D) and broadcast dt and A to (heads, head_dim, N) first: a recomputed block then cost 56% of a full
-    block's time against 36% of its multiply-accumulates (benchmarks/realised_speedup.py).
-    """
-    inner, heads, n = mixer.intermediate_size, mixer.num_heads, mixer.ssm_state_size
-    conv = state.conv_states[0]  # (1, conv_dim, K)
-    conv.copy_(torch.roll(conv, shifts=-1, dims=-1))
-    conv[:, :, -1] = xbc[:, 0]  # (1, conv_dim): the window now ends at this position
-    xbc = F.silu(torch.einsum("bck,ck->bc", conv, mixer.conv1d.weight[:, 0]) + mixer.conv1d.bias)  # (1, conv_dim)
-    gn = mixer.n_groups * n
-    xs, B, _C = xbc.split([inner, gn, gn], dim=-1)  # (1, inner), (1, G*N), (1, G*N)
-    dt = F.softplus(dt[:, 0] + mixer.dt_bias)  # (1, heads)
-    decay = torch.exp(dt * -torch.exp(mixer.A_log.float()))  # (1, heads)
-    B = B.view(1, mixer.n_groups, 1, n).repeat_interleave(heads // mixer.n_groups, dim=1)  # (1, heads, 1, N)
-    s = state.recurrent_states[0]  # (1, heads, head_dim, N)
-    s.mul_(decay[:, :, None, None]).add_((dt[:, :, None] * xs.view(1, heads, mixer.head_dim))[..., None] * B)
 
 
 def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:

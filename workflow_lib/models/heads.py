@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, Mamba2Config
@@ -27,6 +26,7 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from ..artifacts import atomic_path
 from .backbone import signature
+from .mamba2_step import advance_state
 
 HEAD_TYPES: dict[str, type["ExitHead"]] = {}
 
@@ -103,6 +103,7 @@ class MambaHead(ExitHead):
 
     No residual connection (the residual would be d-dimensional). transformers' own `Mamba2Mixer` does the
     work, so the fused mamba-ssm / causal-conv1d kernels are used on GPU when installed; only out_proj differs.
+    On CPU the single-token step runs through `mamba2_step` (transformers' CPU fallback is several times slower).
     """
 
     def __init__(self, hidden_size: int, state_size: int = 16, head_dim: int = 32, expand: int = 2,
@@ -136,28 +137,13 @@ class MambaHead(ExitHead):
             return self.mixer(z[:, None, :], cache=state)[:, 0, :], state  # (B, 2)
         return self._step_torch(z, conv, state.get_recurrent_state(0)), state
 
-    def _step_torch(self, z, conv, s):
-        """The mixer's single-token step in a few in-place torch ops, for CPU (no fused kernels there).
-
-        Hand-written because transformers' pure-torch step broadcasts dt and A to (heads, head_dim, N) and
-        goes through general fallbacks: one head evaluation took about 4 tiny-Mistral blocks' time
-        (benchmarks/trained_sweep.py). The tests check it against the parallel form.
-        """
+    def _step_torch(self, z, conv, ssm):
+        """The mixer's single-token step for CPU (see mamba2_step); the tests check it against the mixer's own."""
         m = self.mixer
-        b, heads, p, n, g = z.shape[0], m.num_heads, m.head_dim, m.ssm_state_size, m.n_groups
-        gate, xbc, dt = m.in_proj(z).split([m.intermediate_size, m.conv_dim, heads], dim=-1)  # (B, inner|conv|H)
-        conv.copy_(torch.roll(conv, shifts=-1, dims=-1))  # (B, conv_dim, K)
-        conv[:, :, -1] = xbc  # the window now ends at this token
-        xbc = F.silu(torch.einsum("bck,ck->bc", conv, m.conv1d.weight[:, 0]) + m.conv1d.bias)  # (B, conv_dim)
-        x, B, C = xbc.split([m.intermediate_size, g * n, g * n], dim=-1)  # (B, inner), (B, G*N), (B, G*N)
-        x = x.view(b, heads, p)  # (B, H, P)
-        dt = F.softplus(dt + m.dt_bias)  # (B, H)
-        decay = torch.exp(dt * -torch.exp(m.A_log.float()))  # (B, H)
-        B = B.view(b, g, 1, n).repeat_interleave(heads // g, dim=1)  # (B, H, 1, N)
-        C = C.view(b, g, n).repeat_interleave(heads // g, dim=1)  # (B, H, N)
-        s.mul_(decay[:, :, None, None]).add_((dt[:, :, None] * x)[..., None] * B)  # (B, H, P, N)
-        y = torch.einsum("bhpn,bhn->bhp", s, C.to(s.dtype)) + m.D[:, None] * x  # (B, H, P)
-        y = m.norm(y.reshape(b, -1), gate)  # (B, inner): gated RMSNorm
+        gate, xbc, dt = m.in_proj(z).split([m.intermediate_size, m.conv_dim, m.num_heads], dim=-1)  # (B, .)
+        x, C = advance_state(m, conv, ssm, xbc, dt)  # (B, H, P), (B, H, N)
+        y = torch.einsum("bhpn,bhn->bhp", ssm, C.to(ssm.dtype)) + m.D[:, None] * x  # (B, H, P): readout + D skip
+        y = m.norm(y.reshape(z.shape[0], -1), gate)  # (B, inner): gated RMSNorm
         return m.out_proj(y.to(z.dtype))  # (B, 2)
 
     def macs_per_token(self) -> int:
