@@ -13,6 +13,7 @@ heads built for another backbone are refused when they load, before any generati
 --reuse keeps a point whose record.json already exists, was made with the same settings (every option but the
 lists of points, --threads and --reuse) and is newer than every input file (backbone, tokenizer, heads, data):
 the pipeline evaluates a whole threshold list per job, and adding a threshold to it then computes only that one.
+Settings compare as spelled: the same file named by another path counts as another setting (recomputed).
 Delete a point's folder to have it recomputed.
 """
 from __future__ import annotations

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 from workflow_lib.artifacts import atomic_path, provenance
-from workflow_lib.decoding.accounting import summarize
 from workflow_lib.evaluation.degenerate import degenerate_summary, is_degenerate
 
 RECORD = "record.json"
@@ -41,6 +40,8 @@ def generation_summary(generations: list[dict], degenerate_limit: float) -> dict
     Decode steps are the tokens after the first (the first comes from the prefill at full depth): CRFs,
     tokens/s and the exit-layer histogram are over decode steps, as the decoder reports them.
     """
+    from workflow_lib.decoding.accounting import summarize  # torch and transformers: not for `evaluate --reuse`
+
     costs = [c for g in generations for c in g["costs"]]
     decode_tokens = sum(len(g["token_ids"]) - 1 for g in generations)
     decode_seconds = sum(g["decode_seconds"] for g in generations)

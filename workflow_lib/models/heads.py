@@ -103,7 +103,8 @@ class MambaHead(ExitHead):
 
     No residual connection (the residual would be d-dimensional). transformers' own `Mamba2Mixer` does the
     work, so the fused mamba-ssm / causal-conv1d kernels are used on GPU when installed; only out_proj differs.
-    On CPU the single-token step runs through `mamba2_step` (transformers' CPU fallback is several times slower).
+    On CPU the single-token step runs through `mamba2_step`: 0.22 vs 0.49 ms per step at hidden 192 through
+    transformers' fallback (0.98 vs 1.34 ms at 1024).
     """
 
     def __init__(self, hidden_size: int, state_size: int = 16, head_dim: int = 32, expand: int = 2,

@@ -24,7 +24,7 @@ def advance_state(mixer: nn.Module, conv: torch.Tensor, ssm: torch.Tensor, xbc: 
     b = xbc.shape[0]
     conv.copy_(torch.roll(conv, shifts=-1, dims=-1))
     conv[:, :, -1] = xbc  # the window now ends at this token
-    xbc = F.silu(torch.einsum("bck,ck->bc", conv, mixer.conv1d.weight[:, 0]) + mixer.conv1d.bias)  # (B, conv_dim)
+    xbc = mixer.act(torch.einsum("bck,ck->bc", conv, mixer.conv1d.weight[:, 0]) + mixer.conv1d.bias)  # (B, conv_dim)
     x, B, C = xbc.split([mixer.intermediate_size, g * n, g * n], dim=-1)  # (B, inner), (B, G*N), (B, G*N)
     x = x.view(b, heads, p)  # (B, H, P)
     dt = F.softplus(dt + mixer.dt_bias)  # (B, H)
