@@ -8,7 +8,7 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from workflow_lib.decoding import policies_reference
 from workflow_lib.decoding.decoder import ExitDecoder
-from workflow_lib.decoding.policies import FILL, POLICIES, resolve_policy
+from workflow_lib.decoding.policies import POLICIES, make_fill, resolve_policy
 from workflow_lib.models.backbone import parts
 from workflow_lib.models.heads import build_heads
 
@@ -127,7 +127,7 @@ def test_fast_path_equals_reference(tiny_mistral, tiny_mamba2, arch, policy, exi
     skipped = list(range(exit_layer + 1, p.n_layers - 1))
     fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
     with torch.no_grad():
-        FILL[(arch, policy)](p.layers, fast, h, exit_layer, skipped, pos_emb)
+        make_fill(arch, policy, p.layers, skipped)(p.layers, fast, h, exit_layer, skipped, pos_emb)
         policies_reference.FILL[(arch, policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
     states = kv if arch == "mistral" else mamba_states
     for j in range(p.n_layers - 1):
@@ -138,8 +138,25 @@ def test_fast_path_equals_reference(tiny_mistral, tiny_mamba2, arch, policy, exi
 
 def test_policy_names_and_errors():
     assert resolve_policy("mistral", None) == "recompute" and resolve_policy("mamba2", None) == "recompute"
-    assert set(FILL) == set(policies_reference.FILL) == {(a, p) for a, ps in POLICIES.items() for p in ps}
+    assert set(policies_reference.FILL) == {(a, p) for a, ps in POLICIES.items() for p in ps}
     for arch, bad in [("mamba2", "copy"), ("mamba2", "copy_prev"), ("mistral", "skip"), ("mistral", "nope")]:
         with pytest.raises(ValueError, match=f"does not apply to {arch}") as err:
             resolve_policy(arch, bad)
         assert "\n" not in str(err.value)
+
+
+def test_stacked_recompute_serves_every_later_exit(tiny_mistral):
+    """Prepared once for the earliest exit, the stacked weights serve any later exit's skipped suffix."""
+    p = parts(tiny_mistral)
+    fill = make_fill("mistral", "recompute", p.layers, list(range(3, p.n_layers - 1)))
+    _, at_exit, _, h, _, pos_emb, _ = exit_step(tiny_mistral, "recompute", 4)
+    skipped = list(range(5, p.n_layers - 1))
+    fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
+    with torch.no_grad():
+        fill(p.layers, fast, h, 4, skipped, pos_emb)
+        policies_reference.FILL[("mistral", "recompute")](p.layers, ref, h, 4, skipped, pos_emb)
+    for j in range(p.n_layers - 1):
+        for a, b in zip(kv(fast, j), kv(ref, j)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="not a suffix"):
+        fill(p.layers, copy.deepcopy(at_exit), h, 4, [5], pos_emb)

@@ -4,7 +4,8 @@ After a token exits at block e, blocks e+1 .. n-2 never see it (block n-1, the l
 tokens read their caches. A policy writes the skipped blocks' state for this position from the exit hidden
 state h_e (B=1, T=1, D):
 
-  mistral  recompute  K, V from each skipped block's own input norm + k_proj/v_proj + rotary (CALM's propagation)
+  mistral  recompute  K, V from each skipped block's own input norm + k_proj/v_proj + rotary (CALM's propagation),
+                      all skipped blocks at once on stacked weights (`StackedKV`)
            copy       the K, V the exit block computed for this position (the paper's proposal)
            copy_prev  each skipped block's own previous-position K, V again (the authors' code)
   mamba2   recompute  each skipped block's conv and SSM states advanced with h_e (norm, in_proj without the gate
@@ -12,8 +13,8 @@ state h_e (B=1, T=1, D):
                       on CUDA (fused kernels when installed), models/mamba2_step.py on CPU
            skip       states untouched
 
-These are the fast paths; `policies_reference.py` holds a minimal, literal version of each and the tests
-check that both write the same cache. Every policy works in place on transformers' own `DynamicCache`
+These are the fast paths, which a decoder gets from `make_fill`; `policies_reference.py` holds a minimal,
+literal version of each and the tests check that both write the same cache. Every policy works in place on transformers' own `DynamicCache`
 (one `update` per skipped block for attention, in-place state updates for Mamba), with no host sync.
 """
 from __future__ import annotations
@@ -56,19 +57,46 @@ def _rms_normalized(h: torch.Tensor, eps: float) -> torch.Tensor:
     return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)  # (1, 1, D)
 
 
-def mistral_recompute(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
-    if not skipped:
-        return
-    normed = _rms_normalized(h, layers[skipped[0]].input_layernorm.variance_epsilon)  # (1, 1, D)
-    cos, sin = position_embeddings  # (1, 1, head_dim) each
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, 1, head_dim): broadcast over KV heads
-    for j in skipped:
-        attn = layers[j].self_attn
-        x = layers[j].input_layernorm.weight * normed  # (1, 1, D): this block's own input norm
-        k = attn.k_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, kv_heads, 1, head_dim)
-        v = attn.v_proj(x).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # (1, kv_heads, 1, head_dim)
-        k = k * cos + rotate_half(k) * sin  # (1, kv_heads, 1, head_dim): rotary at this position
-        cache.update(k, v, j)
+class StackedKV:
+    """`recompute` for Mistral with the K/V weights of every block an exit can skip stacked once.
+
+    Per skipped block the work is tiny (two (kv_dim x D) GEMVs, a rotary) and, done block by block, dispatch-
+    bound: on the tiny preset 0.18 ms for 3 blocks against 0.03 ms for `copy`. Stacked, every skipped block's
+    norm weight, K/V projection and rotary is one op over all of them (one bmm), whatever the exit; only the
+    cache writes stay per block. Costs one copy of those blocks' k_proj/v_proj weights (7B shapes, exits from
+    block 16: 14 x 2 x 1024 x 4096 bf16 = 235 MB). The blocks a fill may skip must be a suffix of `blocks`.
+    """
+
+    def __init__(self, layers: nn.ModuleList, blocks: Sequence[int]):
+        self.row = {j: r for r, j in enumerate(blocks)}
+        if not blocks:  # exits only where nothing is left to skip
+            return
+        attn = layers[blocks[0]].self_attn
+        if any(layers[j].self_attn.k_proj.bias is not None or layers[j].self_attn.v_proj.bias is not None for j in blocks):
+            raise ValueError("the stacked Mistral recompute assumes K/V projections without bias")
+        self.heads, self.head_dim = attn.k_proj.out_features // attn.head_dim, attn.head_dim
+        self.eps = layers[blocks[0]].input_layernorm.variance_epsilon
+        with torch.no_grad():
+            self.norm_w = torch.stack([layers[j].input_layernorm.weight for j in blocks])[:, None]  # (S, 1, D)
+            self.kv_w = torch.stack([torch.cat([layers[j].self_attn.k_proj.weight, layers[j].self_attn.v_proj.weight])
+                                     for j in blocks])  # (S, 2 * kv_dim, D)
+
+    def __call__(self, layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+        if not skipped:
+            return
+        first = self.row[skipped[0]]
+        if len(skipped) != len(self.row) - first:
+            raise ValueError(f"skipped blocks {list(skipped)} are not a suffix of the stacked blocks {list(self.row)}")
+        s = len(skipped)
+        x = self.norm_w[first:] * _rms_normalized(h, self.eps)[0]  # (S', 1, D): each block's own input norm
+        kv = torch.bmm(x, self.kv_w[first:].transpose(1, 2))  # (S', 1, 2 * kv_dim)
+        kv = kv.view(s, 1, 2 * self.heads, self.head_dim).transpose(1, 2)  # (S', 2 * kv_heads, 1, head_dim)
+        k, v = kv[:, :self.heads], kv[:, self.heads:]  # (S', kv_heads, 1, head_dim) each
+        cos, sin = position_embeddings  # (1, 1, head_dim) each
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, 1, head_dim): broadcast over blocks and KV heads
+        k = k * cos + rotate_half(k) * sin  # (S', kv_heads, 1, head_dim): rotary at this position
+        for i, j in enumerate(skipped):
+            cache.update(k[i:i + 1], v[i:i + 1], j)  # (1, kv_heads, 1, head_dim) each
 
 
 def mistral_copy(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
@@ -127,10 +155,18 @@ def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings) -> N
     return None
 
 
-FILL: dict[tuple[str, str], FillFn] = {
-    ("mistral", "recompute"): mistral_recompute,
+_UNPREPARED: dict[tuple[str, str], FillFn] = {
     ("mistral", "copy"): mistral_copy,
     ("mistral", "copy_prev"): mistral_copy_prev,
     ("mamba2", "recompute"): mamba2_recompute,
     ("mamba2", "skip"): mamba2_skip,
 }
+
+
+def make_fill(arch: str, policy: str, layers: nn.ModuleList, blocks: Sequence[int]) -> FillFn:
+    """The fill function a decoder uses when exits can skip `blocks` (ascending; a skip is always a suffix).
+
+    Policies that need per-model preparation (the stacked Mistral `recompute`) get it here, once.
+    """
+    arch_policy = (arch, resolve_policy(arch, policy))
+    return StackedKV(layers, blocks) if arch_policy == ("mistral", "recompute") else _UNPREPARED[arch_policy]
