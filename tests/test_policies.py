@@ -8,9 +8,10 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from workflow_lib.decoding import policies_reference
 from workflow_lib.decoding.decoder import ExitDecoder
-from workflow_lib.decoding.policies import POLICIES, make_fill, resolve_policy
+from workflow_lib.decoding.policies import POLICIES, _mamba2_state_step_kernels, make_fill, resolve_policy
 from workflow_lib.models.backbone import parts
 from workflow_lib.models.heads import build_heads
+from workflow_lib.models.mamba2_step import advance_state
 
 PROMPT = torch.tensor([[1, 40, 300, 7, 901, 56, 2, 88]])  # (1, 8)
 T = PROMPT.shape[1]
@@ -160,3 +161,21 @@ def test_stacked_recompute_serves_every_later_exit(tiny_mistral):
             torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="not a suffix"):
         fill(p.layers, copy.deepcopy(at_exit), h, 4, [5], pos_emb)
+
+
+def test_mamba2_recompute_kernel_path_equals_cpu_step(tiny_mamba2):
+    """The CUDA branch (transformers' step functions; their torch fallbacks here) writes what the CPU step does."""
+    p = parts(tiny_mamba2)
+    _, at_exit, _, h, _, _, _ = exit_step(tiny_mamba2, "recompute", 2)
+    kernels, cpu = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
+    with torch.no_grad():
+        for j in range(3, p.n_layers - 1):
+            m = p.layers[j].mixer
+            x = p.layers[j].norm(h)  # (1, 1, D)
+            xbc, dt = m.in_proj(x)[..., m.intermediate_size:].split([m.conv_dim, m.num_heads], dim=-1)
+            _mamba2_state_step_kernels(m, kernels.layers[j], xbc, dt)
+            advance_state(m, cpu.layers[j].conv_states[0], cpu.layers[j].recurrent_states[0], xbc[:, 0], dt[:, 0])
+    for j in range(3, p.n_layers - 1):
+        for a, b, old in zip(mamba_states(kernels, j), mamba_states(cpu, j), mamba_states(at_exit, j)):
+            torch.testing.assert_close(a, b)
+            assert not torch.equal(a, old)
