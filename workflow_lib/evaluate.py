@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
 
 
@@ -143,8 +144,6 @@ def newest_input(args: argparse.Namespace) -> float:
 
 def reusable(out_dir: Path, point: dict, config: dict, inputs_mtime: float) -> bool:
     """Whether out_dir already holds this point's record, made with these settings after the inputs last changed."""
-    from workflow_lib.evaluation.records import RECORD
-
     path = out_dir / RECORD
     try:
         record = json.loads(path.read_text())
@@ -184,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.tasks import TaskManager
 
     from workflow_lib.evaluation.lm_model import DynamaxLM
-    from workflow_lib.evaluation.records import build_record, sample_lines, write_point
 
     metadata = {data_key: str(Path(args.data).resolve()), "triviaqa_n": args.triviaqa_n}
     if args.fewshot_data:

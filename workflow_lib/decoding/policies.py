@@ -14,8 +14,9 @@ state h_e (B=1, T=1, D):
            skip       states untouched
 
 These are the fast paths, which a decoder gets from `make_fill`; `policies_reference.py` holds a minimal,
-literal version of each and the tests check that both write the same cache. Every policy works in place on transformers' own `DynamicCache`
-(one `update` per skipped block for attention, in-place state updates for Mamba), with no host sync.
+literal version of each and the tests check that both write the same cache. Every policy works in place on
+transformers' own `DynamicCache` (one `update` per skipped block for attention, in-place state updates for
+Mamba), with no host sync.
 """
 from __future__ import annotations
 
@@ -155,18 +156,21 @@ def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings) -> N
     return None
 
 
-_UNPREPARED: dict[tuple[str, str], FillFn] = {
-    ("mistral", "copy"): mistral_copy,
-    ("mistral", "copy_prev"): mistral_copy_prev,
-    ("mamba2", "recompute"): mamba2_recompute,
-    ("mamba2", "skip"): mamba2_skip,
+def _as_is(fill: FillFn) -> Callable[[nn.ModuleList, Sequence[int]], FillFn]:
+    """A factory for a policy with nothing to prepare."""
+    return lambda layers, blocks: fill
+
+
+# Each policy is built once per decoder from the layers and the blocks its exits can skip.
+_FACTORIES: dict[tuple[str, str], Callable[[nn.ModuleList, Sequence[int]], FillFn]] = {
+    ("mistral", "recompute"): StackedKV,
+    ("mistral", "copy"): _as_is(mistral_copy),
+    ("mistral", "copy_prev"): _as_is(mistral_copy_prev),
+    ("mamba2", "recompute"): _as_is(mamba2_recompute),
+    ("mamba2", "skip"): _as_is(mamba2_skip),
 }
 
 
 def make_fill(arch: str, policy: str, layers: nn.ModuleList, blocks: Sequence[int]) -> FillFn:
-    """The fill function a decoder uses when exits can skip `blocks` (ascending; a skip is always a suffix).
-
-    Policies that need per-model preparation (the stacked Mistral `recompute`) get it here, once.
-    """
-    arch_policy = (arch, resolve_policy(arch, policy))
-    return StackedKV(layers, blocks) if arch_policy == ("mistral", "recompute") else _UNPREPARED[arch_policy]
+    """The fill function of `policy` for a decoder whose exits can skip `blocks` (ascending; a skip is a suffix)."""
+    return _FACTORIES[(arch, resolve_policy(arch, policy))](layers, blocks)
