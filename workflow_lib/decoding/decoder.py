@@ -1,4 +1,4 @@
-"""The exit-aware greedy decoder (Algorithm 1 of the paper, DESIGN.md §4), batch size 1.
+"""The exit-aware greedy decoder (Algorithm 1 of the paper, DESIGN.md §4); `generate` is batch size 1.
 
 The prompt runs at full (or pruned) depth through the model's own forward, filling transformers' own cache.
 Each new token then runs block by block: at an exit layer the head reads z = final_norm(h) and the token
@@ -8,6 +8,9 @@ n-1 runs on the exit hidden state, then the final norm and the LM head give the 
 With exits disabled (no heads, or threshold > 1) this is plain greedy decoding and matches
 `model.generate(do_sample=False)` token for token. The per-block loop does only what the model's own forward
 does for one token (embedding, rotary, mask, blocks, norm, head), plus one host sync per exit decision.
+
+`generate_batch` decodes many prompts together with a separate exit decision per row (decoding/batch.py); this
+module's batch-1 `generate` is its reference.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from ..models.backbone import parts
 from ..models.heads import ExitHead
 from .accounting import CostModel, TokenCost, crf_exact, crf_paper
+from .batch import generate_batch
 from .policies import make_fill, resolve_policy
 from .pruning import kept_blocks, prune_blocks
 
@@ -38,7 +42,9 @@ class DecodeResult:
     crf_paper: float = 1.0
     decode_seconds: float = 0.0
     prefill_seconds: float = 0.0
-    last_logits: torch.Tensor | None = None  # (1, V) fp32 logits of the last step, before any penalty
+    last_logits: torch.Tensor | None = None  # (1, V) fp32 logits of the last step, before any penalty (batch 1)
+    batch_size: int = 1  # rows decoded together (generate_batch); decode_seconds is then this row's latency
+    batch_decode_seconds: float | None = None  # the whole batch's decode time (None at batch size 1: decode_seconds)
 
     @property
     def tokens_per_second(self) -> float:
@@ -98,6 +104,14 @@ class ExitDecoder:
         config = model.config
         self._mask_fn = (create_causal_mask if getattr(config, "sliding_window", None) is None
                          else create_sliding_window_causal_mask)
+
+    stateful = staticmethod(_stateful)
+
+    def generate_batch(self, prompts, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
+                       tokenizer=None, eos_token_id=None) -> list[DecodeResult]:
+        """Decode a list of prompts (token-id lists, any lengths) together, each row exiting on its own decision;
+        one result per prompt, equal to `generate` on that prompt alone (decoding/batch.py)."""
+        return generate_batch(self, prompts, max_new_tokens, stop_strings, tokenizer, eos_token_id)
 
     def _eos_ids(self, eos_token_id) -> set[int]:
         if eos_token_id is None:

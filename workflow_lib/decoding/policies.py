@@ -2,7 +2,7 @@
 
 After a token exits at block e, blocks e+1 .. n-2 never see it (block n-1, the last, runs anyway), yet later
 tokens read their caches. A policy writes the skipped blocks' state for this position from the exit hidden
-state h_e (B=1, T=1, D):
+state h_e (R, 1, D) of the R batch rows that exit at this step (R = 1 at batch size 1):
 
   mistral  recompute  K, V from each skipped block's own input norm + k_proj/v_proj + rotary (CALM's propagation),
                       all skipped blocks at once on stacked weights (`StackedKV`)
@@ -16,7 +16,9 @@ state h_e (B=1, T=1, D):
 These are the fast paths, which a decoder gets from `make_fill`; `policies_reference.py` holds a minimal,
 literal version of each and the tests check that both write the same cache. Every policy works in place on
 transformers' own `DynamicCache` (one `update` per skipped block for attention, in-place state updates for
-Mamba), with no host sync.
+Mamba), with no host sync. In a batch, `rows` names the rows that exit (the cache holds every row) and a Mistral
+policy hands each skipped block's K, V for those rows to `write(j, k, v)`, which the batched decoder merges with
+the rows still climbing (decoding/batch.py); without them the policy updates the cache of a batch-1 decode.
 """
 from __future__ import annotations
 
@@ -34,8 +36,20 @@ from workflow_lib.models.mamba2_step import advance_state
 POLICIES: dict[str, tuple[str, ...]] = {"mistral": ("recompute", "copy", "copy_prev"), "mamba2": ("recompute", "skip")}
 DEFAULT_POLICY: dict[str, str] = {"mistral": "recompute", "mamba2": "recompute"}
 
-# fill(layers, cache, h_exit (1,1,D), exit_layer, skipped block indices, position_embeddings or None)
-FillFn = Callable[[nn.ModuleList, Cache, torch.Tensor, int, Sequence[int], tuple | None], None]
+# fill(layers, cache, h_exit (R,1,D), exit_layer, skipped block indices, position_embeddings (R,1,hd) or None,
+#      rows=None, write=None): rows (R,) are the batch rows h_exit belongs to (None: all of them); write(j, k, v) stores
+#      block j's K, V (R, kv_heads, 1, head_dim) for this position (None: append to the cache, batch size 1)
+FillFn = Callable[..., None]
+WriteFn = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def _writer(cache: Cache, write: WriteFn | None) -> WriteFn:
+    return write if write is not None else (lambda j, k, v: cache.update(k, v, j))
+
+
+def _last(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The cached position before this step's, for `rows`: (R, kv_heads, 1, head_dim)."""
+    return t[:, :, -1:] if rows is None else t[rows, :, -1:]
 
 
 def resolve_policy(arch: str, policy: str | None) -> str:
@@ -54,8 +68,8 @@ def _rms_normalized(h: torch.Tensor, eps: float) -> torch.Tensor:
 
     Every skipped block's input norm only differs by its weight, so this is computed once per exit.
     """
-    hf = h.float()  # (1, 1, D)
-    return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)  # (1, 1, D)
+    hf = h.float()  # (R, 1, D)
+    return (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)  # (R, 1, D)
 
 
 class StackedKV:
@@ -82,38 +96,41 @@ class StackedKV:
             self.kv_w = torch.stack([torch.cat([layers[j].self_attn.k_proj.weight, layers[j].self_attn.v_proj.weight])
                                      for j in blocks])  # (S, 2 * kv_dim, D)
 
-    def __call__(self, layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+    def __call__(self, layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
         if not skipped:
             return
         first = self.row[skipped[0]]
         if len(skipped) != len(self.row) - first:
             raise ValueError(f"skipped blocks {list(skipped)} are not a suffix of the stacked blocks {list(self.row)}")
-        s = len(skipped)
-        x = self.norm_w[first:] * _rms_normalized(h, self.eps)[0]  # (S', 1, D): each block's own input norm
-        kv = torch.bmm(x, self.kv_w[first:].transpose(1, 2))  # (S', 1, 2 * kv_dim)
-        kv = kv.view(s, 1, 2 * self.heads, self.head_dim).transpose(1, 2)  # (S', 2 * kv_heads, 1, head_dim)
-        k, v = kv[:, :self.heads], kv[:, self.heads:]  # (S', kv_heads, 1, head_dim) each
-        cos, sin = position_embeddings  # (1, 1, head_dim) each
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, 1, head_dim): broadcast over blocks and KV heads
-        k = k * cos + rotate_half(k) * sin  # (S', kv_heads, 1, head_dim): rotary at this position
+        s, r = len(skipped), h.shape[0]
+        x = self.norm_w[first:] * _rms_normalized(h, self.eps)[:, 0]  # (S', R, D): each block's own input norm
+        kv = torch.bmm(x, self.kv_w[first:].transpose(1, 2))  # (S', R, 2 * kv_dim)
+        kv = kv.view(s, r, 2 * self.heads, 1, self.head_dim)  # (S', R, 2 * kv_heads, 1, head_dim)
+        k, v = kv[:, :, :self.heads], kv[:, :, self.heads:]  # (S', R, kv_heads, 1, head_dim) each
+        cos, sin = position_embeddings  # (R, 1, head_dim) each
+        cos, sin = cos[:, None], sin[:, None]  # (R, 1, 1, head_dim): broadcast over blocks and KV heads
+        k = k * cos + rotate_half(k) * sin  # (S', R, kv_heads, 1, head_dim): rotary at each row's position
+        write = _writer(cache, write)
         for i, j in enumerate(skipped):
-            cache.update(k[i:i + 1], v[i:i + 1], j)  # (1, kv_heads, 1, head_dim) each
+            write(j, k[i], v[i])  # (R, kv_heads, 1, head_dim) each
 
 
-def mistral_copy(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def mistral_copy(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
     src = cache.layers[exit_layer]
-    k, v = src.keys[:, :, -1:], src.values[:, :, -1:]  # (1, kv_heads, 1, head_dim): exit block's K, V here
+    k, v = _last(src.keys, rows), _last(src.values, rows)  # (R, kv_heads, 1, head_dim): exit block's K, V here
+    write = _writer(cache, write)
     for j in skipped:
-        cache.update(k, v, j)
+        write(j, k, v)
 
 
-def mistral_copy_prev(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def mistral_copy_prev(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
+    write = _writer(cache, write)
     for j in skipped:
         own = cache.layers[j]
-        cache.update(own.keys[:, :, -1:], own.values[:, :, -1:], j)  # (1, kv_heads, 1, head_dim) each
+        write(j, _last(own.keys, rows), _last(own.values, rows))  # (R, kv_heads, 1, head_dim) each
 
 
-def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
     if not skipped:
         return
     normed = _rms_normalized(h.to(layers[skipped[0]].norm.weight.dtype), layers[skipped[0]].norm.variance_epsilon)
@@ -121,38 +138,47 @@ def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings)
         mixer = layers[j].mixer
         state = cache.layers[j]
         inner = mixer.intermediate_size
-        x = layers[j].norm.weight * normed  # (1, 1, D): this block's own input norm
+        x = layers[j].norm.weight * normed  # (R, 1, D): this block's own input norm
         # in_proj without the gate rows: the gate only feeds the output, which nobody reads
         w = mixer.in_proj.weight[inner:]  # (conv_dim + heads, D)
         b = None if mixer.in_proj.bias is None else mixer.in_proj.bias[inner:]
-        xbc, dt = F.linear(x, w, b).split([mixer.conv_dim, mixer.num_heads], dim=-1)  # (1,1,conv_dim), (1,1,heads)
+        xbc, dt = F.linear(x, w, b).split([mixer.conv_dim, mixer.num_heads], dim=-1)  # (R,1,conv_dim), (R,1,heads)
+        conv, ssm = state.conv_states[0], state.recurrent_states[0]  # (B, conv_dim, K), (B, heads, head_dim, N)
+        if rows is not None:  # the exiting rows' states, advanced as a batch of their own and written back
+            conv, ssm = conv[rows], ssm[rows]
         if xbc.is_cuda:
-            _mamba2_state_step_kernels(mixer, state, xbc, dt)
+            _mamba2_state_step_kernels(mixer, conv, ssm, xbc, dt)
         else:
-            advance_state(mixer, state.conv_states[0], state.recurrent_states[0], xbc[:, 0], dt[:, 0])
+            advance_state(mixer, conv, ssm, xbc[:, 0], dt[:, 0])
+        if rows is not None:
+            state.conv_states[0].index_copy_(0, rows, conv)
+            state.recurrent_states[0].index_copy_(0, rows, ssm)
 
 
-def _mamba2_state_step_kernels(mixer, state, xbc, dt) -> None:
-    """The mixer's own single-step functions: the fused causal-conv1d / mamba-ssm kernels when installed."""
-    inner = mixer.intermediate_size
-    xbc = hf_mamba2.causal_conv1d_update(xbc.transpose(1, 2), state.conv_states[0], mixer.conv1d.weight.squeeze(1),
-                                         mixer.conv1d.bias, activation=mixer.activation)  # (1, conv_dim, 1)
+def _mamba2_state_step_kernels(mixer, conv, ssm, xbc, dt) -> None:
+    """The mixer's own single-step functions: the fused causal-conv1d / mamba-ssm kernels when installed.
+
+    conv (R, conv_dim, K) and ssm (R, heads, head_dim, N) are updated in place; xbc (R, 1, conv_dim), dt (R, 1, heads).
+    """
+    inner, r = mixer.intermediate_size, xbc.shape[0]
+    xbc = hf_mamba2.causal_conv1d_update(xbc.transpose(1, 2), conv, mixer.conv1d.weight.squeeze(1),
+                                         mixer.conv1d.bias, activation=mixer.activation)  # (R, conv_dim, 1)
     groups_state = mixer.n_groups * mixer.ssm_state_size
-    xs, B, C = xbc[:, :, 0].split([inner, groups_state, groups_state], dim=-1)  # (1, inner), (1, G*N), (1, G*N)
+    xs, B, C = xbc[:, :, 0].split([inner, groups_state, groups_state], dim=-1)  # (R, inner), (R, G*N), (R, G*N)
     A = -torch.exp(mixer.A_log.float())  # (heads,)
     hf_mamba2.mamba2_selective_state_update(
-        state.recurrent_states[0],  # (1, heads, head_dim, N), updated in place
-        xs.view(1, mixer.num_heads, mixer.head_dim),  # (1, heads, head_dim)
-        dt.view(1, mixer.num_heads, 1).expand(-1, -1, mixer.head_dim),  # (1, heads, head_dim)
+        ssm,  # (R, heads, head_dim, N), updated in place
+        xs.view(r, mixer.num_heads, mixer.head_dim),  # (R, heads, head_dim)
+        dt.view(r, mixer.num_heads, 1).expand(-1, -1, mixer.head_dim),  # (R, heads, head_dim)
         A[:, None, None].expand(-1, mixer.head_dim, mixer.ssm_state_size),  # (heads, head_dim, N)
-        B.view(1, mixer.n_groups, mixer.ssm_state_size),  # (1, G, N)
-        C.view(1, mixer.n_groups, mixer.ssm_state_size),  # (1, G, N)
+        B.view(r, mixer.n_groups, mixer.ssm_state_size),  # (R, G, N)
+        C.view(r, mixer.n_groups, mixer.ssm_state_size),  # (R, G, N)
         mixer.D[:, None].expand(-1, mixer.head_dim),  # (heads, head_dim)
         z=None, dt_bias=mixer.dt_bias[:, None].expand(-1, mixer.head_dim), dt_softplus=True,
     )
 
 
-def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
     return None
 
 

@@ -96,8 +96,8 @@ def build_backbone(config: PretrainedConfig, seed: int = 0, device: torch.device
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(config).to(dtype)
+    with torch.device(device):  # allocated in `dtype` from the start: a 7B model in fp32 first would need 29 GB
+        model = cls._from_config(config, dtype=dtype).to(dtype)
     return model.eval()
 
 

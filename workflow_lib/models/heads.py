@@ -7,7 +7,8 @@ returns 2 logits; p_exit = softmax(logits)[..., 1].
 Two forms per head:
   forward(z)            z: (B, T, D) -> (B, T, 2)   whole sequences (training, prefill)
   step(z, state)        z: (B, D)    -> (B, 2), state   one generated token
-Stateless heads ignore the state; the `mamba` head carries conv + SSM state across tokens.
+Stateless heads ignore the state; the `mamba` head carries conv + SSM state across tokens, one row per batch row:
+in a batch, `step_rows` steps only the rows that reach the head's layer and `keep_rows` drops finished rows.
 
 A new head type is one class decorated with @register_head("name") plus one config entry.
 """
@@ -59,12 +60,23 @@ class ExitHead(nn.Module):
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
         return None
 
-    def prefill(self, z: torch.Tensor, state: Any) -> Any:
-        """Consume the prompt's normed hidden states z: (B, T, D); return the state after it."""
+    def prefill(self, z: torch.Tensor, state: Any, attention_mask: torch.Tensor | None = None) -> Any:
+        """Consume the prompt's normed hidden states z: (B, T, D); return the state after it.
+
+        attention_mask (B, T): 0 at left padding, which must not reach the state (None: no padding).
+        """
         return state
 
     def step(self, z: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         return self.forward(z[:, None, :])[:, 0, :], state  # (B, 2)
+
+    def step_rows(self, z: torch.Tensor, state: Any, rows: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        """`step` for the batch rows `rows` (R,) only, z: (R, D); the other rows' state is left as it is."""
+        return self.step(z, state)
+
+    def keep_rows(self, state: Any, keep: torch.Tensor) -> Any:
+        """The state of the batch rows `keep` (K,) only, in that order (finished rows leave the batch)."""
+        return state
 
     def macs_per_token(self) -> int:
         """Multiply-accumulates of one `step` (for compute accounting)."""
@@ -128,8 +140,26 @@ class MambaHead(ExitHead):
     def init_state(self, batch_size, device, dtype):
         return DynamicCache(config=self.mixer_config)
 
-    def prefill(self, z, state):
-        self.mixer(z, cache=state)  # (B, T, D): fills conv and SSM state
+    def prefill(self, z, state, attention_mask=None):
+        self.mixer(z, cache=state, attention_mask=attention_mask)  # (B, T, D): fills conv and SSM state
+        return state
+
+    def step_rows(self, z, state, rows):
+        if rows is None:
+            return self.step(z, state)
+        layer = state.layers[0]
+        conv, ssm = layer.conv_states[0], layer.recurrent_states[0]  # (B, conv_dim, K), (B, H, P, N)
+        layer.conv_states[0], layer.recurrent_states[0] = conv[rows], ssm[rows]  # these rows as a batch of their own
+        try:
+            logits, _ = self.step(z, state)  # (R, 2); advances the gathered states in place
+            conv.index_copy_(0, rows, layer.conv_states[0])
+            ssm.index_copy_(0, rows, layer.recurrent_states[0])
+        finally:
+            layer.conv_states[0], layer.recurrent_states[0] = conv, ssm
+        return logits, state
+
+    def keep_rows(self, state, keep):
+        state.reorder_cache(keep)
         return state
 
     def step(self, z, state):

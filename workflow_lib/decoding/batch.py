@@ -1,0 +1,302 @@
+"""Batched early-exit decoding: every row of a batch exits on its own decision, with the result of batch size 1.
+
+`ExitDecoder.generate` (decoder.py) is the batch-1 reference; `generate_batch` here decodes B prompts together:
+- Prefill: the prompts left-padded with an attention mask through the model's own forward, as transformers'
+  batched `generate` does (Mistral: positions counted over the real tokens, padded keys masked; Mamba-2: padded
+  positions zeroed before the state, transformers' `apply_mask_to_padding_states`).
+- Each step, at each exit layer, each row still climbing compares its own p_exit with the threshold. A row that
+  exits keeps its exit hidden state; the policy fills its skipped blocks for that row alone (`rows=`); stateful
+  heads keep one state row per batch row and step only the rows that reach them.
+- Rows that exited stop costing compute: the blocks after an exit run on the rows still climbing only (their
+  hidden states and their cache rows gathered, then scattered back; a block no row reaches does not run), and
+  only the last block runs on the whole batch. For Mistral the new position's K, V of a skipped block come from
+  the policy for the rows that exited and from the block for the rows that ran; both are merged into one cache
+  append per block, so the cache stays one dense tensor per block.
+- A row that finishes (EOS, stop string, max tokens) leaves the batch: its cache, head-state and position rows
+  are dropped, so it costs nothing further.
+Per row the result is a `DecodeResult` with the meaning batch 1 gives it (token ids, exit layers, stop reason, one
+cost per decode step at that row's own context length); decode_seconds is the row's latency (decode start to its
+last token) and `batch_decode_seconds` the whole batch's, which is what throughput divides by.
+
+Hand-written because transformers' `generate` has no per-layer hook, and no early-exit library we know of decodes
+a batch with a separate exit decision per row.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .accounting import crf_exact, crf_paper
+from .pruning import prune_blocks
+
+if TYPE_CHECKING:
+    from .decoder import DecodeResult, ExitDecoder
+
+
+def _pad_id(decoder: "ExitDecoder") -> int:
+    config = decoder.model.config
+    for pad in (config.pad_token_id, config.eos_token_id, 0):
+        if isinstance(pad, int):
+            return pad
+        if isinstance(pad, (list, tuple)) and pad:
+            return int(pad[0])
+    return 0
+
+
+def validate_prompts(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    """The prompts as lists of ids; a clear error for an empty list, an empty prompt, or one past the context."""
+    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    config = decoder.model.config
+    context = getattr(config, "max_position_embeddings", None)  # Mamba-2 has no context limit
+    vocab = config.vocab_size
+    out = []
+    for i, prompt in enumerate(prompts):
+        ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
+        if not ids:
+            raise ValueError(f"prompt {i} is empty")
+        if context is not None and len(ids) > context:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens, longer than the model's context of {context}")
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ValueError(f"prompt {i} has a token id outside the vocabulary 0..{vocab - 1}")
+        out.append([int(t) for t in ids])
+    return out
+
+
+class _Batch:
+    """The rows still decoding and their per-row tensors; `keep` drops finished rows from all of them."""
+
+    def __init__(self, decoder: "ExitDecoder", prompts: list[list[int]], max_new_tokens: int):
+        device = decoder.parts.lm_head.weight.device
+        self.decoder, self.device = decoder, device
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        pad = _pad_id(decoder)
+        self.input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, T)
+        self.mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)  # (B, T)
+        self.padded = min(lengths) != width
+        self.rows = list(range(len(prompts)))  # original index of each row still decoding
+        self.positions = torch.tensor(lengths, device=device)[:, None]  # (B, 1): position of the next token read
+        self.seq = None
+        if decoder.penalty is not None:
+            # prompt + generated ids for the repetition penalty; left padding repeats the row's first token, which the
+            # penalty (a gather/scatter over the ids present) then sees as nothing new
+            self.seq = torch.empty(len(prompts), width + max_new_tokens, dtype=torch.long, device=device)  # (B, T+N)
+            self.seq[:, :width] = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], device=device)
+        self.width = width
+
+    def keep(self, keep: list[int], cache: DynamicCache, states: dict, heads: dict) -> None:
+        idx = torch.tensor(keep, device=self.device)  # (K,)
+        cache.reorder_cache(idx)
+        for layer, head in heads.items():
+            states[layer] = head.keep_rows(states[layer], idx)
+        self.rows = [self.rows[i] for i in keep]
+        self.positions = self.positions[idx]
+        self.mask = self.mask[idx]
+        if self.seq is not None:
+            self.seq = self.seq[idx]
+
+
+@torch.no_grad()
+def prefill_batch(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, states: dict) -> torch.Tensor:
+    """The padded prompts through the (pruned) model's own forward; stateful heads primed on their layer's z."""
+    p = decoder.parts
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [p.layers[layer].register_forward_hook(lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
+             for layer, head in decoder.heads.items() if decoder.stateful(head)]
+    mask = batch.mask if batch.padded else None  # unpadded: exactly the batch-1 call
+    kwargs: dict = {"attention_mask": mask}
+    if p.arch == "mistral" and mask is not None:  # positions count the real tokens only, as generate's
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    try:
+        with prune_blocks(decoder.model, decoder.prune, decoder.prune_start):
+            out = decoder.model(input_ids=batch.input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for layer, h in captured.items():
+        z = p.final_norm(h).to(decoder.dtype)  # (B, T, D)
+        states[layer] = decoder.heads[layer].prefill(z, states[layer], attention_mask=mask)
+    return out.logits[:, -1, :].float()  # (B, V)
+
+
+class _Step:
+    """One decode step of a batch: blocks on the rows still climbing, exits per row, K/V merges (Mistral)."""
+
+    def __init__(self, decoder: "ExitDecoder", cache: DynamicCache, batch: _Batch):
+        self.d, self.cache, self.p = decoder, cache, decoder.parts
+        self.b = len(batch.rows)
+        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # Mistral: block -> this position's K, V (B,...)
+
+    def write(self, rows: torch.Tensor):
+        """The policy's writer for `rows`: K, V (R, kv_heads, 1, head_dim) into block j's pending append."""
+        def write(j: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            if j not in self.pending:
+                self.pending[j] = (k.new_empty(self.b, *k.shape[1:]), v.new_empty(self.b, *v.shape[1:]))
+            self.pending[j][0][rows], self.pending[j][1][rows] = k, v
+        return write
+
+    def commit(self, j: int) -> None:
+        """Append block j's merged K, V for this position (every row: the policy's or the block's)."""
+        k, v = self.pending.pop(j)  # (B, kv_heads, 1, head_dim) each
+        self.cache.update(k, v, j)
+
+    def run_rows(self, j: int, h: torch.Tensor, rows: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Block j on the rows `rows` (R,) only, h: (R, 1, D); their cache rows gathered, written back merged."""
+        layer = self.cache.layers[j]
+        block = self.p.layers[j]
+        if self.p.arch == "mistral":
+            keys, values = layer.keys, layer.values  # (B, kv_heads, L, head_dim)
+            layer.keys, layer.values = keys[rows], values[rows]  # (R, kv_heads, L, head_dim): the block appends to these
+            try:
+                cos, sin = kwargs["position_embeddings"]
+                mask = kwargs["attention_mask"]
+                out = block(h, cache=self.cache, use_cache=True, position_ids=kwargs["position_ids"][rows],
+                            position_embeddings=(cos[rows], sin[rows]),
+                            attention_mask=None if mask is None else mask[rows])  # (R, 1, D)
+                self.write(rows)(j, layer.keys[:, :, -1:], layer.values[:, :, -1:])
+            finally:
+                layer.keys, layer.values = keys, values
+            self.commit(j)
+            return out
+        conv, ssm = layer.conv_states[0], layer.recurrent_states[0]  # (B, conv_dim, K), (B, H, P, N)
+        layer.conv_states[0], layer.recurrent_states[0] = conv[rows], ssm[rows]  # advanced in place by the block
+        try:
+            out = block(h, cache=self.cache)  # (R, 1, D)
+            conv.index_copy_(0, rows, layer.conv_states[0])
+            ssm.index_copy_(0, rows, layer.recurrent_states[0])
+        finally:
+            layer.conv_states[0], layer.recurrent_states[0] = conv, ssm
+        return out
+
+    @torch.no_grad()
+    def __call__(self, tok: torch.Tensor, position_ids: torch.Tensor, states: dict,
+                 attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, list[int], list[list[int]]]:
+        """Tokens `tok` (B,) at `position_ids` (B, 1): fp32 logits (B, V), each row's exit block and head MACs."""
+        d, p, b = self.d, self.p, self.b
+        h = p.embed(tok[:, None])  # (B, 1, D)
+        kwargs: dict = {"cache": self.cache}
+        pos_emb = None
+        if p.arch == "mistral":
+            pos_emb = p.rotary_emb(h, position_ids=position_ids)  # cos, sin: (B, 1, head_dim)
+            mask = d._mask_fn(config=d.model.config, inputs_embeds=h, attention_mask=attention_mask, cache=self.cache,
+                              position_ids=position_ids)  # (B, 1, 1, L+1) or None
+            kwargs.update(attention_mask=mask, position_ids=position_ids, use_cache=True, position_embeddings=pos_emb)
+        exit_layers = [p.n_layers - 1] * b
+        head_macs: list[list[int]] = [[] for _ in range(b)]
+        climbing = None  # (R,) rows still climbing; None: every row
+        body = d.kept[:-1]
+        for idx, i in enumerate(body):
+            if climbing is None:
+                h = p.layers[i](h, **kwargs)  # (B, 1, D)
+            elif climbing.numel() == 0:  # no row reaches this block: it does not run
+                if i in self.pending:
+                    self.commit(i)
+                continue
+            else:
+                h = h.index_copy(0, climbing, self.run_rows(i, h[climbing], climbing, kwargs))  # (B, 1, D)
+            head = d.heads.get(i)
+            if head is None:
+                continue
+            z = p.final_norm(h if climbing is None else h[climbing])[:, 0].to(d.dtype)  # (R, D)
+            exit_logits, states[i] = head.step_rows(z, states[i], climbing)  # (R, 2)
+            exits = exit_logits.float().softmax(-1)[:, 1] >= d.threshold  # (R,)
+            reached = range(b) if climbing is None else climbing.tolist()
+            for r in reached:
+                head_macs[r].append(d.head_macs[i])
+            flags = exits.tolist()  # the one host sync per exit layer
+            if not any(flags):
+                continue
+            rows = torch.tensor([r for r, e in zip(reached, flags) if e], device=h.device)  # (E,) exiting rows
+            for r in rows.tolist():
+                exit_layers[r] = i
+            d._fill(p.layers, self.cache, h[rows], i, body[idx + 1:],
+                    None if pos_emb is None else (pos_emb[0][rows], pos_emb[1][rows]), rows=rows,
+                    write=self.write(rows))
+            climbing = torch.tensor([r for r, e in zip(reached, flags) if not e], dtype=torch.long, device=h.device)
+        for j in sorted(self.pending):  # blocks no row reached after the last exit
+            self.commit(j)
+        h = p.layers[d.kept[-1]](h, **kwargs)  # (B, 1, D): the last block always runs, on every row
+        logits = p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[:, -1, :].float()  # (B, V)
+        return logits, exit_layers, head_macs
+
+
+@torch.no_grad()
+def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
+                   stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None) -> list["DecodeResult"]:
+    """Greedy-decode every prompt (a list of token-id lists, any lengths) together; one `DecodeResult` per prompt,
+    equal to what `decoder.generate` gives that prompt alone (see the module docstring)."""
+    from .decoder import DecodeResult
+
+    prompts = validate_prompts(decoder, prompts, max_new_tokens)
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    p = decoder.parts
+    eos = decoder._eos_ids(eos_token_id)
+    last = p.n_layers - 1
+    n = len(prompts)
+    batch = _Batch(decoder, prompts, max_new_tokens)
+    device = batch.device
+    cache = DynamicCache(config=decoder.model.config)
+    states = {layer: head.init_state(n, device, decoder.dtype) for layer, head in decoder.heads.items()}
+    token_ids: list[list[int]] = [[] for _ in range(n)]
+    exit_layers: list[list[int]] = [[] for _ in range(n)]
+    costs: list[list] = [[] for _ in range(n)]
+    reasons: list[str | None] = [None] * n
+    latency = [0.0] * n
+
+    decoder._sync(device)
+    start = time.perf_counter()
+    logits = prefill_batch(decoder, batch, cache, states)  # (B, V)
+    tok = decoder._next_token(logits, None if batch.seq is None else batch.seq[:, :batch.width])  # (B,)
+    for r, t in enumerate(tok.tolist()):
+        token_ids[r].append(t)
+        exit_layers[r].append(last)
+    decoder._sync(device)
+    prefill_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    step_no = 0  # tokens generated so far by every row still decoding, minus one
+    attention_mask = batch.mask if batch.padded else None  # (B, L), grows by one column per step
+    while True:
+        keep = []
+        for i, row in enumerate(batch.rows):
+            reasons[row] = decoder._stop_reason(token_ids[row], eos, stop_strings, tokenizer)
+            if reasons[row] is None and len(token_ids[row]) >= max_new_tokens:
+                reasons[row] = "max_new_tokens"
+            if reasons[row] is None:
+                keep.append(i)
+            else:
+                latency[row] = time.perf_counter() - start
+        if not keep:
+            break
+        if len(keep) < len(batch.rows):  # finished rows leave the batch
+            batch.keep(keep, cache, states, decoder.heads)
+            tok = tok[torch.tensor(keep, device=device)]
+            if attention_mask is not None:
+                attention_mask = attention_mask[torch.tensor(keep, device=device)]
+        pos_in_seq = batch.width + step_no  # column of `tok` in the padded sequence
+        if batch.seq is not None:
+            batch.seq[:, pos_in_seq] = tok
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, L+1)
+        logits, exits, macs = _Step(decoder, cache, batch)(tok, batch.positions, states, attention_mask)
+        tok = decoder._next_token(logits, None if batch.seq is None else batch.seq[:, :pos_in_seq + 1])  # (B,)
+        for i, (row, t) in enumerate(zip(batch.rows, tok.tolist())):
+            token_ids[row].append(t)
+            exit_layers[row].append(exits[i])
+            pos = int(batch.positions[i])  # the position this step read; it attended to pos + 1 positions
+            costs[row].append(decoder.cost_model.token_cost(decoder._cost_layer[exits[i]], pos + 1, decoder.policy,
+                                                            macs[i], decoder.prune))
+        batch.positions = batch.positions + 1
+        step_no += 1
+    decoder._sync(device)
+    decode_seconds = time.perf_counter() - start
+    return [DecodeResult(token_ids[r], exit_layers[r], reasons[r], costs[r], crf_exact(costs[r]), crf_paper(costs[r]),
+                         latency[r], prefill_seconds, None, batch_size=n, batch_decode_seconds=decode_seconds)
+            for r in range(n)]
