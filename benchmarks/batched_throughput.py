@@ -6,10 +6,11 @@ batch size 1 with `ExitDecoder.generate` (the reference) and in batches of each 
 --backbone PATH), else random `calm` heads at the backbone's default exit layers (random weights, presets), whose
 p_exit spreads around 0.5 so rows of one batch disagree. No EOS: every prompt generates --new-tokens.
 
-Reported per (variant, batch size): wall seconds for all prompts (prefill + decode), generated tokens/s, speedup
-over batch 1 (paired per round), the exact CRF over all decode steps, and how many prompts gave exactly the batch-1
+Reported per (variant, batch size): wall seconds for all prompts (prefill + decode), generated tokens/s (and over
+the decode steps alone), speedup over batch 1 (paired per round), the exact CRF over all decode steps, and how many prompts gave exactly the batch-1
 tokens and exit layers (a difference comes from floating-point differences between batched and single-row
-products flipping a near-tied decision; tests/test_batch.py identifies those).
+products flipping a near-tied decision; tests/test_batch.py identifies those). --compare-rows adds, for each
+threshold, the blocks after an exit run on every row instead of the climbing rows only (`climbing_only=False`).
 
   CPU, tiny random backbones:   python benchmarks/batched_throughput.py --threads 1
   CPU, trained pipeline heads:  python benchmarks/batched_throughput.py --backbone results/backbones/mistral \\
@@ -31,6 +32,10 @@ from workflow_lib.models.backbone import PRESETS, build_backbone, default_exit_l
 from workflow_lib.models.heads import build_heads, load_heads
 
 
+COLUMNS = ["backbone", "variant", "rows", "batch", "seconds", "tok_per_s", "decode_tok_per_s", "speedup", "speedup_q1",
+           "speedup_q3", "crf_exact", "identical"]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
@@ -48,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--thresholds", default="0.3,0.5,0.7", help="comma-separated thresholds with heads "
                                                                "(default 0.3,0.5,0.7)")
+    p.add_argument("--compare-rows", action="store_true",
+                   help="also run the blocks after an exit on every row (climbing_only=False) to compare")
     add_common_args(p, out="results/benchmarks/batched_throughput.json")
     args = p.parse_args()
     if args.backbone and not args.heads:
@@ -86,40 +93,46 @@ def main() -> None:
         variants = [("exits off", ExitDecoder(model))] + [
             (f"threshold {t:g}", ExitDecoder(model, heads, threshold=t)) for t in args.thresholds]
         for label, decoder in variants:
-            def run(b):
+            modes = [True, False] if args.compare_rows and decoder.exits_enabled else [True]
+            def run(b, climbing_only=True):
                 if b == 1:
                     return [decoder.generate(torch.tensor([q]), max_new_tokens=args.new_tokens, eos_token_id=[])
                             for q in prompts]
                 return [r for s in range(0, len(prompts), b)
-                        for r in decoder.generate_batch(prompts[s:s + b], max_new_tokens=args.new_tokens, eos_token_id=[])]
-            for _ in range(args.warmup):
-                decoder.generate_batch(prompts[:2], max_new_tokens=4, eos_token_id=[])
-            seconds: dict[int, list[float]] = {b: [] for b in args.batch_sizes}
+                        for r in decoder.generate_batch(prompts[s:s + b], max_new_tokens=args.new_tokens,
+                                                        eos_token_id=[], climbing_only=climbing_only)]
+            for b in args.batch_sizes[1:] if args.warmup else []:  # untimed, at the timed shapes' batch sizes
+                for mode in modes:
+                    decoder.generate_batch(prompts[:b], max_new_tokens=4, eos_token_id=[], climbing_only=mode)
+            runs = [(1, True)] + [(b, mode) for b in args.batch_sizes if b > 1 for mode in modes]
+            seconds: dict[tuple, list[float]] = {key: [] for key in runs}
             results = {}
             for r in range(args.repeats):  # interleaved: every round runs each batch size once, order rotated
-                order = args.batch_sizes[r % len(args.batch_sizes):] + args.batch_sizes[:r % len(args.batch_sizes)]
-                for b in order:
-                    t, results[b] = timed(lambda: run(b), device)
-                    seconds[b].append(t)
-            ref = results[1]
+                for key in runs[r % len(runs):] + runs[:r % len(runs)]:
+                    t, results[key] = timed(lambda: run(*key), device)
+                    seconds[key].append(t)
+            ref = results[(1, True)]
             tokens = sum(len(x.token_ids) for x in ref)
-            for b in args.batch_sizes:
-                same = sum(x.token_ids == y.token_ids and x.exit_layers == y.exit_layers for x, y in zip(ref, results[b]))
-                s = spread(seconds[b])
-                paired = spread([s1 / sb for s1, sb in zip(seconds[1], seconds[b])])
-                rows.append({"backbone": name, "variant": label, "batch": b, "seconds": s["median"],
-                             "tok_per_s": tokens / s["median"], "speedup": paired["median"],
+            for key in runs:
+                b, mode = key
+                got = results[key]
+                same = sum(x.token_ids == y.token_ids and x.exit_layers == y.exit_layers for x, y in zip(ref, got))
+                s = spread(seconds[key])
+                paired = spread([s1 / sb for s1, sb in zip(seconds[(1, True)], seconds[key])])
+                decode = sum({id(x): x.batch_decode_seconds or x.decode_seconds for x in got}.values()) if b == 1 else \
+                    sum(got[i].batch_decode_seconds for i in range(0, len(got), b))
+                rows.append({"backbone": name, "variant": label, "rows": "climbing" if mode else "all", "batch": b,
+                             "seconds": s["median"], "tok_per_s": tokens / s["median"],
+                             "decode_tok_per_s": (tokens - len(got)) / decode, "speedup": paired["median"],
                              "speedup_q1": paired["q1"], "speedup_q3": paired["q3"],
-                             "crf_exact": crf_exact([c for x in results[b] for c in x.costs]),
+                             "crf_exact": crf_exact([c for x in got for c in x.costs]),
                              "identical": f"{same}/{len(prompts)}", "seconds_spread": s})
-                print_table(rows[-1:], ["backbone", "variant", "batch", "seconds", "tok_per_s", "speedup", "crf_exact",
-                                        "identical"])
+                print_table(rows[-1:], COLUMNS)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print()
-    print_table(rows, ["backbone", "variant", "batch", "seconds", "tok_per_s", "speedup", "speedup_q1", "speedup_q3",
-                       "crf_exact", "identical"])
+    print_table(rows, COLUMNS)
     save(args.out, "batched_throughput", args, rows)
     if rows:
         print("median speedup at the largest batch:",

@@ -193,7 +193,7 @@ def evaluate_common(wildcards):
         words.extend(["--fewshot-data", fewshot_file(wildcards.task)])
     spec = EVAL["tasks"][wildcards.task] or {}
     options = {"shots": spec.get("shots"), "limit": spec.get("limit"), "max_new_tokens": EVAL["max_new_tokens"],
-               "degenerate_limit": EVAL["degenerate_limit"], "seed": SEED}
+               "degenerate_limit": EVAL["degenerate_limit"], "batch_size": EVAL["batch_size"], "seed": SEED}
     return f"{shlex.join(words)} {cli(options)}"
 
 

@@ -85,6 +85,25 @@ def test_exit_at_and_prune(capsys):
     assert len(capsys.readouterr().out.split()) == 3  # without a tokenizer the ids are printed
 
 
+def test_prompts_file_batched(capsys, tmp_path, text_backbone):
+    """--prompts-file with --batch-size: a JSON list in file order, each object as a single-prompt run gives it."""
+    folder, _, _ = text_backbone
+    lines = ["the quick brown fox", "lazy", "over the lazy dog jumps"]
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n")
+    got = run(capsys, "--backbone", str(folder), "--exit-at", "2", "--prompts-file", str(tmp_path / "prompts.txt"),
+              "--batch-size", "2", "--max-new-tokens", "8", "--json")
+    assert isinstance(got, list) and len(got) == 3 and [g["batch_size"] for g in got] == [2, 2, 1]
+    for line, out in zip(lines, got):
+        alone = run(capsys, "--backbone", str(folder), "--exit-at", "2", "--prompt", line, "--max-new-tokens", "8",
+                    "--json")
+        assert set(out) == set(alone)
+        for key in ("text", "token_ids", "exit_layers", "crf_exact", "crf_paper", "stop_reason", "prompt_tokens"):
+            assert out[key] == alone[key], key
+    (tmp_path / "ids.txt").write_text("5,6,7\n8,9\n")
+    generate.main(["--backbone", "preset:tiny-mistral", "--prompts-file", str(tmp_path / "ids.txt"), "--device", "cpu"])
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # one line of ids per prompt without a tokenizer
+
+
 def test_text_and_stop_string(capsys, text_backbone):
     folder, model, tokenizer = text_backbone
     free = run(capsys, "--backbone", str(folder), "--prompt", "the quick", "--max-new-tokens", "16", "--json")
@@ -112,6 +131,11 @@ def test_heads_folder(capsys, tmp_path, tiny_mistral, tiny_mamba2):
 
 def test_errors_before_any_work(capsys, tmp_path, no_weights):
     GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    prompts, empty, long, words = (tmp_path / name for name in ("prompts", "empty", "long", "words"))
+    prompts.write_text("5,6\n")
+    empty.write_text("\n \n")
+    long.write_text("5,6\n" + ",".join(["5"] * 2049) + "\n")  # prompt 2 is longer than the 2048-token context
+    words.write_text("hello world\n")
     cases = {
         "unsupported architecture 'gpt2'": ["--backbone", str(tmp_path / "gpt2"), "--prompt-ids", "5"],
         "--exit-at 7 out of range": ["--backbone", "preset:tiny-mistral", "--exit-at", "7", "--prompt-ids", "5"],
@@ -128,6 +152,14 @@ def test_errors_before_any_work(capsys, tmp_path, no_weights):
                                               "--prompt-ids", "5"],
         "comma-separated integers": ["--backbone", "preset:tiny-mistral", "--prompt-ids", "1,a"],
         "unknown backbone preset": ["--backbone", "preset:gpt2", "--prompt-ids", "5"],
+        "--batch-size must be >= 1": ["--backbone", "preset:tiny-mistral", "--prompts-file", str(prompts),
+                                      "--batch-size", "0"],
+        "--batch-size needs --prompts-file": ["--backbone", "preset:tiny-mistral", "--prompt-ids", "5",
+                                              "--batch-size", "2"],
+        "has no prompt": ["--backbone", "preset:tiny-mistral", "--prompts-file", str(empty)],
+        "--prompts-file: No such file": ["--backbone", "preset:tiny-mistral", "--prompts-file", str(tmp_path / "no")],
+        "prompt 2 of": ["--backbone", "preset:tiny-mistral", "--prompts-file", str(long)],
+        "holds token ids": ["--backbone", "preset:tiny-mistral", "--prompts-file", str(words)],
     }
     for expected, argv in cases.items():
         assert expected in fail(capsys, *argv), argv

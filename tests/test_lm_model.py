@@ -70,6 +70,27 @@ def test_heads_exit_early_and_threshold_moves_the_point(saved_backbone, task_fil
     assert all(set(g["exit_layers"]) == {3} and g["crf_exact"] == 1.0 for g in lm.generations)
 
 
+def test_batched_generation_equals_batch_size_1(saved_backbone, task_files, tmp_path):
+    """batch_size covers generation: every task's answers and statistics equal batch size 1's, one entry per request
+    in the request order, each naming its batch."""
+    heads = save_calm_heads(tmp_path / "heads", saved_backbone, exit_layers=(1, 2))
+    runs = {}
+    for batch_size in (1, 3):
+        lm = DynamaxLM(backbone=str(saved_backbone), heads=str(heads), threshold=0.5, device="cpu",
+                       batch_size=batch_size)
+        out = _evaluate(lm, None, task_files)
+        runs[batch_size] = (out, lm.generations)
+    (ref, ref_gens), (got, got_gens) = runs[1], runs[3]
+    for task in ALL_TASKS:
+        assert [s["resps"] for s in got["samples"][task]] == [s["resps"] for s in ref["samples"][task]]
+        assert got["results"][task] == ref["results"][task]
+    keys = ("task", "doc_id", "prompt_tokens", "token_ids", "exit_layers", "stop_reason", "costs")
+    assert [[g[k] for k in keys] for g in got_gens] == [[g[k] for k in keys] for g in ref_gens]
+    assert {g["batch_size"] for g in ref_gens} == {1} and max(g["batch_size"] for g in got_gens) == 2
+    assert len({g["batch_id"] for g in got_gens}) < len(got_gens)  # rows shared batches
+    assert any(len(set(g["exit_layers"][1:])) > 1 for g in got_gens)  # heads that do not all agree
+
+
 def test_heads_for_another_backbone_are_refused(saved_backbone, tmp_path):
     from workflow_lib.models.backbone import preset_config
     from workflow_lib.models.heads import build_heads, save_heads

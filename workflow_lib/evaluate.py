@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
     p.add_argument("--reuse", action="store_true", help="keep points already evaluated with the same settings and "
                                                          "inputs (see above)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="requests decoded together (generation, each row exiting on its own decision, and "
+                        "loglikelihood); the answers are those of batch size 1 (default 1)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); batch-1 decoding of a small "
                                                "model is fastest on 1, and oversubscribed cores make it many times slower")
     args = p.parse_args(argv)
@@ -95,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.shots is not None and args.shots < 0:
         p.error("--shots must be >= 0")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     if args.prune < 0:
@@ -123,8 +128,9 @@ def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     return [(args.out_dir / f"threshold~{spelled}", {"threshold": t, "prune": args.prune}) for spelled, t in args.thresholds]
 
 
-# Options that change which points a job evaluates or how fast, not what a point's record holds.
-NOT_SETTINGS = ("thresholds", "prune_series", "threads", "reuse", "out_dir")
+# Options that change which points a job evaluates or how fast, not what a point's record holds (a batch decodes
+# every row as batch size 1 would).
+NOT_SETTINGS = ("thresholds", "prune_series", "threads", "batch_size", "reuse", "out_dir")
 
 
 def settings(config: dict) -> dict:
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lm = DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy,
                        prune=first["prune"], tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty,
-                       device=args.device, dtype=args.dtype, seed=args.seed)
+                       device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
         sys.exit(f"evaluate: error: {e}")
 

@@ -1,7 +1,12 @@
-"""Generate text with the exit-aware decoder (greedy, batch size 1).
+"""Generate text with the exit-aware decoder (greedy).
 
   python -m workflow_lib.generate --backbone PATH_OR_ID [--heads DIR | --exit-at LAYER] [--threshold T]
-      [--policy NAME] [--prune N] (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N] [--stop STR ...] [--json]
+      [--policy NAME] [--prune N] (--prompt TEXT | --prompt-ids 1,2,3 | --prompts-file FILE [--batch-size B])
+      [--max-new-tokens N] [--stop STR ...] [--json]
+
+--prompts-file decodes one prompt per line (token ids "1,2,3" per line for a preset: backbone), B at a time, each
+row exiting on its own decision with the answer batch size 1 gives it; --json then prints a list, one object per
+prompt, in file order.
 
 With neither --heads nor --exit-at, exits are disabled: the plain model's greedy output. --exit-at L runs a
 forced head at block L (every token exits there), for inspecting a policy. Every check on the arguments runs
@@ -66,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt = ap.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (tokenised with the backbone's tokenizer)")
     prompt.add_argument("--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (for preset: backbones)")
+    prompt.add_argument("--prompts-file", help="one prompt per line (text; token ids 1,2,3 for preset: backbones)")
+    ap.add_argument("--batch-size", type=int, default=1, help="prompts of --prompts-file decoded together (default 1)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings; the text is cut at the first")
     ap.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty (default 1.0: off)")
@@ -96,6 +103,19 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not args.repetition_penalty > 0:
         ap.error(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size > 1 and args.prompts_file is None:
+        ap.error("--batch-size needs --prompts-file")
+    lines = None
+    if args.prompts_file is not None:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                lines = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as err:
+            ap.error(f"--prompts-file: {err.strerror}: {args.prompts_file}")
+        if not lines:
+            ap.error(f"--prompts-file {args.prompts_file} has no prompt")
     # Everything cheap first: config, architecture, policy, layers, heads, tokenizer; the weights last.
     try:
         config = _config(args.backbone)
@@ -121,10 +141,28 @@ def main(argv: list[str] | None = None) -> None:
                     raise ValueError(f"no tokenizer for {args.backbone!r}: {err}") from None
         elif args.prompt is not None:
             raise ValueError(f"{args.backbone} has no tokenizer: pass the prompt as --prompt-ids")
+        if lines is not None and tokenizer is None:  # a preset backbone reads token ids, one prompt a line
+            try:
+                prompt_ids = [_ids(line) for line in lines]
+            except argparse.ArgumentTypeError as err:
+                raise ValueError(f"{args.backbone} has no tokenizer, so --prompts-file holds token ids: {err}") from None
+        elif lines is not None:
+            prompt_ids = [tokenizer(line).input_ids for line in lines]
+        elif args.prompt is not None:
+            prompt_ids = [tokenizer(args.prompt).input_ids]
+        else:
+            prompt_ids = [args.prompt_ids]
         if args.stop and tokenizer is None:
             raise ValueError("--stop needs a tokenizer to decode the generated text")
-        if args.prompt_ids and max(args.prompt_ids) >= config.vocab_size:
-            raise ValueError(f"--prompt-ids has an id >= the vocabulary size {config.vocab_size}")
+        context = getattr(config, "max_position_embeddings", None)
+        for i, ids in enumerate(prompt_ids):
+            where = f"prompt {i + 1} of {args.prompts_file}" if lines is not None else "the prompt"
+            if not ids:
+                raise ValueError(f"{where} is empty")
+            if max(ids) >= config.vocab_size:
+                raise ValueError(f"{where} has a token id >= the vocabulary size {config.vocab_size}")
+            if context is not None and len(ids) > context:
+                raise ValueError(f"{where} has {len(ids)} tokens, longer than the model's context of {context}")
     except (ValueError, OSError) as err:
         ap.error(str(err).splitlines()[0])
     threshold = args.threshold if args.threshold is not None else (DEFAULT_EXIT_THRESHOLD if heads else 2.0)
@@ -133,25 +171,31 @@ def main(argv: list[str] | None = None) -> None:
     model = load_backbone(args.backbone, device=device, dtype=dtype, seed=args.seed)
     decoder = ExitDecoder(model, heads, threshold=threshold, policy=policy, prune=args.prune,
                           repetition_penalty=args.repetition_penalty, prune_start=args.prune_start)
-    if args.prompt is not None:
-        input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids  # (1, T)
+    if lines is None:
+        results = [decoder.generate(torch.tensor([prompt_ids[0]]), max_new_tokens=args.max_new_tokens,
+                                    stop_strings=args.stop, tokenizer=tokenizer)]
     else:
-        input_ids = torch.tensor([args.prompt_ids])  # (1, T)
-    result = decoder.generate(input_ids, max_new_tokens=args.max_new_tokens, stop_strings=args.stop,
-                              tokenizer=tokenizer)
-    text = _cut(tokenizer.decode(result.token_ids, skip_special_tokens=True), args.stop) if tokenizer else None
-    if args.json:
-        print(json.dumps({
+        results = [r for s in range(0, len(prompt_ids), args.batch_size)
+                   for r in decoder.generate_batch(prompt_ids[s:s + args.batch_size], max_new_tokens=args.max_new_tokens,
+                                                   stop_strings=args.stop, tokenizer=tokenizer)]
+    outputs = []
+    for ids, result in zip(prompt_ids, results):
+        text = _cut(tokenizer.decode(result.token_ids, skip_special_tokens=True), args.stop) if tokenizer else None
+        outputs.append({
             "text": text, "token_ids": result.token_ids, "exit_layers": result.exit_layers,
             "crf_exact": result.crf_exact, "crf_paper": result.crf_paper,
             "tokens_per_second": result.tokens_per_second, "stop_reason": result.stop_reason,
             "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
-            "prompt_tokens": input_ids.shape[1], "backbone": args.backbone, "arch": arch, "policy": policy,
-            "threshold": threshold, "exits_enabled": decoder.exits_enabled, "exit_heads": sorted(decoder.heads),
-            "prune": args.prune, "prune_start": decoder.prune_start if args.prune else None, "seed": args.seed,
-        }))
+            "batch_size": result.batch_size, "prompt_tokens": len(ids), "backbone": args.backbone, "arch": arch,
+            "policy": policy, "threshold": threshold, "exits_enabled": decoder.exits_enabled,
+            "exit_heads": sorted(decoder.heads), "prune": args.prune,
+            "prune_start": decoder.prune_start if args.prune else None, "seed": args.seed,
+        })
+    if args.json:
+        print(json.dumps(outputs if lines is not None else outputs[0]))
     else:
-        print(text if text is not None else " ".join(map(str, result.token_ids)))
+        for out in outputs:
+            print(out["text"] if out["text"] is not None else " ".join(map(str, out["token_ids"])))
 
 
 if __name__ == "__main__":

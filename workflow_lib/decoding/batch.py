@@ -7,11 +7,14 @@
 - Each step, at each exit layer, each row still climbing compares its own p_exit with the threshold. A row that
   exits keeps its exit hidden state; the policy fills its skipped blocks for that row alone (`rows=`); stateful
   heads keep one state row per batch row and step only the rows that reach them.
-- Rows that exited stop costing compute: the blocks after an exit run on the rows still climbing only (their
-  hidden states and their cache rows gathered, then scattered back; a block no row reaches does not run), and
-  only the last block runs on the whole batch. For Mistral the new position's K, V of a skipped block come from
-  the policy for the rows that exited and from the block for the rows that ran; both are merged into one cache
-  append per block, so the cache stays one dense tensor per block.
+- Rows that exited stop costing compute (`climbing_only=True`, the default): the blocks after an exit run on the
+  rows still climbing only (their hidden states and their cache rows gathered, then scattered back; a block no
+  row reaches does not run), and only the last block runs on the whole batch. For Mistral the new position's K, V
+  of a skipped block come from the policy for the rows that exited and from the block for the rows that ran; both
+  are merged into one cache append per block, so the cache stays one dense tensor per block. With
+  `climbing_only=False` such a block runs on every row and the exited rows' hidden state, K/V entry or SSM state
+  is put back afterwards: no gather, but the exited rows' compute is spent (the measured trade-off is in
+  benchmarks/batched_throughput.py --compare-rows).
 - A row that finishes (EOS, stop string, max tokens) leaves the batch: its cache, head-state and position rows
   are dropped, so it costs nothing further.
 Per row the result is a `DecodeResult` with the meaning batch 1 gives it (token ids, exit layers, stop reason, one
@@ -128,8 +131,8 @@ def prefill_batch(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, st
 class _Step:
     """One decode step of a batch: blocks on the rows still climbing, exits per row, K/V merges (Mistral)."""
 
-    def __init__(self, decoder: "ExitDecoder", cache: DynamicCache, batch: _Batch):
-        self.d, self.cache, self.p = decoder, cache, decoder.parts
+    def __init__(self, decoder: "ExitDecoder", cache: DynamicCache, batch: _Batch, climbing_only: bool = True):
+        self.d, self.cache, self.p, self.climbing_only = decoder, cache, decoder.parts, climbing_only
         self.b = len(batch.rows)
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # Mistral: block -> this position's K, V (B,...)
 
@@ -174,6 +177,24 @@ class _Step:
             layer.conv_states[0], layer.recurrent_states[0] = conv, ssm
         return out
 
+    def run_all_rows(self, j: int, h: torch.Tensor, climbing: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Block j on every row, h: (B, 1, D); the rows not in `climbing` (R,) then get back their hidden state
+        and their state for this position (the policy's K, V; the SSM state the policy left)."""
+        layer = self.cache.layers[j]
+        exited = torch.ones(self.b, dtype=torch.bool, device=h.device)
+        exited[climbing] = False
+        done = exited.nonzero()[:, 0]  # (E,) rows that exited before block j
+        if self.p.arch == "mistral":
+            out = self.p.layers[j](h, **kwargs)  # (B, 1, D); appends every row's K, V
+            k, v = self.pending.pop(j)  # (B, kv_heads, 1, head_dim): the exited rows' rows are the policy's
+            layer.keys[done, :, -1:], layer.values[done, :, -1:] = k[done], v[done]
+        else:
+            conv, ssm = layer.conv_states[0][done], layer.recurrent_states[0][done]  # what the policy left
+            out = self.p.layers[j](h, **kwargs)  # (B, 1, D); advances every row's state in place
+            layer.conv_states[0].index_copy_(0, done, conv)
+            layer.recurrent_states[0].index_copy_(0, done, ssm)
+        return torch.where(exited[:, None, None], h, out)  # (B, 1, D)
+
     @torch.no_grad()
     def __call__(self, tok: torch.Tensor, position_ids: torch.Tensor, states: dict,
                  attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, list[int], list[list[int]]]:
@@ -198,8 +219,10 @@ class _Step:
                 if i in self.pending:
                     self.commit(i)
                 continue
-            else:
+            elif self.climbing_only:
                 h = h.index_copy(0, climbing, self.run_rows(i, h[climbing], climbing, kwargs))  # (B, 1, D)
+            else:
+                h = self.run_all_rows(i, h, climbing, kwargs)  # (B, 1, D)
             head = d.heads.get(i)
             if head is None:
                 continue
@@ -228,9 +251,10 @@ class _Step:
 
 @torch.no_grad()
 def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
-                   stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None) -> list["DecodeResult"]:
+                   stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
+                   climbing_only: bool = True) -> list["DecodeResult"]:
     """Greedy-decode every prompt (a list of token-id lists, any lengths) together; one `DecodeResult` per prompt,
-    equal to what `decoder.generate` gives that prompt alone (see the module docstring)."""
+    equal to what `decoder.generate` gives that prompt alone (see the module docstring for `climbing_only`)."""
     from .decoder import DecodeResult
 
     prompts = validate_prompts(decoder, prompts, max_new_tokens)
@@ -285,7 +309,7 @@ def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max
             batch.seq[:, pos_in_seq] = tok
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, L+1)
-        logits, exits, macs = _Step(decoder, cache, batch)(tok, batch.positions, states, attention_mask)
+        logits, exits, macs = _Step(decoder, cache, batch, climbing_only)(tok, batch.positions, states, attention_mask)
         tok = decoder._next_token(logits, None if batch.seq is None else batch.seq[:, :pos_in_seq + 1])  # (B,)
         for i, (row, t) in enumerate(zip(batch.rows, tok.tolist())):
             token_ids[row].append(t)

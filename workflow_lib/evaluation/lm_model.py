@@ -2,9 +2,10 @@
 
 A subclass of lm-eval's own `HFLM`, so tokenisation, context truncation, stop-sequence handling and the
 loglikelihood paths are lm-eval's, unchanged. What differs:
-- `generate_until` runs `ExitDecoder` one request at a time (early exit is a batch-size-1 technique)
-  and cuts the text at the stop strings itself, exactly as HFLM does; it keeps one statistics entry per
-  request (tokens, exit layers, stop reason, costs, timings) in `self.generations` for the run record;
+- `generate_until` decodes `batch_size` requests at a time with `ExitDecoder.generate_batch` (every row exits
+  on its own decision and gets what batch size 1 gives it) and cuts the text at the stop strings itself,
+  exactly as HFLM does; it keeps one statistics entry per request (tokens, exit layers, stop reason, costs,
+  timings, its batch) in `self.generations` for the run record; `batch_size` covers loglikelihood and generation;
 - `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0.
 
 lm-eval 0.4.13 does not read package entry points for models: the class registers itself when this
@@ -22,7 +23,7 @@ import lm_eval.models  # noqa: F401  (registers the built-in models first; see D
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
@@ -76,6 +77,7 @@ class DynamaxLM(HFLM):
     def set_point(self, threshold: float, prune: int = 0) -> None:
         """Move to another grid point without reloading the model (one job evaluates many thresholds)."""
         self.threshold, self.prune = threshold, prune
+        self._batches = 0
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
                                    repetition_penalty=self.repetition_penalty)
         self.generations = []
@@ -93,31 +95,44 @@ class DynamaxLM(HFLM):
         return pruned_logits(self.model, inps, self.prune)  # (B, T, V)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Requests grouped by generation settings (lm-eval's Collator, longest prompt first as HFLM orders them)
+        and decoded `batch_size` at a time with `ExitDecoder.generate_batch`, each row exiting on its own decision;
+        every prompt is encoded (and truncated) alone, exactly as at batch size 1."""
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="dynamax generate_until"):
-            context, gen_kwargs = req.args
-            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+        batch_size = self.batch_size if isinstance(self.batch_size, int) else 1  # 'auto' sizes memory, not exits
+        collator = Collator(list(requests), sort_fn=lambda req: (-len(self.tok_encode(req.args[0])), req.args[0]),
+                            group_by="gen_kwargs", group_fn=lambda req: req.args[1])
+        texts, stats = [], []
+        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="dynamax generate_until")
+        for chunk in collator.get_batched(n=batch_size):
+            kwargs = normalize_gen_kwargs(dict(chunk[0].args[1]), self.max_gen_toks)  # one setting per chunk
             if kwargs.get("do_sample"):
                 raise ValueError("dynamax decodes greedily; the task asks for do_sample=True")
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)  # HFLM adds EOS the same way
             max_gen_toks = kwargs.pop("max_gen_toks")
-            ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen_toks,
-                                           truncation=self.truncation)  # (1, T), as HFLM encodes it
+            prompts = [self.tok_batch_encode([req.args[0]], left_truncate_len=self.max_length - max_gen_toks,
+                                             truncation=self.truncation)[0][0].tolist() for req in chunk]  # as HFLM
             with torch.no_grad():
-                res = self.decoder.generate(ids.to(self.device), max_new_tokens=max_gen_toks, stop_strings=until,
-                                            tokenizer=self.tokenizer, eos_token_id=self.eot_token_id)
-            text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
-            self.generations.append({
-                "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": int(ids.shape[1]),
-                "max_new_tokens": max_gen_toks, "token_ids": res.token_ids, "exit_layers": res.exit_layers,
-                "stop_reason": res.stop_reason, "costs": res.costs, "crf_exact": res.crf_exact,
-                "crf_paper": res.crf_paper, "decode_seconds": res.decode_seconds,
-                "prefill_seconds": res.prefill_seconds,
-            })
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            out.append(text)
-        return out
+                results = self.decoder.generate_batch(prompts, max_new_tokens=max_gen_toks, stop_strings=until,
+                                                      tokenizer=self.tokenizer, eos_token_id=self.eot_token_id)
+            self._batches += 1
+            batch_id = self._batches  # one id per decoded batch of this grid point: the run record times batches
+            for req, ids, res in zip(chunk, prompts, results):
+                text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
+                stats.append({
+                    "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": len(ids),
+                    "max_new_tokens": max_gen_toks, "token_ids": res.token_ids, "exit_layers": res.exit_layers,
+                    "stop_reason": res.stop_reason, "costs": res.costs, "crf_exact": res.crf_exact,
+                    "crf_paper": res.crf_paper, "decode_seconds": res.decode_seconds,
+                    "prefill_seconds": res.prefill_seconds, "batch_id": batch_id, "batch_size": res.batch_size,
+                    "batch_decode_seconds": res.batch_decode_seconds,
+                })
+                self.cache_hook.add_partial("generate_until", req.args, text)
+                texts.append(text)
+            pbar.update(len(chunk))
+        pbar.close()
+        self.generations.extend(collator.get_original(stats))
+        return collator.get_original(texts)
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "threshold": self.threshold, "prune": self.prune,

@@ -44,7 +44,12 @@ def generation_summary(generations: list[dict], degenerate_limit: float) -> dict
 
     costs = [c for g in generations for c in g["costs"]]
     decode_tokens = sum(len(g["token_ids"]) - 1 for g in generations)
-    decode_seconds = sum(g["decode_seconds"] for g in generations)
+    # Rows decoded together share their batch's time: count each batch once (a row's decode_seconds is its latency)
+    batches = {g["batch_id"]: g for g in generations if g.get("batch_id") is not None}
+    decode_seconds = (sum(g["batch_decode_seconds"] for g in batches.values())
+                      + sum(g["decode_seconds"] for g in generations if g.get("batch_id") is None))
+    prefill_seconds = (sum(g["prefill_seconds"] for g in batches.values())
+                       + sum(g["prefill_seconds"] for g in generations if g.get("batch_id") is None))
     exits = Counter(layer for g in generations for layer in g["exit_layers"][1:])
     flags = [is_degenerate(g["token_ids"], g["stop_reason"]) for g in generations]
     cost = summarize(costs)
@@ -56,7 +61,9 @@ def generation_summary(generations: list[dict], degenerate_limit: float) -> dict
             "generated_tokens": sum(len(g["token_ids"]) for g in generations),
             "decode_tokens": decode_tokens,
             "decode_seconds": decode_seconds,
-            "prefill_seconds": sum(g["prefill_seconds"] for g in generations),
+            "prefill_seconds": prefill_seconds,
+            "batches": len(batches) or len(generations),
+            "batch_size": max((g.get("batch_size", 1) for g in generations), default=1),
             "decode_tokens_per_second": decode_tokens / decode_seconds if decode_seconds > 0 else 0.0,
         },
         "exit_histogram": {str(layer): exits[layer] for layer in sorted(exits)},
@@ -76,7 +83,8 @@ def sample_lines(samples: list[dict], generations: list[dict]) -> list[dict]:
                 "prompt_tokens": g["prompt_tokens"], "token_ids": g["token_ids"], "exit_layers": g["exit_layers"],
                 "stop_reason": g["stop_reason"], "degenerate": is_degenerate(g["token_ids"], g["stop_reason"]),
                 "crf_exact": g["crf_exact"], "crf_paper": g["crf_paper"],
-                "decode_seconds": g["decode_seconds"], "prefill_seconds": g["prefill_seconds"]}}
+                "decode_seconds": g["decode_seconds"], "prefill_seconds": g["prefill_seconds"],
+                "batch_id": g.get("batch_id"), "batch_size": g.get("batch_size", 1)}}
         lines.append(s)
     return lines
 

@@ -1,0 +1,201 @@
+"""Batched decoding (`ExitDecoder.generate_batch`): every row equals its batch-1 run (`generate`), exits off, forced,
+and with heads whose decisions differ between the rows of one batch; rows stop on their own; bad input refused."""
+import copy
+
+import pytest
+import torch
+from test_decoder import byte_tokenizer, greedy
+
+from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.decoding.policies import POLICIES
+from workflow_lib.evaluation.records import generation_summary
+from workflow_lib.models.heads import build_heads
+
+# different lengths, so the batch carries left padding; the 1-token prompt has no context at all
+PROMPTS = [[1, 17, 250, 33, 980, 4, 77, 512, 9], [1, 40, 300], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19],
+           [1, 901, 56, 2, 88, 61], [3]]
+ARCH_POLICIES = [(arch, policy) for arch, policies in POLICIES.items() for policy in policies]
+
+
+def model_for(request, arch):
+    return request.getfixturevalue("tiny_mistral" if arch == "mistral" else "tiny_mamba2")
+
+
+def batch1(decoder, prompts, **kw):
+    return [decoder.generate(torch.tensor([p]), **kw) for p in prompts]
+
+
+def same(a, b) -> bool:
+    return (a.token_ids, a.exit_layers, a.stop_reason, a.costs) == (b.token_ids, b.exit_layers, b.stop_reason, b.costs)
+
+
+def test_exits_off_equals_transformers_generate(tiny_backbone):
+    got = ExitDecoder(tiny_backbone).generate_batch(PROMPTS, max_new_tokens=16, eos_token_id=[])
+    for prompt, res in zip(PROMPTS, got):
+        ids, _ = greedy(tiny_backbone, torch.tensor([prompt]), 16, eos_token_id=None)
+        assert res.token_ids == ids
+        assert res.exit_layers == [7] * 16 and res.crf_exact == 1.0
+    ref = batch1(ExitDecoder(tiny_backbone), PROMPTS, max_new_tokens=16, eos_token_id=[])
+    assert all(same(a, b) for a, b in zip(ref, got))  # costs too: each row at its own context length
+    assert got[0].batch_size == len(PROMPTS) and got[0].batch_decode_seconds >= max(r.decode_seconds for r in got)
+
+
+@pytest.mark.parametrize("arch,policy", ARCH_POLICIES)
+@pytest.mark.parametrize("exit_layer", [3, 4, 5, 6])
+def test_forced_exits_equal_batch1(request, arch, policy, exit_layer):
+    model = model_for(request, arch)
+    decoder = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy)
+    got = decoder.generate_batch(PROMPTS, max_new_tokens=10, eos_token_id=[])
+    ref = batch1(decoder, PROMPTS, max_new_tokens=10, eos_token_id=[])
+    for a, b in zip(ref, got):
+        assert same(a, b)
+        assert b.exit_layers == [7] + [exit_layer] * 9
+
+
+class Trace:
+    """Per decode step of a batch-1 run: every p_exit a head gave, and the top-2 logit gap of the chosen token."""
+
+    def __init__(self, decoder):
+        self.p: list[list[float]] = []  # p[s - 1]: the heads of decode step s (token s)
+        self.gaps: list[float] = []  # gaps[s]: token s (0 from the prefill)
+        self.hook = decoder.parts.lm_head.register_forward_hook(self._logits)
+        self.heads = list(decoder.heads.values())
+        for head in self.heads:  # an instance attribute: the decoder's head.step(...) calls land here
+            head.step = self._wrap(type(head).step.__get__(head))
+
+    def _wrap(self, step):
+        def wrapped(z, state):
+            logits, state = step(z, state)
+            self.p[-1].append(float(logits.float().softmax(-1)[0, 1]))
+            return logits, state
+        return wrapped
+
+    def _logits(self, module, args, out):
+        top2 = out[0, -1].float().topk(2).values
+        self.gaps.append(float(top2[0] - top2[1]))
+        self.p.append([])
+
+    def close(self):
+        self.hook.remove()
+        for head in self.heads:
+            del head.step
+
+
+def explained(decoder, prompt, ref, got, **kw) -> str | None:
+    """Why a batched row differs from its batch-1 run, if it is a floating-point near-tie at the first difference:
+    'exit' when a head's p_exit was within 1e-5 of the threshold, 'token' when the top-2 logits were within 1e-4."""
+    trace = Trace(decoder)
+    try:
+        again = decoder.generate(torch.tensor([prompt]), **kw)
+    finally:
+        trace.close()
+    assert same(again, ref)  # the batch-1 run is deterministic
+    s = next(i for i, (a, b, ea, eb) in enumerate(zip(ref.token_ids, got.token_ids, ref.exit_layers, got.exit_layers))
+             if a != b or ea != eb)
+    if ref.exit_layers[s] != got.exit_layers[s] and any(abs(p - decoder.threshold) < 1e-5 for p in trace.p[s - 1]):
+        return "exit"
+    if ref.exit_layers[s] == got.exit_layers[s] and trace.gaps[s] < 1e-4:
+        return "token"
+    return None
+
+
+@pytest.mark.parametrize("arch,policy", ARCH_POLICIES)
+@pytest.mark.parametrize("head_type", ["calm", "mamba"])
+def test_rows_that_disagree_equal_batch1(request, arch, policy, head_type):
+    model = model_for(request, arch)
+    heads = build_heads(head_type, 256, [3, 4, 5, 6], seed=11)
+    kw = dict(max_new_tokens=12, eos_token_id=[])
+    disagreeing_steps = 0
+    for threshold in (0.45, 0.5, 0.55):
+        decoder = ExitDecoder(model, heads, threshold=threshold, policy=policy)
+        got = decoder.generate_batch(PROMPTS, **kw)
+        ref = batch1(decoder, PROMPTS, **kw)
+        for prompt, a, b in zip(PROMPTS, ref, got):
+            if not same(a, b):  # only a floating-point near-tie may flip a decision; anything else is a bug
+                assert explained(decoder, prompt, a, b, **kw) is not None, (prompt, a.exit_layers, b.exit_layers)
+        # the test means something only if rows of one step exit at different layers
+        disagreeing_steps += sum(len({r.exit_layers[s] for r in ref}) > 1 for s in range(1, 12))
+    assert disagreeing_steps >= 10
+
+
+def test_explained_identifies_a_flip(tiny_mistral):
+    """A threshold set to a head's own p_exit is a near-tie: the flip a rounding difference would cause there is
+    identified as one; a difference with no near-tie behind it is not."""
+    heads = build_heads("calm", 256, [3, 4, 5, 6], seed=11)
+    kw = dict(max_new_tokens=6, eos_token_id=[])
+    probe = ExitDecoder(tiny_mistral, heads, threshold=1.0)  # no head reaches 1: every head runs at every step
+    trace = Trace(probe)
+    probe.generate(torch.tensor([PROMPTS[0]]), **kw)
+    trace.close()
+    threshold = trace.p[0][0]  # decode step 1, the head at block 3: p_exit == threshold, an exact tie
+    decoder = ExitDecoder(tiny_mistral, heads, threshold=threshold)
+    ref = decoder.generate(torch.tensor([PROMPTS[0]]), **kw)
+    flipped = ExitDecoder(tiny_mistral, heads, threshold=threshold + 1e-6).generate(torch.tensor([PROMPTS[0]]), **kw)
+    assert ref.exit_layers[1] == 3 and flipped.exit_layers[1] != 3  # what a rounding difference would do
+    assert explained(decoder, PROMPTS[0], ref, flipped, **kw) == "exit"
+    wrong = copy.deepcopy(ref)
+    wrong.token_ids[3] += 1  # a token that differs with no near-tie behind it
+    assert explained(decoder, PROMPTS[0], ref, wrong, **kw) is None
+
+
+def test_rows_stop_on_their_own(tiny_backbone):
+    """EOS and the token limit end each row independently; the other rows go on exactly as alone."""
+    free = ExitDecoder(tiny_backbone).generate_batch(PROMPTS, max_new_tokens=14, eos_token_id=[])
+    eos = free[1].token_ids[4]  # a token row 1 produces: it stops there, rows without it run to the limit
+    decoder = ExitDecoder(tiny_backbone, build_heads("calm", 256, [3, 4, 5, 6], seed=11), threshold=0.5)
+    got = decoder.generate_batch(PROMPTS, max_new_tokens=14, eos_token_id=eos)
+    ref = batch1(decoder, PROMPTS, max_new_tokens=14, eos_token_id=eos)
+    assert all(same(a, b) for a, b in zip(ref, got))
+    assert {r.stop_reason for r in got} == {"eos", "max_new_tokens"}
+    lengths = [len(r.token_ids) for r in got]
+    assert min(lengths) < max(lengths) == 14
+    done = min(range(len(got)), key=lambda i: lengths[i])
+    assert got[done].decode_seconds <= got[done].batch_decode_seconds  # its latency, not the whole batch's
+
+
+def test_stop_strings_and_repetition_penalty(tiny_mistral):
+    tok = byte_tokenizer()
+    prompts = [tok("the quick brown fox").input_ids, tok("lazy dog").input_ids, tok("over").input_ids]
+    free = ExitDecoder(tiny_mistral).generate_batch(prompts, max_new_tokens=12, eos_token_id=[])
+    stop = tok.decode(free[0].token_ids[3:5])  # text row 0 produces: it stops there
+    for penalty in (1.0, 1.3):
+        decoder = ExitDecoder(tiny_mistral, build_heads("calm", 256, [3, 5], seed=2), threshold=0.5,
+                              repetition_penalty=penalty)
+        kw = dict(max_new_tokens=12, stop_strings=[stop], tokenizer=tok, eos_token_id=[])
+        got = decoder.generate_batch(prompts, **kw)
+        ref = batch1(decoder, prompts, **kw)
+        assert all(same(a, b) for a, b in zip(ref, got))
+        if penalty == 1.0:
+            assert got[0].stop_reason == "stop_string"
+    penalised = ExitDecoder(tiny_mistral, repetition_penalty=1.3).generate_batch(prompts, max_new_tokens=12,
+                                                                               eos_token_id=[])
+    for prompt, res in zip(prompts, penalised):  # transformers' own penalty on the unpadded prompt
+        ids, _ = greedy(tiny_mistral, torch.tensor([prompt]), 12, eos_token_id=None, repetition_penalty=1.3)
+        assert res.token_ids == ids
+
+
+@pytest.mark.parametrize("prune", [1, 2])
+def test_pruned_batched_equals_batch1(tiny_backbone, prune):
+    decoder = ExitDecoder(tiny_backbone, build_heads("forced", 256, [3]), threshold=0.5, prune=prune)
+    got = decoder.generate_batch(PROMPTS, max_new_tokens=8, eos_token_id=[])
+    assert all(same(a, b) for a, b in zip(batch1(decoder, PROMPTS, max_new_tokens=8, eos_token_id=[]), got))
+
+
+def test_bad_input_refused(tiny_mistral):
+    decoder = ExitDecoder(tiny_mistral)
+    for prompts, message in [([], "non-empty list"), (torch.tensor([[1, 2]]), "non-empty list"),
+                             ([[1, 2], []], "prompt 1 is empty"),
+                             ([[1] * 2049], "longer than the model's context of 2048"),
+                             ([[1, 5000]], "outside the vocabulary")]:
+        with pytest.raises(ValueError, match=message):
+            decoder.generate_batch(prompts, max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        decoder.generate_batch([[1, 2]], max_new_tokens=0)
+
+
+def test_run_record_counts_each_batch_once():
+    rows = [{"token_ids": [5, 6, 7], "exit_layers": [7, 3, 7], "stop_reason": "eos", "costs": [], "decode_seconds": d,
+             "prefill_seconds": 0.5, "batch_id": 1, "batch_size": 2, "batch_decode_seconds": 2.0} for d in (1.0, 2.0)]
+    speed = generation_summary(rows, 0.5)["speed"]
+    assert speed["decode_tokens"] == 4 and speed["decode_seconds"] == 2.0 and speed["prefill_seconds"] == 0.5
+    assert speed["decode_tokens_per_second"] == 2.0 and speed["batches"] == 1 and speed["batch_size"] == 2
