@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from timing import save
 
+REPO = Path(__file__).resolve().parents[1]
 FLAGS_WITH_LISTS = {"thresholds", "prune_series"}
 NOT_PASSED = {"out_dir", "reuse", "batch_size", "threads"}
 
@@ -84,9 +86,10 @@ def recorded_cpu_seconds(workdir: Path, config: dict) -> float | None:
 
 def run_job(workdir: Path, scratch: Path, key: str, job: dict, args) -> dict:
     out_dir = scratch / key
-    cmd = [sys.executable, "-m", "workflow_lib.evaluate", *argv(job["config"], out_dir, args.batch_size, args.threads)]
+    cmd = [sys.executable, "-P", "-m", "workflow_lib.evaluate", *argv(job["config"], out_dir, args.batch_size, args.threads)]
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # with -P: this checkout's code, not a copy in the pipeline folder
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{key}: evaluate failed:\n{done.stderr[-3000:]}")

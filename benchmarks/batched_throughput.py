@@ -14,7 +14,7 @@ threshold, the blocks after an exit run on every row instead of the climbing row
 
   CPU, tiny random backbones:   python benchmarks/batched_throughput.py --threads 1
   CPU, trained pipeline heads:  python benchmarks/batched_throughput.py --backbone results/backbones/mistral \\
-                                    --heads results/heads/mistral/calm --threads 1
+                                    --heads results/heads/mistral/head~calm --threads 1
   GPU, 7B shapes in bf16:       python benchmarks/batched_throughput.py --preset mistral-7b-v0.3 --device cuda
 """
 from __future__ import annotations

@@ -41,7 +41,7 @@ def test_exits_off_equals_transformers_generate(tiny_backbone):
 
 
 @pytest.mark.parametrize("arch,policy", ARCH_POLICIES)
-@pytest.mark.parametrize("exit_layer", [3, 4, 5, 6])
+@pytest.mark.parametrize("exit_layer", [3, 5, 6])
 def test_forced_exits_equal_batch1(request, arch, policy, exit_layer):
     model = model_for(request, arch)
     decoder = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy)
@@ -101,21 +101,23 @@ def explained(decoder, prompt, ref, got, **kw) -> str | None:
 
 @pytest.mark.parametrize("arch,policy", ARCH_POLICIES)
 @pytest.mark.parametrize("head_type", ["calm", "mamba"])
-def test_rows_that_disagree_equal_batch1(request, arch, policy, head_type):
+@pytest.mark.parametrize("climbing_only", [True, False])
+def test_rows_that_disagree_equal_batch1(request, arch, policy, head_type, climbing_only):
+    """Blocks after an exit on the climbing rows only, or on every row with the exited rows put back: both exact."""
     model = model_for(request, arch)
     heads = build_heads(head_type, 256, [3, 4, 5, 6], seed=11)
-    kw = dict(max_new_tokens=12, eos_token_id=[])
+    kw = dict(max_new_tokens=8, eos_token_id=[])
     disagreeing_steps = 0
-    for threshold in (0.45, 0.5, 0.55):
+    for threshold in (0.45, 0.55):
         decoder = ExitDecoder(model, heads, threshold=threshold, policy=policy)
-        got = decoder.generate_batch(PROMPTS, **kw)
+        got = decoder.generate_batch(PROMPTS, climbing_only=climbing_only, **kw)
         ref = batch1(decoder, PROMPTS, **kw)
         for prompt, a, b in zip(PROMPTS, ref, got):
             if not same(a, b):  # only a floating-point near-tie may flip a decision; anything else is a bug
                 assert explained(decoder, prompt, a, b, **kw) is not None, (prompt, a.exit_layers, b.exit_layers)
         # the test means something only if rows of one step exit at different layers
-        disagreeing_steps += sum(len({r.exit_layers[s] for r in ref}) > 1 for s in range(1, 12))
-    assert disagreeing_steps >= 10
+        disagreeing_steps += sum(len({r.exit_layers[s] for r in ref}) > 1 for s in range(1, 8))
+    assert disagreeing_steps >= 6
 
 
 def test_explained_identifies_a_flip(tiny_mistral):

@@ -7,14 +7,16 @@
 - Each step, at each exit layer, each row still climbing compares its own p_exit with the threshold. A row that
   exits keeps its exit hidden state; the policy fills its skipped blocks for that row alone (`rows=`); stateful
   heads keep one state row per batch row and step only the rows that reach them.
-- Rows that exited stop costing compute (`climbing_only=True`, the default): the blocks after an exit run on the
-  rows still climbing only (their hidden states and their cache rows gathered, then scattered back; a block no
+- Rows that exited stop costing compute (`climbing_only=True`, the default on CPU): the blocks after an exit run
+  on the rows still climbing only (their hidden states and their cache rows gathered, then scattered back; a block no
   row reaches does not run), and only the last block runs on the whole batch. For Mistral the new position's K, V
   of a skipped block come from the policy for the rows that exited and from the block for the rows that ran; both
   are merged into one cache append per block, so the cache stays one dense tensor per block. With
-  `climbing_only=False` such a block runs on every row and the exited rows' hidden state, K/V entry or SSM state
-  is put back afterwards: no gather, but the exited rows' compute is spent (the measured trade-off is in
-  benchmarks/batched_throughput.py --compare-rows).
+  `climbing_only=False` (the default on GPU) such a block runs on every row and the exited rows' hidden state,
+  K/V entry or SSM state is put back afterwards: no gather, but the exited rows' compute is spent. Which wins
+  depends on what a block costs (benchmarks/batched_throughput.py --compare-rows): at 7B in bf16 on an H200 a
+  decode step reads the same weights for 1 or 32 rows, and every row ran 190 / 607 tokens/s at batch 8 / 32 against
+  70 / 202 for the climbing rows only (Mistral, threshold 0.5, CRF 1.49); on a CPU a block costs per row.
 - A row that finishes (EOS, stop string, max tokens) leaves the batch: its cache, head-state and position rows
   are dropped, so it costs nothing further.
 Per row the result is a `DecodeResult` with the meaning batch 1 gives it (token ids, exit layers, stop reason, one
@@ -76,13 +78,14 @@ class _Batch:
 
     def __init__(self, decoder: "ExitDecoder", prompts: list[list[int]], max_new_tokens: int):
         device = decoder.parts.lm_head.weight.device
-        self.decoder, self.device = decoder, device
+        self.device = device
         lengths = [len(p) for p in prompts]
         width = max(lengths)
         pad = _pad_id(decoder)
         self.input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, T)
-        self.mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)  # (B, T)
         self.padded = min(lengths) != width
+        # 0 at left padding, over the prompt and every token since (None without padding: the batch-1 calls)
+        self.mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device) if self.padded else None
         self.rows = list(range(len(prompts)))  # original index of each row still decoding
         self.positions = torch.tensor(lengths, device=device)[:, None]  # (B, 1): position of the next token read
         self.seq = None
@@ -93,16 +96,19 @@ class _Batch:
             self.seq[:, :width] = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], device=device)
         self.width = width
 
-    def keep(self, keep: list[int], cache: DynamicCache, states: dict, heads: dict) -> None:
+    def keep(self, keep: list[int], cache: DynamicCache, states: dict, heads: dict) -> torch.Tensor:
+        """Keep the rows `keep` (indices into the current rows) everywhere; returns them as a tensor (K,)."""
         idx = torch.tensor(keep, device=self.device)  # (K,)
         cache.reorder_cache(idx)
         for layer, head in heads.items():
             states[layer] = head.keep_rows(states[layer], idx)
         self.rows = [self.rows[i] for i in keep]
         self.positions = self.positions[idx]
-        self.mask = self.mask[idx]
+        if self.mask is not None:
+            self.mask = self.mask[idx]
         if self.seq is not None:
             self.seq = self.seq[idx]
+        return idx
 
 
 @torch.no_grad()
@@ -112,7 +118,7 @@ def prefill_batch(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, st
     captured: dict[int, torch.Tensor] = {}
     hooks = [p.layers[layer].register_forward_hook(lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
              for layer, head in decoder.heads.items() if decoder.stateful(head)]
-    mask = batch.mask if batch.padded else None  # unpadded: exactly the batch-1 call
+    mask = batch.mask  # (B, T), or None without padding: exactly the batch-1 call
     kwargs: dict = {"attention_mask": mask}
     if p.arch == "mistral" and mask is not None:  # positions count the real tokens only, as generate's
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
@@ -252,9 +258,10 @@ class _Step:
 @torch.no_grad()
 def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                    stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
-                   climbing_only: bool = True) -> list["DecodeResult"]:
+                   climbing_only: bool | None = None) -> list["DecodeResult"]:
     """Greedy-decode every prompt (a list of token-id lists, any lengths) together; one `DecodeResult` per prompt,
-    equal to what `decoder.generate` gives that prompt alone (see the module docstring for `climbing_only`)."""
+    equal to what `decoder.generate` gives that prompt alone (see the module docstring for `climbing_only`; None:
+    True on a CPU, False on a GPU)."""
     from .decoder import DecodeResult
 
     prompts = validate_prompts(decoder, prompts, max_new_tokens)
@@ -266,6 +273,8 @@ def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max
     n = len(prompts)
     batch = _Batch(decoder, prompts, max_new_tokens)
     device = batch.device
+    if climbing_only is None:
+        climbing_only = device.type == "cpu"
     cache = DynamicCache(config=decoder.model.config)
     states = {layer: head.init_state(n, device, decoder.dtype) for layer, head in decoder.heads.items()}
     token_ids: list[list[int]] = [[] for _ in range(n)]
@@ -286,7 +295,6 @@ def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max
 
     start = time.perf_counter()
     step_no = 0  # tokens generated so far by every row still decoding, minus one
-    attention_mask = batch.mask if batch.padded else None  # (B, L), grows by one column per step
     while True:
         keep = []
         for i, row in enumerate(batch.rows):
@@ -300,16 +308,13 @@ def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max
         if not keep:
             break
         if len(keep) < len(batch.rows):  # finished rows leave the batch
-            batch.keep(keep, cache, states, decoder.heads)
-            tok = tok[torch.tensor(keep, device=device)]
-            if attention_mask is not None:
-                attention_mask = attention_mask[torch.tensor(keep, device=device)]
+            tok = tok[batch.keep(keep, cache, states, decoder.heads)]
         pos_in_seq = batch.width + step_no  # column of `tok` in the padded sequence
         if batch.seq is not None:
             batch.seq[:, pos_in_seq] = tok
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, L+1)
-        logits, exits, macs = _Step(decoder, cache, batch, climbing_only)(tok, batch.positions, states, attention_mask)
+        if batch.mask is not None:
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, L+1)
+        logits, exits, macs = _Step(decoder, cache, batch, climbing_only)(tok, batch.positions, states, batch.mask)
         tok = decoder._next_token(logits, None if batch.seq is None else batch.seq[:, :pos_in_seq + 1])  # (B,)
         for i, (row, t) in enumerate(zip(batch.rows, tok.tolist())):
             token_ids[row].append(t)

@@ -108,7 +108,7 @@ class ExitDecoder:
     stateful = staticmethod(_stateful)
 
     def generate_batch(self, prompts, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
-                       tokenizer=None, eos_token_id=None, climbing_only: bool = True) -> list[DecodeResult]:
+                       tokenizer=None, eos_token_id=None, climbing_only: bool | None = None) -> list[DecodeResult]:
         """Decode a list of prompts (token-id lists, any lengths) together, each row exiting on its own decision;
         one result per prompt, equal to `generate` on that prompt alone (decoding/batch.py)."""
         return generate_batch(self, prompts, max_new_tokens, stop_strings, tokenizer, eos_token_id, climbing_only)
