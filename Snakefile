@@ -22,4 +22,5 @@ rule all:
     input:
         GRID_TABLE,
         PARETO_TABLE,
+        NO_LOSS_TABLE,
         figure_files(),

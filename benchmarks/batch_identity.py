@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -87,12 +86,14 @@ def recorded_cpu_seconds(workdir: Path, config: dict) -> float | None:
 def run_job(workdir: Path, scratch: Path, key: str, job: dict, args) -> dict:
     out_dir = scratch / key
     cmd = [sys.executable, "-P", "-m", "workflow_lib.evaluate", *argv(job["config"], out_dir, args.batch_size, args.threads)]
-    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # with -P: this checkout's code, not a copy in the pipeline folder
-    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"{key}: evaluate failed:\n{done.stderr[-3000:]}")
+    start = time.perf_counter()
+    with open(scratch / f"{key}.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this process's own CPU time, whatever runs beside it
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    if proc.returncode != 0:
+        raise SystemExit(f"{key}: evaluate failed:\n{(scratch / f'{key}.log').read_text()[-3000:]}")
     points = []
     for point in job["points"]:
         old_dir, new_dir = workdir / job["config"]["out_dir"] / point, out_dir / point
@@ -102,9 +103,7 @@ def run_job(workdir: Path, scratch: Path, key: str, job: dict, args) -> dict:
         points.append({"job": key, "point": point, "n": len(old), "identical": len(old) - len(differing),
                        "differing_docs": differing, "metrics_before": old_rec["metrics"],
                        "metrics_after": new_rec["metrics"], "n_samples": old_rec["n_samples"]})
-    # with --jobs > 1 the children's rusage deltas overlap; wall time per process is then the honest figure
-    return {"job": key, "wall_seconds": time.perf_counter() - start,
-            "cpu_seconds": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+    return {"job": key, "wall_seconds": time.perf_counter() - start, "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "recorded_cpu_seconds": recorded_cpu_seconds(workdir, job["config"]), "points": points}
 
 

@@ -208,6 +208,7 @@ def evaluate_inputs(wildcards):
 # ---- analysis ----------------------------------------------------------------------------------------------
 GRID_TABLE = f"{RESULTS}/tables/grid.csv"
 PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
+NO_LOSS_TABLE = f"{RESULTS}/tables/no_loss.csv"
 
 
 def figure_files():

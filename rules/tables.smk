@@ -1,4 +1,5 @@
-# Stage 6, tables: every run record -> the tidy grid (one row per grid point) and the per-task Pareto table.
+# Stage 6, tables: every run record -> the tidy grid (one row per grid point, metrics with bootstrap intervals and
+# paired differences to the full model), the per-task Pareto table and the no-loss table.
 
 
 rule tables:
@@ -7,8 +8,11 @@ rule tables:
     output:
         grid=report(GRID_TABLE, caption="../report/grid_table.rst", category="Tables"),
         pareto=report(PARETO_TABLE, caption="../report/pareto_table.rst", category="Tables"),
+        no_loss=report(NO_LOSS_TABLE, caption="../report/no_loss_table.rst", category="Tables"),
     params:
         crf=f"crf_{config['analysis']['crf']}",
+        delta=config["analysis"]["no_loss_delta"],
+        seed=SEED,
         root=lambda wc: EVAL_ROOT,
     log:
         f"{LOGS}/tables.log",
@@ -18,4 +22,5 @@ rule tables:
         "../envs/cpu.yaml"
     shell:
         "python -m workflow_lib.make_tables --records {input} --results-root {params.root}"
-        " --grid {output.grid} --pareto {output.pareto} --crf {params.crf} > {log} 2>&1"
+        " --grid {output.grid} --pareto {output.pareto} --no-loss {output.no_loss} --crf {params.crf}"
+        " --no-loss-delta {params.delta} --seed {params.seed} > {log} 2>&1"

@@ -76,10 +76,12 @@ def test_pareto_keeps_only_undominated_valid_points(records):
 
 def test_entry_points_write_tables_and_figures(records, tmp_path):
     root, paths = records
-    grid, pareto = tmp_path / "tables" / "grid.csv", tmp_path / "tables" / "pareto.csv"
+    grid, pareto, no_loss = (tmp_path / "tables" / f"{n}.csv" for n in ("grid", "pareto", "no_loss"))
     subprocess.run([sys.executable, "-m", "workflow_lib.make_tables", "--records", *map(str, paths),
-                    "--results-root", str(root), "--grid", str(grid), "--pareto", str(pareto)], check=True)
+                    "--results-root", str(root), "--grid", str(grid), "--pareto", str(pareto), "--no-loss",
+                    str(no_loss)], check=True)
     assert len(pd.read_csv(grid)) == len(paths)
+    assert list(pd.read_csv(no_loss).columns)[:4] == ["backbone", "task", "metric", "series"]
     figures = [tmp_path / "fig" / "triviaqa.png", tmp_path / "fig" / "triviaqa.pdf"]
     subprocess.run([sys.executable, "-m", "workflow_lib.make_figures", "--grid", str(grid), "--backbone",
                     "mistral", "--task", "triviaqa", "--crf", "paper", "--out", *map(str, figures)], check=True)

@@ -1,16 +1,19 @@
 """Entry point: tidy tables from evaluation run records.
 
     python -m workflow_lib.make_tables --records results/eval/**/record.json --grid results/tables/grid.csv \
-        --pareto results/tables/pareto.csv [--crf crf_exact]
+        --pareto results/tables/pareto.csv --no-loss results/tables/no_loss.csv [--crf crf_exact] [--no-loss-delta 0.02]
 
 grid.csv: one row per grid point (identity from the record's path, then metrics and measurements).
+   Each metric has its 95% bootstrap interval over questions and its paired difference to the full model.
 pareto.csv: per task, headline metric and backbone, the best metric reachable at each CRF and the method.
+no_loss.csv: per backbone, task, headline metric and series, the largest CRF whose paired difference to the full
+   model has its 95% interval above -delta.
 """
 from __future__ import annotations
 
 import argparse
 
-from workflow_lib.analysis.tables import grid_table, pareto_table
+from workflow_lib.analysis.tables import grid_table, no_loss_table, pareto_table
 from workflow_lib.artifacts import atomic_path
 
 
@@ -20,19 +23,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-root", default="results/eval", help="folder the records' paths are read from")
     p.add_argument("--grid", required=True, help="output CSV, one row per grid point")
     p.add_argument("--pareto", required=True, help="output CSV, the per-task Pareto frontier")
+    p.add_argument("--no-loss", required=True, help="output CSV, the largest CRF without a loss per series")
     p.add_argument("--crf", choices=["crf_exact", "crf_paper"], default="crf_exact",
                    help="the CRF the Pareto frontier is taken over")
-    return p.parse_args(argv)
+    p.add_argument("--no-loss-delta", type=float, default=0.02,
+                   help="largest metric loss still called no loss (default 0.02)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per interval (default 2000)")
+    args = p.parse_args(argv)
+    if args.no_loss_delta < 0:
+        p.error("--no-loss-delta must be >= 0")
+    if args.resamples < 100:
+        p.error("--resamples must be >= 100")
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    grid = grid_table(args.records, args.results_root)
+    grid = grid_table(args.records, args.results_root, seed=args.seed, resamples=args.resamples)
     pareto = pareto_table(grid, crf=args.crf)
-    for table, path in ((grid, args.grid), (pareto, args.pareto)):
+    no_loss = no_loss_table(grid, delta=args.no_loss_delta)
+    for table, path in ((grid, args.grid), (pareto, args.pareto), (no_loss, args.no_loss)):
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
-    print(f"{len(grid)} grid points -> {args.grid}; {len(pareto)} Pareto points -> {args.pareto}")
+    print(f"{len(grid)} grid points -> {args.grid}; {len(pareto)} Pareto points -> {args.pareto}; "
+          f"{len(no_loss)} no-loss rows -> {args.no_loss}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@ One row per grid point: the point's identity (backbone, method, head, policy, ta
 read from its path (`.../head~calm/policy~copy/task~coqa/threshold~0.4/record.json`), then the record's
 metrics and measurements. The Pareto table keeps, per task, metric and backbone, the valid points that no
 other point beats in both CRF and metric: the best metric reachable at each CRF, and which method gets it.
+
+Every metric carries its 95% bootstrap interval over questions (`<metric>_ci_low`, `<metric>_ci_high`) and its
+paired difference to the exits-off baseline of the same backbone and task on the same questions (`<metric>_delta`
+with `_delta_ci_low`, `_delta_ci_high`), computed from the per-question scores in each point's samples.jsonl
+(analysis/intervals.py). The no-loss table answers the paper's claim per series: the largest CRF whose paired
+difference interval lies above -delta.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+
+from workflow_lib.analysis.intervals import bootstrap_mean, paired_difference, per_question_scores
 
 ID_COLUMNS = ["backbone", "method", "head", "policy", "task", "threshold", "prune"]
 
@@ -27,6 +35,7 @@ HEADLINE_METRICS = {
 _SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "backbone",
                    "task", "threshold", "prune", "policy", "head"}
 SPEED = "speed.decode_tokens_per_second"
+INTERVAL_SUFFIXES = ["_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high"]
 LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup", SPEED, "n_samples"]
 
 
@@ -91,22 +100,43 @@ def record_row(path: str | Path, results_root: str | Path = "results/eval") -> t
     return row, names
 
 
-def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "results/eval") -> pd.DataFrame:
-    """One row per grid point, identity columns first, sorted for stable diffs."""
-    rows, metrics = [], {}
+def add_intervals(rows: list[dict], scores: list[dict], seed: int, resamples: int) -> None:
+    """Each row's metric intervals, and its paired difference to its (backbone, task) baseline, in place."""
+    baselines = {(r["backbone"], r["task"]): s for r, s in zip(rows, scores) if r["method"] == "baseline"}
+    for row, score in zip(rows, scores):
+        base = baselines.get((row["backbone"], row["task"]))
+        for metric, per_question in score.items():
+            if not per_question:
+                continue
+            _, row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = bootstrap_mean(list(per_question.values()), seed,
+                                                                                 resamples)
+            if base is not None and base.get(metric):
+                delta, low, high, _ = paired_difference(per_question, base[metric], seed, resamples)
+                row[f"{metric}_delta"], row[f"{metric}_delta_ci_low"], row[f"{metric}_delta_ci_high"] = delta, low, high
+
+
+def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "results/eval", seed: int = 0,
+               resamples: int = 2000) -> pd.DataFrame:
+    """One row per grid point, identity columns first, sorted for stable diffs; intervals from samples.jsonl."""
+    rows, metrics, scores = [], {}, []
     for path in record_paths:
         row, names = record_row(path, results_root)
         rows.append(row)
         metrics.update(dict.fromkeys(names))
+        samples = Path(path).with_name("samples.jsonl")
+        scores.append(per_question_scores(samples, names) if samples.is_file() else {})
     if not rows:
         raise ValueError("no run records given")
+    add_intervals(rows, scores, seed, resamples)
     table = pd.DataFrame(rows)
     if SPEED in table:
         # Measured speedup: decode tokens per second against the same backbone and task with exits disabled.
         base = table[table["method"] == "baseline"].set_index(["backbone", "task"])[SPEED]
         reference = pd.Series(list(zip(table["backbone"], table["task"])), index=table.index).map(base)
         table["speedup"] = table[SPEED] / reference
-    first = ID_COLUMNS + [m for m in metrics if m in table] + [c for c in LEADING_COLUMNS if c in table]
+    interval_columns = [f"{m}{suffix}" for m in metrics for suffix in INTERVAL_SUFFIXES if f"{m}{suffix}" in table]
+    first = (ID_COLUMNS + [m for m in metrics if m in table] + interval_columns
+             + [c for c in LEADING_COLUMNS if c in table])
     order = first + [c for c in table.columns if c not in first]
     return table[order].sort_values(ID_COLUMNS, na_position="first", kind="stable").reset_index(drop=True)
 
@@ -138,3 +168,30 @@ def pareto_table(grid: pd.DataFrame, crf: str = "crf_exact") -> pd.DataFrame:
             }))
     columns = ["task", "backbone", "metric", "crf", "value", "series", "threshold", "prune"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def no_loss_table(grid: pd.DataFrame, delta: float = 0.02) -> pd.DataFrame:
+    """Per backbone, task, headline metric and series (head / policy, layer pruning): the largest exact CRF (with
+    its paper CRF and threshold or prune n) of a valid point whose paired difference to the full model has its
+    95% interval above -delta, i.e. no loss larger than delta is supported by the data."""
+    columns = ["backbone", "task", "metric", "series", "crf_exact", "crf_paper", "threshold", "prune", "delta",
+               "delta_ci_low", "delta_ci_high", "no_loss_delta"]
+    valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
+    valid = valid[valid["method"] != "baseline"]
+    rows = []
+    for (backbone, task), points in valid.groupby(["backbone", "task"], sort=True):
+        for metric in HEADLINE_METRICS.get(task, []):
+            low = f"{metric}_delta_ci_low"
+            if low not in points:
+                continue
+            kept = points[points[low] >= -delta]
+            if kept.empty:
+                continue
+            for series, group in kept.groupby(kept.apply(series_name, axis=1), sort=True):
+                best = group.sort_values(["crf_exact"], ascending=False).iloc[0]
+                rows.append({"backbone": backbone, "task": task, "metric": metric, "series": series,
+                             "crf_exact": best["crf_exact"], "crf_paper": best.get("crf_paper"),
+                             "threshold": best["threshold"], "prune": best["prune"], "delta": best[f"{metric}_delta"],
+                             "delta_ci_low": best[low], "delta_ci_high": best[f"{metric}_delta_ci_high"],
+                             "no_loss_delta": delta})
+    return pd.DataFrame(rows, columns=columns)
