@@ -201,3 +201,34 @@ def test_run_record_counts_each_batch_once():
     speed = generation_summary(rows, 0.5)["speed"]
     assert speed["decode_tokens"] == 4 and speed["decode_seconds"] == 2.0 and speed["prefill_seconds"] == 0.5
     assert speed["decode_tokens_per_second"] == 2.0 and speed["batches"] == 1 and speed["batch_size"] == 2
+
+
+def test_padded_forward_prefill_equals_row_prefill(tiny_backbone):
+    """The padded batch through one forward (the GPU path) gives the caches, head states and logits that the
+    row-by-row prefill (the CPU path for padded batches) stacks from batch-1 prefills, up to rounding."""
+    from transformers import DynamicCache
+
+    from workflow_lib.decoding.batch import _Batch, prefill_batch, prefill_rows
+
+    decoder = ExitDecoder(tiny_backbone, build_heads("mamba", 256, [3, 5], seed=4), threshold=0.5)
+    batch = _Batch(decoder, PROMPTS, 4)
+    assert batch.padded
+    cache = DynamicCache(config=tiny_backbone.config)
+    states = {layer: head.init_state(len(PROMPTS), torch.device("cpu"), torch.float32)
+              for layer, head in decoder.heads.items()}
+    logits = prefill_batch(decoder, batch, cache, states)
+    row_logits, row_cache, row_states = prefill_rows(decoder, PROMPTS, batch.width)
+    torch.testing.assert_close(logits, row_logits, rtol=1e-4, atol=1e-4)
+    real = batch.mask.bool()  # (B, W): the positions that are not padding
+    for j, (a, b) in enumerate(zip(cache.layers, row_cache.layers)):
+        if decoder.parts.arch == "mistral":
+            for name in ("keys", "values"):
+                got, ref = getattr(a, name).transpose(1, 2)[real], getattr(b, name).transpose(1, 2)[real]
+                torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        else:
+            for name in ("conv_states", "recurrent_states"):
+                torch.testing.assert_close(getattr(a, name)[0], getattr(b, name)[0], rtol=1e-4, atol=1e-4)
+    for layer in decoder.heads:
+        for name in ("conv_states", "recurrent_states"):
+            torch.testing.assert_close(getattr(states[layer].layers[0], name)[0],
+                                       getattr(row_states[layer].layers[0], name)[0], rtol=1e-4, atol=1e-4)
