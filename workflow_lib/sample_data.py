@@ -1,7 +1,7 @@
 """Sample real data into local files: `python -m workflow_lib.sample_data {fineweb,triviaqa,coqa,truthfulqa} ...`
 
 Sources are hub ids (streamed or downloaded; needs internet) or local files, so the same commands run
-offline on ../shared/data-style samples. Each output gets a `<out>.meta.json` provenance record.
+offline on local copies of the original releases. Each output gets a `<out>.meta.json` provenance record.
 """
 from __future__ import annotations
 

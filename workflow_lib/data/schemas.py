@@ -12,9 +12,9 @@ Canonical formats (one record per line, UTF-8 JSON Lines unless said otherwise):
   corpus .txt/.jsonl training text: `.txt` one document per non-blank line; `.jsonl` one {"text": ...}
                     object per line (extra keys, e.g. FineWeb's id/url, are ignored)
 
-`read_*` accept only the canonical format; `load_*` also accept the original release formats found in
-../shared/data (TriviaQA llm-foundry sample, CoQA original JSON and HF arrow, TruthfulQA CSV) and convert
-them, so real samples and synthetic sets go through the same validation.
+`read_*` accept only the canonical format; `load_*` also accept the original release formats (TriviaQA as in
+the llm-foundry sample, CoQA's original JSON and the HF arrow files, TruthfulQA's CSV) and convert them, so
+real samples and synthetic sets go through the same validation.
 """
 from __future__ import annotations
 
