@@ -32,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workdir", required=True, type=Path, help="the pipeline run's folder (holds results/)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--jobs", type=int, default=1, help="evaluation processes at a time (default 1)")
+    p.add_argument("--match", default="", help="only the jobs whose output folder contains this (e.g. head~calm)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1, as the pipeline)")
     p.add_argument("--seed", type=int, default=0, help="recorded only")
     p.add_argument("--out", default="results/benchmarks/batch_identity.json")
@@ -110,9 +111,9 @@ def run_job(workdir: Path, scratch: Path, key: str, job: dict, args) -> dict:
 def main() -> None:
     args = parse_args()
     workdir = args.workdir.resolve()
-    found = jobs(workdir)
+    found = {key: job for key, job in jobs(workdir).items() if args.match in key}
     if not found:
-        raise SystemExit(f"no record.json under {workdir}/results/eval")
+        raise SystemExit(f"no record.json under {workdir}/results/eval in a folder matching {args.match!r}")
     print(f"{len(found)} evaluation jobs, {sum(len(j['points']) for j in found.values())} grid points; "
           f"batch size {args.batch_size}, {args.jobs} at a time", flush=True)
     with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(args.jobs) as pool:
