@@ -225,13 +225,13 @@ class _Step:
             layer.conv_states[0], layer.recurrent_states[0] = conv, ssm
         return out
 
-    def run_all_rows(self, j: int, h: torch.Tensor, climbing: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        """Block j on every row, h: (B, 1, D); the rows not in `climbing` (R,) then get back their hidden state
-        and their state for this position (the policy's K, V; the SSM state the policy left)."""
+    def run_all_rows(self, j: int, h: torch.Tensor, done: list[int], kwargs: dict) -> torch.Tensor:
+        """Block j on every row, h: (B, 1, D); the rows `done`, which exited before block j, then get back their
+        hidden state and their state for this position (the policy's K, V; the SSM state the policy left)."""
         layer = self.cache.layers[j]
-        exited = torch.ones(self.b, dtype=torch.bool, device=h.device)
-        exited[climbing] = False
-        done = exited.nonzero()[:, 0]  # (E,) rows that exited before block j
+        exited = torch.zeros(self.b, dtype=torch.bool, device=h.device)
+        exited[done] = True
+        done = torch.tensor(done, device=h.device)  # (E,)
         if self.p.arch == "mistral":
             out = self.p.layers[j](h, **kwargs)  # (B, 1, D); appends every row's K, V
             k, v = self.pending.pop(j)  # (B, kv_heads, 1, head_dim): the exited rows' rows are the policy's
@@ -259,25 +259,26 @@ class _Step:
         exit_layers = [p.n_layers - 1] * b
         head_macs: list[list[int]] = [[] for _ in range(b)]
         climbing = None  # (R,) rows still climbing; None: every row
+        climbing_rows: list[int] = list(range(b))  # the same on the host: no device sync to read it
         body = d.kept[:-1]
         for idx, i in enumerate(body):
             if climbing is None:
                 h = p.layers[i](h, **kwargs)  # (B, 1, D)
-            elif climbing.numel() == 0:  # no row reaches this block: it does not run
+            elif not climbing_rows:  # no row reaches this block: it does not run
                 if i in self.pending:
                     self.commit(i)
                 continue
             elif self.climbing_only:
                 h = h.index_copy(0, climbing, self.run_rows(i, h[climbing], climbing, kwargs))  # (B, 1, D)
             else:
-                h = self.run_all_rows(i, h, climbing, kwargs)  # (B, 1, D)
+                h = self.run_all_rows(i, h, sorted(set(range(b)) - set(climbing_rows)), kwargs)  # (B, 1, D)
             head = d.heads.get(i)
             if head is None:
                 continue
             z = p.final_norm(h if climbing is None else h[climbing])[:, 0].to(d.dtype)  # (R, D)
             exit_logits, states[i] = head.step_rows(z, states[i], climbing)  # (R, 2)
             exits = exit_logits.float().softmax(-1)[:, 1] >= d.threshold  # (R,)
-            reached = range(b) if climbing is None else climbing.tolist()
+            reached = climbing_rows
             for r in reached:
                 head_macs[r].append(d.head_macs[i])
             flags = exits.tolist()  # the one host sync per exit layer
@@ -289,7 +290,8 @@ class _Step:
             d._fill(p.layers, self.cache, h[rows], i, body[idx + 1:],
                     None if pos_emb is None else (pos_emb[0][rows], pos_emb[1][rows]), rows=rows,
                     write=self.write(rows))
-            climbing = torch.tensor([r for r, e in zip(reached, flags) if not e], dtype=torch.long, device=h.device)
+            climbing_rows = [r for r, e in zip(reached, flags) if not e]
+            climbing = torch.tensor(climbing_rows, dtype=torch.long, device=h.device)
         for j in sorted(self.pending):  # blocks no row reached after the last exit
             self.commit(j)
         h = p.layers[d.kept[-1]](h, **kwargs)  # (B, 1, D): the last block always runs, on every row
@@ -361,10 +363,11 @@ def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max
             batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, L+1)
         logits, exits, macs = _Step(decoder, cache, batch, climbing_only)(tok, batch.positions, states, batch.mask)
         tok = decoder._next_token(logits, None if batch.seq is None else batch.seq[:, :pos_in_seq + 1])  # (B,)
+        positions = batch.positions[:, 0].tolist()  # one host read per step, not one per row
         for i, (row, t) in enumerate(zip(batch.rows, tok.tolist())):
             token_ids[row].append(t)
             exit_layers[row].append(exits[i])
-            pos = int(batch.positions[i])  # the position this step read; it attended to pos + 1 positions
+            pos = positions[i]  # the position this step read; it attended to pos + 1 positions
             costs[row].append(decoder.cost_model.token_cost(decoder._cost_layer[exits[i]], pos + 1, decoder.policy,
                                                             macs[i], decoder.prune))
         batch.positions = batch.positions + 1
