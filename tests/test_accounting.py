@@ -89,6 +89,30 @@ def test_full_depth_token_still_pays_its_heads(mistral):
     assert crf_exact([cost]) < 1.0
 
 
+def test_softmax_rule_pays_an_lm_head_per_evaluated_exit(mistral, tiny_backbone):
+    import torch
+
+    from workflow_lib.decoding.decoder import ExitDecoder
+    from workflow_lib.models.backbone import parts
+    from workflow_lib.models.heads import build_head, build_heads
+
+    class Parts:
+        lm_head = torch.nn.Linear(4096, 32768, bias=False, device="meta")  # Mistral-7B's shape, no memory
+
+    rule = build_head("softmax", 4096)
+    rule.attach(Parts)
+    assert rule.macs_per_token() == 4096 * 32768
+    assert rule.macs_per_token() / mistral.block_macs(1) == pytest.approx(0.615, abs=1e-3)  # 0.6 of a block
+    # in a decode: every token climbs all 4 exits (no margin reaches 1), so each pays 4 LM-head products on top of the
+    # full model
+    lm_head = parts(tiny_backbone).lm_head.weight.numel()  # (V, D)
+    res = ExitDecoder(tiny_backbone, build_heads("softmax", 256, [3, 4, 5, 6]), threshold=1.0).generate(
+        torch.tensor([[1, 17, 250, 33]]), max_new_tokens=5, eos_token_id=[])
+    model = CostModel(tiny_backbone.config)
+    assert res.costs == [model.token_cost(7, 4 + i + 1, "recompute", [lm_head] * 4) for i in range(4)]
+    assert all(c.macs_spent == c.macs_full + 4 * lm_head for c in res.costs) and res.crf_exact < 1.0
+
+
 def test_pruning(mistral, codestral):
     assert mistral.pruned_crf_paper(8) == 32 / 24
     assert codestral.pruned_crf_paper(16) == 64 / 48

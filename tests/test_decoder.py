@@ -96,9 +96,9 @@ def _mixer_calls(head):
     head.mixer.register_forward_hook(lambda _m, _i, out: calls.append(out.detach().clone()))
     step = head.step
 
-    def recorded_step(z, state):
+    def recorded_step(z, state, z_in=None):
         conv_state = state.get_conv_state(0)
-        out, state = step(z, state)
+        out, state = step(z, state, z_in)
         if conv_state is not None:  # the CPU step does not go through the mixer's forward (no hook)
             calls.append(out.detach().clone()[:, None])
         return out, state
@@ -145,3 +145,37 @@ def test_bad_input_errors(tiny_mistral, tiny_mamba2):
         ExitDecoder(tiny_mistral, build_heads("calm", 128, [4]), threshold=0.5)
     with pytest.raises(ValueError, match="batch size 1"):
         ExitDecoder(tiny_mistral).generate(PROMPT.repeat(2, 1))
+
+
+@pytest.mark.parametrize("rule", ["softmax", "saturation"])
+def test_zero_parameter_rules_read_the_right_hidden_states(tiny_backbone, rule):
+    """Decode step 1 runs the blocks the full model runs on prompt + first token, so each rule's p_exit there is the
+    rule applied to the full model's hidden states: block l's output (softmax: through final norm and LM head) and,
+    for saturation, block l's input."""
+    exits = [3, 4, 5, 6]
+    heads = build_heads(rule, 256, exits)
+    decoder = ExitDecoder(tiny_backbone, heads, threshold=1.0)  # no p_exit reaches 1: every exit is evaluated
+    seen = {}
+    for layer in exits:
+        head = heads[str(layer)]
+        step = head.step
+
+        def recorded(z, state, z_in=None, step=step, layer=layer):
+            logits, state = step(z, state, z_in)
+            seen.setdefault(layer, []).append(float(logits.softmax(-1)[0, 1]))
+            return logits, state
+        head.step = recorded
+    res = decoder.generate(PROMPT, max_new_tokens=2, eos_token_id=[])
+    assert res.exit_layers == [7, 7]
+    p = parts(tiny_backbone)
+    with torch.no_grad():
+        hs = tiny_backbone(torch.cat([PROMPT, torch.tensor([res.token_ids[:1]])], 1), output_hidden_states=True).hidden_states
+        shift = 1 if p.arch == "mistral" else 0  # hidden_states[l + shift] is block l's output (conventions differ)
+        for layer in exits:
+            z, z_in = p.final_norm(hs[layer + shift][:, -1]), p.final_norm(hs[layer + shift - 1][:, -1])  # (1, D)
+            if rule == "softmax":
+                top2 = p.lm_head(z).softmax(-1).topk(2).values[0]
+                expected = float(top2[0] - top2[1])
+            else:
+                expected = float(torch.nn.functional.cosine_similarity(z, z_in))
+            assert seen[layer] == [pytest.approx(expected, abs=1e-5)]

@@ -8,6 +8,9 @@ exact: MACs counted from the model config for one new token at batch size 1:
   Not counted (well under 0.1% of a block): the pre-block RMSNorms, rotary, residual adds, activations,
   softmax, embedding lookup (a gather, no MACs).
   full token     every block + the LM head; the final norm is not counted.
+  heads          every head a token evaluated, its `macs_per_token` (models/heads.py): the softmax rule pays
+                 one LM-head product per exit (0.6 of a Mistral-7B block), the saturation rule a cosine (3 d);
+                 the final norm each head's input goes through is not counted.
   recompute      per skipped block. Mistral: k_proj + v_proj of the exit hidden state (the input norm and
                  rotary are not counted). Mamba-2: the rows of in_proj that feed the state (x, B, C and dt; not
                  the gate, which only scales the block's output) + conv1d + the SSM state update (no readout,

@@ -262,6 +262,7 @@ class _Step:
         climbing_rows: list[int] = list(range(b))  # the same on the host: no device sync to read it
         body = d.kept[:-1]
         for idx, i in enumerate(body):
+            h_in = h  # (B, 1, D): block i's input (each branch below makes a new tensor)
             if climbing is None:
                 h = p.layers[i](h, **kwargs)  # (B, 1, D)
             elif not climbing_rows:  # no row reaches this block: it does not run
@@ -276,7 +277,9 @@ class _Step:
             if head is None:
                 continue
             z = p.final_norm(h if climbing is None else h[climbing])[:, 0].to(d.dtype)  # (R, D)
-            exit_logits, states[i] = head.step_rows(z, states[i], climbing)  # (R, 2)
+            z_in = (p.final_norm(h_in if climbing is None else h_in[climbing])[:, 0].to(d.dtype)
+                    if head.reads_block_input else None)  # (R, D)
+            exit_logits, states[i] = head.step_rows(z, states[i], climbing, z_in)  # (R, 2)
             exits = exit_logits.float().softmax(-1)[:, 1] >= d.threshold  # (R,)
             reached = climbing_rows
             for r in reached:

@@ -94,6 +94,8 @@ class ExitDecoder:
                                  f"{model.config.hidden_size}")
         self.exits_enabled = len(heads) > 0 and self.threshold <= 1.0
         self.heads = {int(k): h for k, h in heads.items()} if self.exits_enabled else {}
+        for head in self.heads.values():
+            head.attach(self.parts)  # what a head reads of the backbone (the softmax rule: its LM head)
         self.head_macs = {layer: head.macs_per_token() for layer, head in self.heads.items()}
         body = self.kept[:-1]  # an exit at a body block skips the body blocks after it
         skippable = body[body.index(min(self.heads)) + 1:] if self.heads else []
@@ -221,11 +223,12 @@ class ExitDecoder:
         exit_layer, head_macs = p.n_layers - 1, []
         body = self.kept[:-1]
         for idx, i in enumerate(body):
-            h = p.layers[i](h, **block_kwargs)  # (1, 1, D)
+            h_in, h = h, p.layers[i](h, **block_kwargs)  # (1, 1, D) each: block i's input and output
             head = self.heads.get(i)
             if head is None:
                 continue
-            exit_logits, states[i] = head.step(p.final_norm(h)[:, 0].to(self.dtype), states[i])  # (1, 2)
+            z_in = p.final_norm(h_in)[:, 0].to(self.dtype) if head.reads_block_input else None  # (1, D)
+            exit_logits, states[i] = head.step(p.final_norm(h)[:, 0].to(self.dtype), states[i], z_in)  # (1, 2)
             head_macs.append(self.head_macs[i])
             if float(exit_logits.float().softmax(-1)[0, 1]) >= self.threshold:  # the one host sync per exit layer
                 exit_layer = i

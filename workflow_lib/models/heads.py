@@ -1,14 +1,19 @@
-"""Exit classifiers ("heads"): a registry by name, the paper's three heads, and a test-only forced head.
+"""Exit classifiers ("heads"): a registry by name, the paper's three heads, CALM's two zero-parameter confidence
+rules, and a test-only forced head.
 
 Every head reads z = final_norm(h_l), the backbone's own final norm applied to the hidden state after
 block l (the caller applies the norm once and shares z with the intermediate LM prediction), and
 returns 2 logits; p_exit = softmax(logits)[..., 1].
 
 Two forms per head:
-  forward(z)            z: (B, T, D) -> (B, T, 2)   whole sequences (training, prefill)
-  step(z, state)        z: (B, D)    -> (B, 2), state   one generated token
+  forward(z)                 z: (B, T, D) -> (B, T, 2)   whole sequences (training, prefill)
+  step(z, state, z_in=None)  z: (B, D)    -> (B, 2), state   one generated token
 Stateless heads ignore the state; the `mamba` head carries conv + SSM state across tokens, one row per batch row:
 in a batch, `step_rows` steps only the rows that reach the head's layer and `keep_rows` drops finished rows.
+
+What a head reads beyond z, the decoder hands it: z_in = final_norm(input of block l) to a head with
+`reads_block_input` (the `saturation` rule), and the backbone's parts once through `attach` (the `softmax` rule
+keeps a reference to the LM head).
 
 A new head type is one class decorated with @register_head("name") plus one config entry.
 """
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, Mamba2Config
@@ -45,6 +51,7 @@ def register_head(name: str):
 class ExitHead(nn.Module):
     head_type: str = ""
     trainable: bool = True
+    reads_block_input: bool = False  # step() also gets z_in = final_norm(h_{l-1}), the exit block's normed input
 
     def __init__(self, hidden_size: int, **options: Any):
         super().__init__()
@@ -57,6 +64,9 @@ class ExitHead(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def attach(self, backbone_parts) -> None:
+        """Called by the decoder with the backbone's parts (models.backbone.BackboneParts) before any step."""
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
         return None
 
@@ -67,12 +77,13 @@ class ExitHead(nn.Module):
         """
         return state
 
-    def step(self, z: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def step(self, z: torch.Tensor, state: Any, z_in: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         return self.forward(z[:, None, :])[:, 0, :], state  # (B, 2)
 
-    def step_rows(self, z: torch.Tensor, state: Any, rows: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-        """`step` for the batch rows `rows` (R,) only, z: (R, D); the other rows' state is left as it is."""
-        return self.step(z, state)
+    def step_rows(self, z: torch.Tensor, state: Any, rows: torch.Tensor | None,
+                  z_in: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """`step` for the batch rows `rows` (R,) only, z, z_in: (R, D); the other rows' state is left as it is."""
+        return self.step(z, state, z_in)
 
     def keep_rows(self, state: Any, keep: torch.Tensor) -> Any:
         """The state of the batch rows `keep` (K,) only, in that order (finished rows leave the batch)."""
@@ -144,7 +155,7 @@ class MambaHead(ExitHead):
         self.mixer(z, cache=state, attention_mask=attention_mask)  # (B, T, D): fills conv and SSM state
         return state
 
-    def step_rows(self, z, state, rows):
+    def step_rows(self, z, state, rows, z_in=None):
         if rows is None:
             return self.step(z, state)
         layer = state.layers[0]
@@ -162,7 +173,7 @@ class MambaHead(ExitHead):
         state.reorder_cache(keep)
         return state
 
-    def step(self, z, state):
+    def step(self, z, state, z_in=None):
         conv = state.get_conv_state(0)
         if z.is_cuda or conv is None:  # the mixer's own step: fused kernels on GPU; a fresh state fills itself
             return self.mixer(z[:, None, :], cache=state)[:, 0, :], state  # (B, 2)
@@ -183,6 +194,74 @@ class MambaHead(ExitHead):
         conv_dim = inner + 2 * c.n_groups * c.state_size
         ssm = 3 * inner * c.state_size  # state decay+update and the readout, per channel and state element
         return super().macs_per_token() + conv_dim * c.conv_kernel + ssm
+
+
+class ExitRule(ExitHead):
+    """A zero-parameter exit rule (CALM's confidence measures): p_exit computed from hidden states, no weights, no
+    training. Its 2 logits are [log(1 - p), log(p)], whose softmax gives p back (to rounding), so the decoder runs it
+    like any head. Computed in fp32 whatever the model's dtype: a bf16 log(p) would move p by up to ~0.4%."""
+
+    trainable = False
+
+    def p_exit(self, z: torch.Tensor, z_in: torch.Tensor | None) -> torch.Tensor:
+        """z, z_in: (..., D) in fp32 -> (...,), clamped to [0, 1] by the caller."""
+        raise NotImplementedError
+
+    def forward(self, z, z_in=None):
+        p = self.p_exit(z.float(), None if z_in is None else z_in.float()).clamp(0, 1)  # (...,)
+        return torch.stack([torch.log1p(-p), torch.log(p)], dim=-1)  # (..., 2); softmax: (1 - p, p)
+
+    def step(self, z, state, z_in=None):
+        return self.forward(z, z_in), state  # (B, 2)
+
+
+@register_head("softmax")
+class SoftmaxRule(ExitRule):
+    """CALM's softmax response: p_exit = top-1 minus top-2 probability of the intermediate prediction
+    softmax(lm_head(z)). It costs one LM-head product per evaluated exit (hidden x vocab MACs, 0.6 of a block at
+    Mistral-7B's 32768 x 4096), which `macs_per_token` reports for the exact CRF."""
+
+    def attach(self, backbone_parts):
+        # A plain reference, not a submodule: the weights stay the backbone's (neither saved with the heads nor
+        # moved or cast by the heads' .to()).
+        object.__setattr__(self, "lm_head", backbone_parts.lm_head)
+
+    def _lm_head(self) -> nn.Module:
+        if "lm_head" not in self.__dict__:
+            raise RuntimeError("the softmax rule reads the backbone's LM head: call attach(parts) first "
+                               "(ExitDecoder does)")
+        return self.__dict__["lm_head"]
+
+    def p_exit(self, z, z_in):
+        lm_head = self._lm_head()
+        # F.linear, not lm_head(...): the same product, without firing hooks placed on the model's own output
+        probs = F.linear(z.to(lm_head.weight.dtype), lm_head.weight, lm_head.bias).float().softmax(-1)  # (..., V)
+        top2 = probs.topk(2, dim=-1).values  # (..., 2)
+        return top2[..., 0] - top2[..., 1]  # (...,)
+
+    def macs_per_token(self) -> int:
+        return self._lm_head().weight.numel()  # (V, D): one multiply-accumulate per weight
+
+
+@register_head("saturation")
+class SaturationRule(ExitRule):
+    """CALM's state saturation: p_exit = cosine similarity of z = final_norm(h_l) and z_in = final_norm(h_{l-1}),
+    the exit block's normed input, i.e. the previous block's output (a negative cosine counts as 0).
+
+    The previous block, not the previous exit: CALM compares consecutive layers; the rule is then defined at every
+    exit, the first included, and does not change when other exits are added or moved; and it needs no state between
+    exits, so a batch row needs nothing kept beyond its step. Both sides go through the final norm, like every head's
+    input."""
+
+    reads_block_input = True
+
+    def p_exit(self, z, z_in):
+        if z_in is None:
+            raise ValueError("the saturation rule compares z with z_in, the exit block's normed input; none was given")
+        return F.cosine_similarity(z, z_in, dim=-1)  # (...,)
+
+    def macs_per_token(self) -> int:
+        return 3 * self.hidden_size  # z . z_in and the two squared norms
 
 
 @register_head("forced")
@@ -220,7 +299,8 @@ HEADS_CONFIG = "heads.json"
 
 
 def save_heads(directory: str | os.PathLike, heads: nn.ModuleDict, backbone_config, metadata: dict | None = None) -> None:
-    """Write heads.safetensors (each exit's own weights, keyed 'layer.param') and heads.json, atomically."""
+    """Write heads.safetensors (each exit's own weights, keyed 'layer.param'; none for a zero-parameter rule) and
+    heads.json, atomically."""
     first = next(iter(heads.values()))
     tensors = {f"{layer}.{name}": p.detach().cpu().contiguous()
                for layer, head in heads.items() for name, p in head.state_dict().items()}
@@ -232,7 +312,8 @@ def save_heads(directory: str | os.PathLike, heads: nn.ModuleDict, backbone_conf
     }
     with atomic_path(directory) as tmp:
         tmp.mkdir()
-        save_file(tensors, str(tmp / HEADS_WEIGHTS))
+        if tensors:
+            save_file(tensors, str(tmp / HEADS_WEIGHTS))
         (tmp / HEADS_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -240,9 +321,8 @@ def load_heads(directory: str | os.PathLike, backbone_config=None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.ModuleDict, dict]:
     """Load heads saved by `save_heads`; refuse them if they were built for another backbone."""
     directory = Path(directory)
-    for name in (HEADS_CONFIG, HEADS_WEIGHTS):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"heads folder {str(directory)!r} has no {name}")
+    if not (directory / HEADS_CONFIG).is_file():
+        raise FileNotFoundError(f"heads folder {str(directory)!r} has no {HEADS_CONFIG}")
     config = json.loads((directory / HEADS_CONFIG).read_text())
     if backbone_config is not None and config["backbone"] != signature(backbone_config):
         raise ValueError(
@@ -252,6 +332,10 @@ def load_heads(directory: str | os.PathLike, backbone_config=None,
     options = dict(config["head"])
     head_type, hidden_size = options.pop("head_type"), options.pop("hidden_size")
     heads = nn.ModuleDict({str(layer): build_head(head_type, hidden_size, **options) for layer in config["exit_layers"]})
+    if not any(head.state_dict() for head in heads.values()):  # a zero-parameter rule: heads.json is all there is
+        return heads.to(device=device, dtype=dtype).eval(), config
+    if not (directory / HEADS_WEIGHTS).is_file():
+        raise FileNotFoundError(f"heads folder {str(directory)!r} has no {HEADS_WEIGHTS}")
     tensors = load_file(str(directory / HEADS_WEIGHTS))
     for layer, head in heads.items():
         prefix = f"{layer}."
