@@ -2,6 +2,7 @@
 # the paths of every artifact. Nothing here runs a job.
 import json
 import os
+import re
 import shlex
 
 import jsonschema
@@ -9,6 +10,8 @@ import yaml
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from workflow_lib.models.head_kinds import ZERO_PARAMETER_HEADS
 
 min_version("9.0")
 
@@ -46,6 +49,8 @@ WORLD = config["world"]
 REAL = config["real_data"]
 BACKBONES = config["backbones"]
 HEADS = config["heads"]["types"]
+RULE_HEADS = [h for h in HEADS if h in ZERO_PARAMETER_HEADS]  # zero-parameter exit rules: no training job
+TRAINED_HEADS = [h for h in HEADS if h not in ZERO_PARAMETER_HEADS]
 EVAL = config["evaluation"]
 TASKS = list(EVAL["tasks"])
 FORMATS = config["analysis"]["formats"]
@@ -148,6 +153,16 @@ def exit_layers_option(backbone):
 
 def heads_dir(backbone, head):
     return f"{RESULTS}/heads/{backbone}/head~{head}"
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (none: a pattern that never matches)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+def head_options(wildcards):
+    options = config["heads"]["options"].get(wildcards.head)
+    return shlex.join(["--head-options", json.dumps(options)]) if options else ""
 
 
 # ---- the evaluation grid -----------------------------------------------------------------------------------

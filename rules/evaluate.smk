@@ -9,7 +9,7 @@
 rule evaluate_exits:
     input:
         unpack(evaluate_inputs),
-        heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.safetensors",
+        heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.json",  # every head type has it (rules: only it)
     output:
         [update(f"{EXIT_CELL}/threshold~{x}/record.json") for x in THRESHOLDS],
     params:

@@ -247,3 +247,18 @@ def test_resuming_with_another_backbone_is_refused(workdir):
     with pytest.raises(ValueError, match="different configuration.*lr"):
         train_heads(dataclasses.replace(cfg, backbone=other.backbone, lr=1e-2))
     assert not (Path(cfg.out) / "heads.json").exists()
+
+
+def test_zero_parameter_rule_gets_a_config_only_folder_without_text(tmp_path, capsys):
+    main(["--backbone", "preset:tiny-mistral", "--head", "saturation", "--exit-layers", "4,6", "--out",
+          str(tmp_path / "rule")])
+    assert sorted(p.name for p in (tmp_path / "rule").iterdir()) == ["heads.json"]
+    heads, meta = load_heads(tmp_path / "rule", preset_config("tiny-mistral"))
+    assert sorted(heads) == ["4", "6"] and meta["trained"] is False and meta["head"]["head_type"] == "saturation"
+    with pytest.raises(SystemExit):  # a trained head needs its texts
+        main(["--backbone", "preset:tiny-mistral", "--head", "calm", "--out", str(tmp_path / "calm")])
+    assert "--train-text and --valid-text are required" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="invalid for a 8-block backbone"):
+        main(["--backbone", "preset:tiny-mistral", "--head", "softmax", "--exit-layers", "7", "--out",
+              str(tmp_path / "bad")])
+    assert not (tmp_path / "calm").exists() and not (tmp_path / "bad").exists()

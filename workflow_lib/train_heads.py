@@ -6,6 +6,9 @@
 Writes <out>/heads.safetensors + heads.json (load with workflow_lib.models.heads.load_heads) and
 <out>/metrics.json (per-exit held-out loss/accuracy/precision/recall/F1/positive ratio, trained and untrained).
 Rerunning the same command after a crash resumes from <out>/checkpoint.
+
+A zero-parameter exit rule (--head softmax or saturation) has nothing to train: <out> gets heads.json only, from the
+backbone's config, and no text is read (--train-text / --valid-text are not needed).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import sys
 
 import torch
 
-from .training.distill import TRAIN_MODES, TrainConfig, train_heads
+from .models.heads import HEAD_TYPES
+from .training.distill import TRAIN_MODES, TrainConfig, train_heads, write_rule_heads
 from .training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
 
 
@@ -26,16 +30,21 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"exit layers must be comma-separated integers, got {text!r}") from None
 
 
+def is_rule(head: str) -> bool:
+    return head in HEAD_TYPES and not HEAD_TYPES[head].trainable
+
+
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.train_heads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's; required for presets)")
-    p.add_argument("--head", required=True, help="head type: calm, ffn, mamba (any trainable registered head)")
+    p.add_argument("--head", required=True, help="head type: calm, ffn, mamba (trained); softmax, saturation "
+                                                 "(zero-parameter rules: heads.json only)")
     p.add_argument("--head-options", type=json.loads, default={}, help='JSON dict of head options, e.g. \'{"state_size": 32}\'')
     p.add_argument("--exit-layers", type=_layers, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
-    p.add_argument("--train-text", required=True, help="training corpus: .txt (a document per line) or .jsonl ('text')")
-    p.add_argument("--valid-text", required=True, help="held-out text for metrics (never the test data)")
+    p.add_argument("--train-text", help="training corpus: .txt (a document per line) or .jsonl ('text')")
+    p.add_argument("--valid-text", help="held-out text for metrics (never the test data)")
     p.add_argument("--out", required=True, help="output folder (heads, metrics.json; checkpoint/ while running)")
     p.add_argument("--label-rule", choices=LABEL_RULES, default=DEFAULT_LABEL_RULE,
                    help="top-k relaxation direction (default: the paper's wording)")
@@ -58,6 +67,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); give each concurrent job its "
                                                "share of the cores, oversubscribed cores make every job slower")
     a = p.parse_args(argv)
+    if not is_rule(a.head) and (a.train_text is None or a.valid_text is None):
+        p.error("--train-text and --valid-text are required to train a head (a zero-parameter rule reads neither)")
     if a.threads is not None:
         if a.threads < 1:
             p.error("--threads must be >= 1")
@@ -75,6 +86,10 @@ def parse_args(argv=None) -> TrainConfig:
 def main(argv=None) -> None:
     cfg = parse_args(argv)
     try:
+        if is_rule(cfg.head):
+            layers = write_rule_heads(cfg.backbone, cfg.head, cfg.out, cfg.exit_layers, cfg.head_options)
+            print(json.dumps({"head": cfg.head, "exit_layers": layers, "trained": False}))
+            return
         metrics = train_heads(cfg)
     except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, nothing written
         sys.exit(f"train_heads: error: {e}")

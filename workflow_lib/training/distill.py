@@ -389,14 +389,35 @@ def validate(cfg: TrainConfig):
     if os.path.abspath(cfg.train_text) == os.path.abspath(cfg.valid_text):
         raise ValueError(f"validation text must differ from the training text (both {cfg.train_text!r})")
     config = _backbone_config(cfg.backbone)
+    return config, resolve_exit_layers(config, cfg.exit_layers)
+
+
+def resolve_exit_layers(config, requested: list[int] | None) -> list[int]:
+    """The exit layers asked for (None: the default 4 in the second half), checked against the backbone."""
     architecture(config)
     n = config.num_hidden_layers
-    exit_layers = sorted(cfg.exit_layers) if cfg.exit_layers else default_exit_layers(n)
+    exit_layers = sorted(requested) if requested else default_exit_layers(n)
     bad = [layer for layer in exit_layers if not 0 <= layer <= n - 2]
     if bad or len(set(exit_layers)) != len(exit_layers):
         raise ValueError(f"exit layers {exit_layers} invalid for a {n}-block backbone: each must be a distinct "
                          f"block index in 0..{n - 2} (the last block always runs)")
-    return config, exit_layers
+    return exit_layers
+
+
+def write_rule_heads(backbone: str, head: str, out: str, exit_layers: list[int] | None = None,
+                     head_options: dict | None = None) -> list[int]:
+    """A zero-parameter exit rule's heads folder (heads.json only: nothing to train, no weights), atomically;
+    returns its exit layers. Only the backbone's config is read."""
+    if head not in HEAD_TYPES or HEAD_TYPES[head].trainable:
+        rules = sorted(n for n, c in HEAD_TYPES.items() if not c.trainable)
+        raise ValueError(f"{head!r} is not a zero-parameter exit rule; rules: {', '.join(rules)}")
+    config = _backbone_config(backbone)
+    layers = resolve_exit_layers(config, exit_layers)
+    heads = build_heads(head, config.hidden_size, layers, **(head_options or {}))  # checks the options
+    settings = {"backbone": backbone, "head": head, "exit_layers": layers, "head_options": head_options or {}}
+    save_heads(out, heads, config, {"backbone_id": backbone, "head_type": head, "trained": False,
+                                    "provenance": provenance(settings, 0)})
+    return layers
 
 
 def _check_resume(meta: dict, cfg: TrainConfig, backbone_config, ckpt: Path) -> None:
