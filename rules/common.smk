@@ -186,10 +186,16 @@ def baseline_records():
     return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in BACKBONES for t in TASKS]
 
 
+# Layer pruning: which n blocks are dropped -> the folder of its points. deepest: the n before the last (the paper);
+# angular: the n consecutive blocks whose input and output are closest in angle on the held-out text (Gromov et al.).
+PRUNE_DIRS = {"deepest": "prune", "angular": "prune_angular"}
+
+
 def prune_records():
     return [
-        f"{EVAL_ROOT}/{b}/prune~{n}/task~{t}/record.json"
+        f"{EVAL_ROOT}/{b}/{folder}~{n}/task~{t}/record.json"
         for b, spec in BACKBONES.items()
+        for folder in PRUNE_DIRS.values()
         for n in spec.get("prune", [])
         for t in TASKS
     ]
@@ -217,6 +223,18 @@ def evaluate_inputs(wildcards):
     files["backbone"] = backbone_input(wildcards)
     if pretrained_here(wildcards.backbone):
         files["tokenizer"] = TOKENIZER
+    return files
+
+
+def prune_rule(wildcards):
+    """deepest or angular, from a pruning point's folder name (wildcard `pruning`)."""
+    return next(rule for rule, folder in PRUNE_DIRS.items() if folder == wildcards.pruning)
+
+
+def prune_inputs(wildcards):
+    files = evaluate_inputs(wildcards)
+    if prune_rule(wildcards) == "angular":
+        files["angular_text"] = corpus_file("valid")  # the held-out text that chooses the blocks
     return files
 
 

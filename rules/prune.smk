@@ -1,23 +1,30 @@
-# Stage 5, layer-pruning baseline: one job per (backbone, task, n) with the n blocks before the last one
-# dropped (prefill and decode alike), so adding a depth adds exactly its jobs. Unlike the thresholds the depths
-# are not batched into one job: the series differs per backbone, and a rule's outputs cannot vary with a
-# wildcard (by hand, `evaluate --no-heads --prune-series 1,2,3` runs a whole series with one model load).
+# Stage 5, layer-pruning baseline: one job per (backbone, task, n) with n blocks dropped (prefill and decode alike),
+# so adding a depth adds exactly its jobs: the n blocks just before the last one (the paper's rule, prune~n/) and
+# the n consecutive blocks Gromov et al.'s angular distance picks on the held-out corpus (prune_angular~n/). Unlike
+# the thresholds the depths are not batched into one job: the series differs per backbone, and a rule's outputs
+# cannot vary with a wildcard (by hand, `evaluate --no-heads --prune-series 1,2,3` runs a whole series with one
+# model load).
 
 
 rule evaluate_prune:
+    wildcard_constraints:
+        pruning=one_of(PRUNE_DIRS.values()),
     input:
-        unpack(evaluate_inputs),
+        unpack(prune_inputs),
     output:
-        f"{EVAL_ROOT}/{{backbone}}/prune~{{n}}/task~{{task}}/record.json",
+        f"{EVAL_ROOT}/{{backbone}}/{{pruning}}~{{n}}/task~{{task}}/record.json",
     params:
         common=evaluate_common,
-        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/prune~{wc.n}/task~{wc.task}",
+        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/{wc.pruning}~{wc.n}/task~{wc.task}",
+        rule=lambda wc: shlex.join(["--prune-rule", prune_rule(wc)]
+                                   + (["--angular-text", corpus_file("valid")] if prune_rule(wc) == "angular" else [])),
     threads: 1
     log:
-        f"{LOGS}/evaluate/{{backbone}}/prune~{{n}}/{{task}}.log",
+        f"{LOGS}/evaluate/{{backbone}}/{{pruning}}~{{n}}/{{task}}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/{{backbone}}/prune~{{n}}/{{task}}.tsv"
+        f"{BENCHMARKS}/evaluate/{{backbone}}/{{pruning}}~{{n}}/{{task}}.tsv"
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --prune {wildcards.n} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --prune {wildcards.n}"
+        " {params.rule} --out-dir {params.out_dir} > {log} 2>&1"

@@ -32,6 +32,7 @@ def records(tmp_path):
         write_record(root, "mistral/baseline/task~triviaqa", 0.80, 1.0, tps=100.0),
         write_record(root, "mistral/prune~1/task~triviaqa", 0.50, 1.2, tps=120.0),
         write_record(root, "mistral/prune~2/task~triviaqa", 0.20, 1.5, tps=150.0),
+        write_record(root, "mistral/prune_angular~2/task~triviaqa", 0.30, 1.5, tps=150.0),
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.9", 0.79, 1.1, tps=105.0),
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.5", 0.60, 1.4, tps=130.0),
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.2", 0.90, 2.0, valid=False),
@@ -46,6 +47,8 @@ def test_grid_point_reads_identity_from_path(tmp_path):
     assert exit_point == {"backbone": "m", "method": "early_exit", "head": "ffn", "policy": "copy_prev",
                           "task": "coqa", "threshold": 0.45, "prune": 0}
     assert grid_point(root / "m/prune~3/task~coqa/record.json", root)["prune"] == 3
+    angular = grid_point(root / "m/prune_angular~3/task~coqa/record.json", root)
+    assert angular["method"] == "prune_angular" and angular["prune"] == 3
     assert grid_point(root / "m/baseline/task~coqa/record.json", root)["method"] == "baseline"
     with pytest.raises(ValueError, match="unexpected path component"):
         grid_point(root / "m/bogus~1/task~coqa/record.json", root)
@@ -70,7 +73,7 @@ def test_pareto_keeps_only_undominated_valid_points(records):
     front = list(zip(pareto["crf"], pareto["value"], pareto["series"]))
     # The invalid (0.90 at CRF 2.0) point would dominate everything; it must not count.
     assert front == [(1.0, 0.80, "full model"), (1.1, 0.79, "calm / copy"), (1.4, 0.60, "calm / copy"),
-                     (1.5, 0.20, "layer pruning")]
+                     (1.5, 0.30, "pruning (angular)")]
     assert (pareto["task"] == "triviaqa").all() and (pareto["metric"] == "exact_match").all()
 
 

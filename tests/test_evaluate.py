@@ -86,11 +86,34 @@ def test_baseline_and_pruning_points(mistral_dir, task_files, tmp_path):
     assert p0["crf_paper"] == 1.0 and p2["crf_paper"] == pytest.approx(4 / 2)  # 2 of 4 blocks run
 
 
+def test_angular_pruning_points(mistral_dir, task_files, tmp_path):
+    """The dropped blocks are Gromov et al.'s choice on the given text, recorded with each point."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from workflow_lib.decoding.pruning import angular_distance_start
+    from workflow_lib.models.backbone import load_backbone
+
+    text = tmp_path / "valid.txt"
+    text.write_text("\n".join(f"Cotton was a white kitten number {i} who lived in a barn." for i in range(20)))
+    main(["--out-dir", str(tmp_path / "prune"), "--limit", "2", "--max-new-tokens", "4", "--backbone", str(mistral_dir),
+          "--no-heads", "--task", "triviaqa", "--data", str(task_files["triviaqa"]), "--prune-series", "1,2",
+          "--prune-rule", "angular", "--angular-text", str(text), "--angular-sequences", "4"])
+    model, tok = load_backbone(str(mistral_dir), device="cpu"), AutoTokenizer.from_pretrained(mistral_dir)
+    sequences = [torch.tensor([tok(line).input_ids]) for line in text.read_text().splitlines()[:4]]
+    for n in (1, 2):
+        record = json.loads((tmp_path / "prune" / f"prune_angular~{n}" / "record.json").read_text())
+        assert record["prune_rule"] == "angular" and record["prune"] == n
+        assert record["prune_start"] == angular_distance_start(model, sequences, n)
+        assert record["crf_paper"] == pytest.approx(4 / (4 - n))
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--task", "squad"], "invalid choice: 'squad'"),
     (["--data", "/nonexistent/triviaqa.jsonl"], "file not found"),
     (["--thresholds", "0.5,high"], "'high' in '0.5,high' is not a number"),
     (["--thresholds", "0.5,nan"], "not a finite non-negative number"),
+    (["--prune-rule", "angular"], "--prune-rule angular needs --prune N or --prune-series"),
 ])
 def test_bad_arguments_are_refused_before_loading(bad, message, task_files, tmp_path, capsys):
     args = {"--backbone": "preset:tiny-mistral", "--task": "triviaqa", "--data": str(task_files["triviaqa"]),

@@ -7,6 +7,7 @@ Grid points and where their records go (each folder: record.json + samples.jsonl
   --heads DIR --thresholds T1,T2,...   OUT/threshold~T/  (T spelled exactly as given on the command line)
   --no-heads                           OUT/              (exits disabled: the baseline)
   --no-heads --prune-series 0,1,2      OUT/prune~N/      (layer-pruning baseline)
+  ... --prune-rule angular             OUT/prune_angular~N/  (the dropped blocks chosen by angular distance)
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
 
@@ -67,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune", type=int, default=0, help="blocks pruned before the last (default 0)")
     p.add_argument("--prune-series", type=lambda s: number_list(s, int),
                    help="comma-separated n: one pruning point each (with --no-heads)")
+    p.add_argument("--prune-rule", choices=PRUNE_RULES, default="deepest",
+                   help="which n blocks are dropped: deepest, the n just before the last (the paper); angular, the n "
+                        "consecutive blocks whose input and output are closest in angle on --angular-text (Gromov "
+                        "et al.)")
+    p.add_argument("--angular-text", help="held-out text (.txt / .jsonl corpus) whose sequences choose the angular "
+                                          "blocks, e.g. the heads' validation corpus")
+    p.add_argument("--angular-sequences", type=int, default=16, help="documents of --angular-text used (default 16)")
+    p.add_argument("--angular-tokens", type=int, default=128, help="tokens kept of each of them (default 128)")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--limit", type=int, help="evaluate only the first N documents")
     p.add_argument("--shots", type=int, help="few-shot examples (default: the task's: triviaqa 2, coqa 0, truthfulqa 1)")
@@ -93,7 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--prune-series is the pruning baseline: use it with --no-heads")
     if args.prune_series and args.prune:
         p.error("give either --prune or --prune-series")
-    for name in ("limit", "max_new_tokens", "triviaqa_n"):
+    if args.prune_rule == "angular" and not (args.prune or args.prune_series):
+        p.error("--prune-rule angular needs --prune N or --prune-series")
+    if args.prune_rule == "angular" and args.angular_text is None:
+        p.error("--prune-rule angular needs --angular-text (the text that chooses the blocks)")
+    for name in ("limit", "max_new_tokens", "triviaqa_n", "angular_sequences", "angular_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.shots is not None and args.shots < 0:
@@ -106,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--prune must be >= 0")
     if not 0.0 <= args.degenerate_limit <= 1.0:
         p.error("--degenerate-limit must be in [0, 1]")
-    for flag, path in (("--data", args.data), ("--fewshot-data", args.fewshot_data)):
+    for flag, path in (("--data", args.data), ("--fewshot-data", args.fewshot_data), ("--angular-text", args.angular_text)):
         if path is not None and not Path(path).is_file():
             p.error(f"{flag}: file not found: {path}")
     if args.fewshot_data and args.task != "triviaqa":
@@ -119,10 +132,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+PRUNE_RULES = ("deepest", "angular")
+
+
+def angular_sequences(tokenizer, path: str, n: int, tokens: int, device) -> list:
+    """The first n documents of a corpus file, each its first `tokens` tokens as a (1, T) tensor."""
+    import torch
+
+    from workflow_lib.data.schemas import read_corpus
+
+    sequences = []
+    for doc in read_corpus(path):
+        ids = tokenizer(doc).input_ids[:tokens]
+        if ids:
+            sequences.append(torch.tensor([ids], device=device))  # (1, T)
+        if len(sequences) == n:
+            break
+    if not sequences:
+        raise ValueError(f"--angular-text {path} holds no document")
+    return sequences
+
+
 def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     """(output folder, point) for every grid point this job evaluates."""
     if args.prune_series:
-        return [(args.out_dir / f"prune~{spelled}", {"threshold": None, "prune": n}) for spelled, n in args.prune_series]
+        name = "prune" if args.prune_rule == "deepest" else f"prune_{args.prune_rule}"
+        return [(args.out_dir / f"{name}~{spelled}", {"threshold": None, "prune": n}) for spelled, n in args.prune_series]
     if args.no_heads:
         return [(args.out_dir, {"threshold": None, "prune": args.prune})]
     return [(args.out_dir / f"threshold~{spelled}", {"threshold": t, "prune": args.prune}) for spelled, t in args.thresholds]
@@ -175,12 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         if not points:
             return 0
 
-    from workflow_lib.data.schemas import LOADERS, DataFormatError
+    from workflow_lib.data.schemas import LOADERS, DataFormatError, read_corpus
 
     try:  # the data file's format, before the model loads (the task reads it again through the same loader)
         LOADERS[args.task](args.data)
         if args.fewshot_data:
             LOADERS[args.task](args.fewshot_data)
+        if args.angular_text:
+            read_corpus(args.angular_text)  # checks the suffix now; documents are read once the tokenizer is there
     except DataFormatError as e:
         sys.exit(f"evaluate: error: {e}")
 
@@ -188,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from lm_eval.tasks import TaskManager
 
+    from workflow_lib.decoding.pruning import angular_distance_start
     from workflow_lib.evaluation.lm_model import DynamaxLM
 
     metadata = {data_key: str(Path(args.data).resolve()), "triviaqa_n": args.triviaqa_n}
@@ -205,11 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
         sys.exit(f"evaluate: error: {e}")
 
+    try:
+        angular = (angular_sequences(lm.tokenizer, args.angular_text, args.angular_sequences, args.angular_tokens,
+                                     lm.model.device) if args.prune_rule == "angular" else None)
+    except ValueError as e:  # no document in the text
+        sys.exit(f"evaluate: error: {e}")
     setup_seconds = time.perf_counter() - started  # imports, data check, model and heads load: paid once per job
     for out_dir, point in points:
         threshold = point["threshold"] if point["threshold"] is not None else 2.0
         try:
-            lm.set_point(threshold, point["prune"])
+            start = (angular_distance_start(lm.model, angular, point["prune"])
+                     if angular is not None and point["prune"] else None)
+            lm.set_point(threshold, point["prune"], start)
         except ValueError as e:  # a prune n the backbone cannot take, an exit among the pruned blocks
             sys.exit(f"evaluate: error: {e}")
         lm.warm_up()
@@ -219,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             gen_kwargs=f"max_gen_toks={args.max_new_tokens}", log_samples=True, random_seed=args.seed,
             numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
         wall = time.perf_counter() - start
-        point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
+        point = {**point, "prune_rule": args.prune_rule, "prune_start": lm.prune_start if point["prune"] else None,
+                 "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
                  "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers,
                  "setup_seconds": setup_seconds}
         record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)

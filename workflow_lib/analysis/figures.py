@@ -1,7 +1,8 @@
 """Paper-style figures (Fig. 1-5): task metric versus CRF for one backbone and one task (matplotlib; no torch).
 
 One panel per headline metric of the task. Each head x policy is a series (line through its thresholds,
-its own marker shape), with markers coloured by threshold; layer pruning is its own black dashed series;
+its own marker shape), with markers coloured by threshold; layer pruning is a black dashed series (the n blocks
+before the last), and a brown one (the n blocks chosen by angular distance);
 the full model (exits disabled) is a star at CRF 1. Invalid points (too many degenerate generations) are
 drawn hollow with a red cross instead of being dropped.
 """
@@ -16,10 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
-from workflow_lib.analysis.tables import HEADLINE_METRICS  # noqa: E402
+from workflow_lib.analysis.tables import HEADLINE_METRICS, SERIES_NAMES  # noqa: E402
 from workflow_lib.artifacts import atomic_path  # noqa: E402
 
 MARKERS = ["o", "^", "s", "D", "v", "P", "X", "<", ">", "h"]
+PRUNING_STYLES = [("prune", "black", "s"), ("prune_angular", "tab:brown", "D")]  # method, colour, marker
 CRF_LABELS = {"crf_exact": "CRF (exact MAC count)", "crf_paper": "CRF (paper block count)"}
 
 
@@ -50,14 +52,16 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
                        edgecolors="black", linewidths=0.5, zorder=3, label=f"{head} / {policy}")
             ax.scatter(series[crf][~ok], series[metric][~ok], facecolors="none", marker=marker, s=46,
                        edgecolors=colours[~ok.to_numpy()], linewidths=1.2, zorder=3)
-        pruning = points[points["method"] == "prune"].sort_values(crf)
-        if len(pruning):
+        for method, colour, marker in PRUNING_STYLES:
+            pruning = points[points["method"] == method].sort_values(crf)
+            if not len(pruning):
+                continue
             ok = _valid(pruning)
-            ax.plot(pruning[crf], pruning[metric], "k--", lw=1.2, zorder=2)
-            ax.scatter(pruning[crf][ok], pruning[metric][ok], c="black", marker="s", s=40, zorder=3,
-                       label="layer pruning")
-            ax.scatter(pruning[crf][~ok], pruning[metric][~ok], facecolors="none", edgecolors="black",
-                       marker="s", s=40, zorder=3)
+            ax.plot(pruning[crf], pruning[metric], "--", color=colour, lw=1.2, zorder=2)
+            ax.scatter(pruning[crf][ok], pruning[metric][ok], c=colour, marker=marker, s=40, zorder=3,
+                       label=SERIES_NAMES[method])
+            ax.scatter(pruning[crf][~ok], pruning[metric][~ok], facecolors="none", edgecolors=colour,
+                       marker=marker, s=40, zorder=3)
         baseline = points[points["method"] == "baseline"]
         if len(baseline):
             ax.scatter(baseline[crf], baseline[metric], c="red", marker="*", s=160, zorder=4,

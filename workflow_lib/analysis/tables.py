@@ -22,6 +22,8 @@ import pandas as pd
 from workflow_lib.analysis.intervals import bootstrap_mean, paired_difference, per_question_scores
 
 ID_COLUMNS = ["backbone", "method", "head", "policy", "task", "threshold", "prune"]
+# Series of the methods that are not a head / policy (the path component names the method, see grid_point).
+SERIES_NAMES = {"prune": "layer pruning", "prune_angular": "pruning (angular)", "baseline": "full model"}
 
 # The metric each task is judged by in the paper's figures (lm-eval names, filter suffix removed).
 HEADLINE_METRICS = {
@@ -44,7 +46,8 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
 
     results/eval/{backbone}/head~{h}/policy~{p}/task~{t}/threshold~{x}/record.json -> early exit
     results/eval/{backbone}/baseline/task~{t}/record.json                         -> exits disabled
-    results/eval/{backbone}/prune~{n}/task~{t}/record.json                        -> layer pruning
+    results/eval/{backbone}/prune~{n}/task~{t}/record.json                        -> layer pruning (deepest n)
+    results/eval/{backbone}/prune_angular~{n}/task~{t}/record.json                -> layer pruning (angular)
     """
     parts = Path(path).resolve().relative_to(Path(results_root).resolve()).parts[:-1]
     point = {"backbone": parts[0], "method": "early_exit", "head": None, "policy": None,
@@ -55,8 +58,8 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
             if part != "baseline":
                 raise ValueError(f"unexpected path component {part!r} in {path}")
             point["method"] = "baseline"
-        elif key == "prune":
-            point["method"], point["prune"] = "prune", int(value)
+        elif key in SERIES_NAMES and key != "baseline":  # prune, prune_angular
+            point["method"], point["prune"] = key, int(value)
         elif key == "threshold":
             point["threshold"] = float(value)
         elif key in ("head", "policy", "task"):
@@ -145,7 +148,7 @@ def series_name(row: pd.Series) -> str:
     """The figure series a grid point belongs to."""
     if row["method"] == "early_exit":
         return f"{row['head']} / {row['policy']}"
-    return {"prune": "layer pruning", "baseline": "full model"}[row["method"]]
+    return SERIES_NAMES[row["method"]]
 
 
 def pareto_table(grid: pd.DataFrame, crf: str = "crf_exact") -> pd.DataFrame:

@@ -12,7 +12,7 @@ lm-eval 0.4.13 does not read package entry points for models: the class register
 module is imported. From the command line use `python -m workflow_lib.lm_eval_cli` (lm-eval's own CLI
 with this module imported), e.g.
     python -m workflow_lib.lm_eval_cli --model dynamax \
-        --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0 \
+        --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0,prune_start=none \
         --tasks dynamax_triviaqa --metadata '{"triviaqa_file": "triviaqa.jsonl"}'
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _none(value):
 @register_model("dynamax")
 class DynamaxLM(HFLM):
     def __init__(self, backbone: str, heads: str | None = None, threshold: float = 2.0, policy: str | None = None,
-                 prune: int = 0, tokenizer: str | None = None, repetition_penalty: float = 1.0,
+                 prune: int = 0, prune_start: int | None = None, tokenizer: str | None = None,
+                 repetition_penalty: float = 1.0,
                  device: str | None = None, dtype: str | None = None, seed: int = 0, batch_size: int | str = 1,
                  max_length: int | None = None, **kwargs):
         dtype = _none(dtype)
@@ -72,14 +73,17 @@ class DynamaxLM(HFLM):
         self.policy = _none(policy)
         self.repetition_penalty = float(repetition_penalty)
         self.generations: list[dict] = []
-        self.set_point(float(threshold), int(prune))
+        prune_start = _none(prune_start)
+        self.set_point(float(threshold), int(prune), None if prune_start is None else int(prune_start))
 
-    def set_point(self, threshold: float, prune: int = 0) -> None:
-        """Move to another grid point without reloading the model (one job evaluates many thresholds)."""
+    def set_point(self, threshold: float, prune: int = 0, prune_start: int | None = None) -> None:
+        """Move to another grid point without reloading the model (one job evaluates many thresholds); prune_start:
+        the first of the `prune` dropped blocks (None: the ones just before the last)."""
         self.threshold, self.prune = threshold, prune
         self._batches = 0
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
-                                   repetition_penalty=self.repetition_penalty)
+                                   repetition_penalty=self.repetition_penalty, prune_start=prune_start)
+        self.prune_start = self.decoder.prune_start
         self.generations = []
 
     def warm_up(self, new_tokens: int = 8) -> None:
@@ -92,7 +96,7 @@ class DynamaxLM(HFLM):
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         if self.prune == 0:
             return super()._model_call(inps, attn_mask, labels)
-        return pruned_logits(self.model, inps, self.prune)  # (B, T, V)
+        return pruned_logits(self.model, inps, self.prune, start=self.prune_start)  # (B, T, V)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Requests grouped by generation settings (lm-eval's Collator, longest prompt first as HFLM orders them)
@@ -136,4 +140,5 @@ class DynamaxLM(HFLM):
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "threshold": self.threshold, "prune": self.prune,
+                "prune_start": self.prune_start,
                 "policy": self.decoder.policy, "exits_enabled": self.decoder.exits_enabled}
