@@ -50,20 +50,63 @@ def number_list(text: str, kind=float) -> list[tuple[str, float | int]]:
     return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_task_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of any run of a task: model, data, generation and lm-eval settings (evaluate and calibrate)."""
     p.add_argument("--backbone", required=True, help="backbone: local save_pretrained folder, hub id, or preset:NAME")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's)")
-    heads = p.add_mutually_exclusive_group(required=True)
-    heads.add_argument("--heads", help="folder of trained exit heads (save_heads)")
-    heads.add_argument("--no-heads", action="store_true", help="exits disabled: the baseline / pruning point")
     p.add_argument("--policy", help="missing-state policy (mistral: recompute|copy|copy_prev; mamba2: recompute|skip); "
                                     "default: the architecture's default")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--data", required=True, help="the task's data file (canonical format, or an original release format)")
     p.add_argument("--fewshot-data", help="triviaqa only: few-shot pool file (default: questions outside the subset)")
     p.add_argument("--triviaqa-n", type=int, default=1000, help="triviaqa only: size of the longest-answer subset")
+    p.add_argument("--limit", type=int, help="evaluate only the first N documents")
+    p.add_argument("--shots", type=int, help="few-shot examples (default: the task's: triviaqa 2, coqa 0, truthfulqa 1)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--degenerate-limit", type=float, default=0.2, help="largest valid share of degenerate generations")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1234, help="lm-eval's python/numpy/torch/few-shot seeds")
+    p.add_argument("--device", help="cpu, cuda, cuda:0 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="requests decoded together (generation, each row exiting on its own decision, and "
+                        "loglikelihood); the answers are those of batch size 1 (default 1)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); batch-1 decoding of a small "
+                                               "model is fastest on 1, and oversubscribed cores make it many times slower")
+
+
+def check_task_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks on `add_task_arguments`' options (p.error: one line, exit status 2, before any loading)."""
+    for name in ("limit", "max_new_tokens", "triviaqa_n"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.shots is not None and args.shots < 0:
+        p.error("--shots must be >= 0")
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    if not 0.0 <= args.degenerate_limit <= 1.0:
+        p.error("--degenerate-limit must be in [0, 1]")
+    for flag, path in (("--data", args.data), ("--fewshot-data", args.fewshot_data)):
+        if path is not None and not Path(path).is_file():
+            p.error(f"{flag}: file not found: {path}")
+    if args.fewshot_data and args.task != "triviaqa":
+        p.error("--fewshot-data is for --task triviaqa")
+    if getattr(args, "heads", None) is not None and not Path(args.heads).is_dir():
+        p.error(f"--heads: folder not found: {args.heads}")
+    local = os.sep in args.backbone or args.backbone.startswith(".")
+    if not args.backbone.startswith("preset:") and local and not Path(args.backbone).exists():
+        p.error(f"--backbone: not found: {args.backbone}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_task_arguments(p)
+    heads = p.add_mutually_exclusive_group(required=True)
+    heads.add_argument("--heads", help="folder of trained exit heads (save_heads)")
+    heads.add_argument("--no-heads", action="store_true", help="exits disabled: the baseline / pruning point")
     p.add_argument("--thresholds", type=number_list, help="comma-separated exit thresholds (with --heads)")
     p.add_argument("--prune", type=int, default=0, help="blocks pruned before the last (default 0)")
     p.add_argument("--prune-series", type=lambda s: number_list(s, int),
@@ -77,21 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--angular-sequences", type=int, default=16, help="documents of --angular-text used (default 16)")
     p.add_argument("--angular-tokens", type=int, default=128, help="tokens kept of each of them (default 128)")
     p.add_argument("--out-dir", required=True, type=Path)
-    p.add_argument("--limit", type=int, help="evaluate only the first N documents")
-    p.add_argument("--shots", type=int, help="few-shot examples (default: the task's: triviaqa 2, coqa 0, truthfulqa 1)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--degenerate-limit", type=float, default=0.2, help="largest valid share of degenerate generations")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1234, help="lm-eval's python/numpy/torch/few-shot seeds")
-    p.add_argument("--device", help="cpu, cuda, cuda:0 ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
     p.add_argument("--reuse", action="store_true", help="keep points already evaluated with the same settings and "
                                                          "inputs (see above)")
-    p.add_argument("--batch-size", type=int, default=1,
-                   help="requests decoded together (generation, each row exiting on its own decision, and "
-                        "loglikelihood); the answers are those of batch size 1 (default 1)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's); batch-1 decoding of a small "
-                                               "model is fastest on 1, and oversubscribed cores make it many times slower")
     args = p.parse_args(argv)
 
     if args.heads is not None and not args.thresholds:
@@ -102,33 +132,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--prune-series is the pruning baseline: use it with --no-heads")
     if args.prune_series and args.prune:
         p.error("give either --prune or --prune-series")
+    if args.prune < 0:
+        p.error("--prune must be >= 0")
     if args.prune_rule == "angular" and not (args.prune or args.prune_series):
         p.error("--prune-rule angular needs --prune N or --prune-series")
     if args.prune_rule == "angular" and args.angular_text is None:
         p.error("--prune-rule angular needs --angular-text (the text that chooses the blocks)")
-    for name in ("limit", "max_new_tokens", "triviaqa_n", "angular_sequences", "angular_tokens"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
+    if args.angular_text is not None and not Path(args.angular_text).is_file():
+        p.error(f"--angular-text: file not found: {args.angular_text}")
+    for name in ("angular_sequences", "angular_tokens"):
+        if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.shots is not None and args.shots < 0:
-        p.error("--shots must be >= 0")
-    if args.batch_size < 1:
-        p.error("--batch-size must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be >= 1")
-    if args.prune < 0:
-        p.error("--prune must be >= 0")
-    if not 0.0 <= args.degenerate_limit <= 1.0:
-        p.error("--degenerate-limit must be in [0, 1]")
-    for flag, path in (("--data", args.data), ("--fewshot-data", args.fewshot_data), ("--angular-text", args.angular_text)):
-        if path is not None and not Path(path).is_file():
-            p.error(f"{flag}: file not found: {path}")
-    if args.fewshot_data and args.task != "triviaqa":
-        p.error("--fewshot-data is for --task triviaqa")
-    if args.heads is not None and not Path(args.heads).is_dir():
-        p.error(f"--heads: folder not found: {args.heads}")
-    local = os.sep in args.backbone or args.backbone.startswith(".")
-    if not args.backbone.startswith("preset:") and local and not Path(args.backbone).exists():
-        p.error(f"--backbone: not found: {args.backbone}")
+    check_task_arguments(p, args)
     return args
 
 
@@ -175,7 +190,8 @@ def settings(config: dict) -> dict:
 def newest_input(args: argparse.Namespace) -> float:
     """Latest modification time among the local files a point depends on (hub ids have none here)."""
     times = []
-    for path in (args.backbone, args.tokenizer, args.heads, args.data, args.fewshot_data):
+    for path in (args.backbone, args.tokenizer, args.heads, args.data, args.fewshot_data,
+                 args.angular_text):
         if path is None or not Path(path).exists():
             continue
         files = [Path(path)] if Path(path).is_file() else [f for f in Path(path).rglob("*") if f.is_file()]
@@ -195,10 +211,75 @@ def reusable(out_dir: Path, point: dict, config: dict, inputs_mtime: float) -> b
     return same_point and same_settings and path.stat().st_mtime >= inputs_mtime
 
 
+def check_data(args: argparse.Namespace, prog: str, *files: str) -> None:
+    """The task's data files in their format, before the model loads (the task reads them again the same way)."""
+    from workflow_lib.data.schemas import LOADERS, DataFormatError
+
+    try:
+        for path in (args.data, args.fewshot_data, *files):
+            if path:
+                LOADERS[args.task](path)
+    except DataFormatError as e:
+        sys.exit(f"{prog}: error: {e}")
+
+
+def task_manager(args: argparse.Namespace, data: str):
+    """lm-eval's task manager with the project's tasks reading `data` (and the few-shot pool)."""
+    from lm_eval.tasks import TaskManager
+
+    metadata = {TASKS[args.task][1]: str(Path(data).resolve()), "triviaqa_n": args.triviaqa_n}
+    if args.fewshot_data:
+        metadata["triviaqa_fewshot_file"] = str(Path(args.fewshot_data).resolve())
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=metadata)
+
+
+def load_model(args: argparse.Namespace, prog: str, prune: int = 0):
+    """The backbone (and --heads) as the `dynamax` lm-eval model, exits off; a clear exit on bad heads or policy."""
+    import torch
+
+    from workflow_lib.evaluation.lm_model import DynamaxLM
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy, prune=prune,
+                         tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty, device=args.device,
+                         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
+        sys.exit(f"{prog}: error: {e}")
+
+
+def run_point(lm, tasks, args: argparse.Namespace, limit: int | None) -> tuple[dict, float]:
+    """lm-eval on the task at the model's current point: (simple_evaluate's results with samples, wall seconds)."""
+    import lm_eval
+
+    lm.warm_up()
+    start = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=[TASKS[args.task][0]], task_manager=tasks, num_fewshot=args.shots, limit=limit,
+        gen_kwargs=f"max_gen_toks={args.max_new_tokens}", log_samples=True, random_seed=args.seed,
+        numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
+    return results, time.perf_counter() - start
+
+
+def save_point(out_dir: Path, lm, results: dict, wall: float, point: dict, args: argparse.Namespace,
+               config: dict) -> dict:
+    """The point's record and samples, written atomically into out_dir; one summary line printed."""
+    lm_task = TASKS[args.task][0]
+    point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled, "heads": args.heads,
+             "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers}
+    record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
+    path = write_point(out_dir, record, sample_lines(results["samples"][lm_task], lm.generations))
+    print(f"{path}: {record['metrics']} crf_exact={record['crf_exact']:.3f} crf_paper={record['crf_paper']:.3f} "
+          f"tok/s={record['speed']['decode_tokens_per_second']:.1f} degenerate={record['degenerate']['share']:.2f}"
+          f"{'' if record['valid'] else ' INVALID'}")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
-    lm_task, data_key = TASKS[args.task]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     points = grid_points(args)
     if args.reuse:  # before the expensive imports: a job with every point done costs a fraction of a second
@@ -210,39 +291,19 @@ def main(argv: list[str] | None = None) -> int:
         if not points:
             return 0
 
-    from workflow_lib.data.schemas import LOADERS, DataFormatError, read_corpus
+    check_data(args, "evaluate")
+    if args.angular_text:
+        from workflow_lib.data.schemas import DataFormatError, read_corpus
 
-    try:  # the data file's format, before the model loads (the task reads it again through the same loader)
-        LOADERS[args.task](args.data)
-        if args.fewshot_data:
-            LOADERS[args.task](args.fewshot_data)
-        if args.angular_text:
+        try:
             read_corpus(args.angular_text)  # checks the suffix now; documents are read once the tokenizer is there
-    except DataFormatError as e:
-        sys.exit(f"evaluate: error: {e}")
-
-    import lm_eval
-    import torch
-    from lm_eval.tasks import TaskManager
+        except DataFormatError as e:
+            sys.exit(f"evaluate: error: {e}")
 
     from workflow_lib.decoding.pruning import angular_distance_start
-    from workflow_lib.evaluation.lm_model import DynamaxLM
 
-    metadata = {data_key: str(Path(args.data).resolve()), "triviaqa_n": args.triviaqa_n}
-    if args.fewshot_data:
-        metadata["triviaqa_fewshot_file"] = str(Path(args.fewshot_data).resolve())
-    task_manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=metadata)
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    first = points[0][1]
-    try:
-        lm = DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy,
-                       prune=first["prune"], tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty,
-                       device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
-    except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
-        sys.exit(f"evaluate: error: {e}")
-
+    tasks = task_manager(args, args.data)
+    lm = load_model(args, "evaluate", prune=points[0][1]["prune"])
     try:
         angular = (angular_sequences(lm.tokenizer, args.angular_text, args.angular_sequences, args.angular_tokens,
                                      lm.model.device) if args.prune_rule == "angular" else None)
@@ -257,22 +318,10 @@ def main(argv: list[str] | None = None) -> int:
             lm.set_point(threshold, point["prune"], start)
         except ValueError as e:  # a prune n the backbone cannot take, an exit among the pruned blocks
             sys.exit(f"evaluate: error: {e}")
-        lm.warm_up()
-        start = time.perf_counter()
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=[lm_task], task_manager=task_manager, num_fewshot=args.shots, limit=args.limit,
-            gen_kwargs=f"max_gen_toks={args.max_new_tokens}", log_samples=True, random_seed=args.seed,
-            numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
-        wall = time.perf_counter() - start
+        results, wall = run_point(lm, tasks, args, args.limit)
         point = {**point, "prune_rule": args.prune_rule, "prune_start": lm.prune_start if point["prune"] else None,
-                 "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
-                 "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers,
                  "setup_seconds": setup_seconds}
-        record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
-        path = write_point(out_dir, record, sample_lines(results["samples"][lm_task], lm.generations))
-        print(f"{path}: {record['metrics']} crf_exact={record['crf_exact']:.3f} crf_paper={record['crf_paper']:.3f} "
-              f"tok/s={record['speed']['decode_tokens_per_second']:.1f} degenerate={record['degenerate']['share']:.2f}"
-              f"{'' if record['valid'] else ' INVALID'}")
+        save_point(out_dir, lm, results, wall, point, args, config)
     return 0
 
 

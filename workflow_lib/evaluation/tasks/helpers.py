@@ -17,10 +17,9 @@ from collections import Counter
 import datasets
 import numpy as np
 
+from workflow_lib.data.calibration import TRIVIAQA_SUBSET
 from workflow_lib.data.sampling import longest_answers
 from workflow_lib.data.schemas import LOADERS
-
-TRIVIAQA_SUBSET = 1000  # the paper's subset: the validation questions with the longest answers
 
 
 def data_file(kind: str, metadata: dict) -> str:
