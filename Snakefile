@@ -2,8 +2,8 @@
 #   snakemake --cores all                                   embedded default (config.yaml), offline, CPU
 #   snakemake --cores all --profile slurm --configfile configs/paper.yaml    paper scale on a SLURM GPU cluster
 #   snakemake --report results/report.html                  the HTML report (figures and tables, with captions)
-# Stages, in order: data -> tokenizer and pretraining (embedded only) -> heads -> evaluation and pruning
-# -> tables -> figures -> report. Helpers and config validation live in rules/common.smk.
+# Stages, in order: data -> tokenizer and pretraining (embedded only) -> heads -> evaluation, pruning and
+# calibrated thresholds -> tables -> figures -> report. Helpers and config validation live in rules/common.smk.
 
 
 include: "rules/common.smk"
@@ -12,6 +12,7 @@ include: "rules/pretrain.smk"
 include: "rules/heads.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
+include: "rules/calibrate.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
 include: "rules/report.smk"

@@ -62,6 +62,9 @@ def threshold_label(value):
 
 
 THRESHOLDS = [threshold_label(t) for t in EVAL["thresholds"]]
+CALIBRATION = config["calibration"]  # None: no calibrated thresholds
+CALIBRATED_TASKS = [] if CALIBRATION is None else CALIBRATION["tasks"] or TASKS
+DELTAS = [] if CALIBRATION is None else [threshold_label(d) for d in CALIBRATION["deltas"]]
 
 if (WORLD is None) == (REAL is None):
     raise WorkflowError("invalid config: set exactly one of 'world' (embedded setup) and 'real_data' (paper scale)")
@@ -69,6 +72,9 @@ if REAL is not None:
     for task in TASKS:
         if task not in REAL:
             raise WorkflowError(f"invalid config: evaluation.tasks.{task} needs real_data.{task} (where its data comes from)")
+for task in CALIBRATED_TASKS:
+    if task not in TASKS:
+        raise WorkflowError(f"invalid config: calibration.tasks: {task} is not among evaluation.tasks")
 for name, spec in BACKBONES.items():
     if spec["model"] == "pretrain" and WORLD is None:
         raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
@@ -202,20 +208,69 @@ def prune_records():
 
 
 def all_records():
-    return exit_records() + baseline_records() + prune_records()
+    return exit_records() + baseline_records() + prune_records() + calibrated_records()
 
 
-def evaluate_common(wildcards):
-    """Flags every evaluation job shares: the backbone, its tokenizer, the task's data and settings."""
-    words = ["--backbone", backbone_path(wildcards.backbone), "--task", wildcards.task, "--data", task_file(wildcards.task)]
+# ---- calibrated thresholds ---------------------------------------------------------------------------------
+CALIBRATION_ROOT = f"{RESULTS}/calibration"
+# One calibration job's folder (wildcards backbone, head, policy, task); its calibrated points go to EXIT_CELL.
+CALIBRATION_CELL = f"{CALIBRATION_ROOT}/{{backbone}}/head~{{head}}/policy~{{policy}}/task~{{task}}"
+
+
+def calibration_file(task):
+    """The task's calibration questions, outside the evaluated ones (CoQA's canonical format is .jsonl too)."""
+    return f"{CALIBRATION_ROOT}/data/{task}.jsonl"
+
+
+def calibration_pool(task):
+    """Where the calibration questions are drawn from: the task's own file (its questions beyond the evaluated
+    ones), or at paper scale a held-out split where the hub has one (TruthfulQA has only its validation split)."""
+    return f"{DATA}/calibration_pool/{task}.jsonl" if REAL is not None and task != "truthfulqa" else task_file(task)
+
+
+def calibrated_records():
+    return [
+        f"{EXIT_CELL}/calibrated~{d}/record.json".format(backbone=b, head=h, policy=p, task=t)
+        for b, spec in BACKBONES.items()
+        for h in HEADS
+        for p in spec["policies"]
+        for t in CALIBRATED_TASKS
+        for d in DELTAS
+    ]
+
+
+def calibration_reference(backbone, task):
+    """The full model's answers on the calibration set, shared by every head and policy."""
+    return f"{CALIBRATION_ROOT}/{backbone}/reference/task~{task}"
+
+
+def calibration_inputs(wildcards):
+    files = evaluate_inputs(wildcards)
+    files["calibration"] = calibration_file(wildcards.task)
+    return files
+
+
+def run_flags(wildcards, data, limit):
+    """Flags of any run of a task on `data` scoring its first `limit` documents (None: all): the backbone, its
+    tokenizer and the task's settings."""
+    words = ["--backbone", backbone_path(wildcards.backbone), "--task", wildcards.task, "--data", data]
     if pretrained_here(wildcards.backbone):
         words.extend(["--tokenizer", TOKENIZER])
     if fewshot_file(wildcards.task):
         words.extend(["--fewshot-data", fewshot_file(wildcards.task)])
     spec = EVAL["tasks"][wildcards.task] or {}
-    options = {"shots": spec.get("shots"), "limit": spec.get("limit"), "max_new_tokens": EVAL["max_new_tokens"],
+    options = {"shots": spec.get("shots"), "limit": limit, "max_new_tokens": EVAL["max_new_tokens"],
                "degenerate_limit": EVAL["degenerate_limit"], "batch_size": EVAL["batch_size"], "seed": SEED}
     return f"{shlex.join(words)} {cli(options)}"
+
+
+def task_limit(task):
+    return (EVAL["tasks"][task] or {}).get("limit")
+
+
+def evaluate_common(wildcards):
+    """Flags every evaluation job shares: the task's evaluation data with its limit."""
+    return run_flags(wildcards, task_file(wildcards.task), task_limit(wildcards.task))
 
 
 def evaluate_inputs(wildcards):

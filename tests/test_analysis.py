@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_lib.analysis.tables import grid_point, grid_table, pareto_table
+from workflow_lib.analysis.tables import grid_point, grid_table, pareto_table, series_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,3 +109,38 @@ def test_analysis_does_not_import_torch():
             "workflow_lib.make_tables, workflow_lib.make_figures; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+
+def write_samples(record: Path, answers: list[str], em: list[float]) -> None:
+    lines = [{"doc_id": i, "resps": [[f" {a}\n"]], "exact_match": e} for i, (a, e) in enumerate(zip(answers, em))]
+    record.with_name("samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_calibrated_points_carry_their_threshold_and_measured_risk(tmp_path):
+    """Inconsistency: the share of questions whose stripped answer differs from the full model's; a calibrated point's
+    measured risk is the one it was calibrated for (consistency, or the metric drop), next to its delta."""
+    root = tmp_path / "eval"
+    cell = "mistral/head~calm/policy~copy/task~triviaqa"
+    base = write_record(root, "mistral/baseline/task~triviaqa", 0.5, 1.0)
+    write_samples(base, ["Holt", "red", "a mason", "Brora"], [1, 1, 0, 0])
+    paths = [base]
+    for delta, risk, answers, em, crf in ((0.05, "consistency", ["Holt", "red", "a mason", "Bro"], [1, 1, 0, 0], 1.2),
+                                          (0.1, "metric", ["Holt", "blue", "a maso", "Brora"], [1, 0, 1, 0], 1.4)):
+        path = write_record(root, f"{cell}/calibrated~{delta}", sum(em) / 4, crf)
+        record = json.loads(path.read_text())
+        record.update(threshold=0.8, calibration={"delta": delta, "epsilon": 0.05, "risk": risk,
+                                                  "metric": "exact_match" if risk == "metric" else None})
+        path.write_text(json.dumps(record))
+        write_samples(path, answers, em)
+        paths.append(path)
+    grid = grid_table(paths, root)
+    cal = grid[grid["method"] == "calibrated"].set_index("calibration.delta")
+    assert list(cal["threshold"]) == [0.8, 0.8] and list(cal["inconsistency"]) == [0.25, 0.5]
+    assert cal.loc[0.05, "measured_risk"] == 0.25  # 1 of 4 answers differs
+    assert cal.loc[0.1, "measured_risk"] == 0.25  # exact match lost on 1 of 4 (a gain elsewhere does not offset it)
+    assert sorted(grid.apply(series_name, axis=1)) == ["calm / copy calibrated delta=0.05",
+                                                       "calm / copy calibrated delta=0.1", "full model"]
+    from workflow_lib.analysis.figures import plot_task
+    figure = plot_task(grid, "mistral", "triviaqa")
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert "calm / copy calibrated delta=0.05" in labels and "calm / copy calibrated delta=0.1" in labels

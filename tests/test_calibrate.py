@@ -99,3 +99,16 @@ def test_calibrate_refuses_overlap_and_a_foreign_reference(calibration_setup, ta
     with pytest.raises(SystemExit, match="not made on --calibration-data .*max_new_tokens"):
         main([*run, "--calibration-data", str(cal), "--max-new-tokens", "5", *out])
     assert not (tmp_path / "c.json").exists() and not (tmp_path / "cell").exists()
+
+
+def test_split_on_the_real_samples(shared_data, tmp_path):
+    """Real TriviaQA: the 1000 longest-answer questions are evaluated, the calibration set comes from the others;
+    real TruthfulQA evaluated whole leaves nothing to calibrate on, and says so."""
+    trivia = LOADERS["triviaqa"](shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
+    evaluated = evaluated_records("triviaqa", trivia)
+    cal = calibration_split("triviaqa", trivia, evaluated, n=100, seed=0)
+    assert len(evaluated) == 1000 and len(cal) == 100
+    check_disjoint("triviaqa", cal, evaluated)
+    truthful = LOADERS["truthfulqa"](next((shared_data / "truthfulqa").glob("*.csv")))
+    with pytest.raises(ValueError, match="0 questions outside the 817 evaluated ones"):
+        calibration_split("truthfulqa", truthful, evaluated_records("truthfulqa", truthful), n=10, seed=0)

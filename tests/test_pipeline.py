@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -60,8 +61,13 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
                           "--cores", "2"], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for name in ["tables/grid.csv", "tables/pareto.csv", "figures/mistral/triviaqa.png",
-                 "figures/mamba2/triviaqa.pdf"]:
+                 "figures/mamba2/triviaqa.pdf", "calibration/mistral/head~saturation/policy~copy/task~triviaqa/"
+                 "calibration.json"]:
         assert (tmp_path / "results" / name).stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "results/heads/mistral/head~saturation").iterdir()) == ["heads.json"]
+    grid = pd.read_csv(tmp_path / "results/tables/grid.csv")
+    assert set(grid["method"]) == {"baseline", "early_exit", "prune", "prune_angular", "calibrated"}
+    assert set(grid["head"].dropna()) == {"calm", "saturation"}
     report = snakemake("--directory", str(tmp_path), "--configfile", str(REPO / "configs/smoke.yaml"),
                        "--report", str(tmp_path / "report.html"))
     assert report.returncode == 0 and (tmp_path / "report.html").stat().st_size > 0
@@ -80,7 +86,7 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.split() and line.split()[0] != "total"}
     # Only the cells that gain a point (one per backbone x head x policy x task; the new depth's
     # pruning job) and what reads them; nothing upstream (data, backbones, heads).
-    assert jobs == {"evaluate_exits": 2, "evaluate_prune": 1, "tables": 1, "figure": 2, "all": 1}, out
+    assert jobs == {"evaluate_exits": 4, "evaluate_prune": 2, "tables": 1, "figure": 2, "all": 1}, out
 
     # Running them computes only the new points: the records already there are kept byte for byte (a recomputed
     # one would differ: records hold measured times). Snakemake touches them, so their mtimes do change.
@@ -93,7 +99,10 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     new = set((tmp_path / "results/eval").rglob("record.json")) - set(old)
     assert sorted(p.relative_to(tmp_path / "results/eval").as_posix() for p in new) == [
         "mamba2/head~calm/policy~skip/task~triviaqa/threshold~0.7/record.json",
+        "mamba2/head~saturation/policy~skip/task~triviaqa/threshold~0.7/record.json",
         "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.7/record.json",
+        "mistral/head~saturation/policy~copy/task~triviaqa/threshold~0.7/record.json",
+        "mistral/prune_angular~2/task~triviaqa/record.json",
         "mistral/prune~2/task~triviaqa/record.json",
     ]
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)

@@ -3,7 +3,8 @@
 One panel per headline metric of the task. Each head x policy is a series (line through its thresholds,
 its own marker shape), with markers coloured by threshold; layer pruning is a black dashed series (the n blocks
 before the last), and a brown one (the n blocks chosen by angular distance);
-the full model (exits disabled) is a star at CRF 1. Invalid points (too many degenerate generations) are
+a calibrated threshold is its head / policy's marker ringed in its delta's colour ("calm / copy calibrated
+delta=0.05"); the full model (exits disabled) is a star at CRF 1. Invalid points (too many degenerate generations) are
 drawn hollow with a red cross instead of being dropped.
 """
 from __future__ import annotations
@@ -17,11 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
-from workflow_lib.analysis.tables import HEADLINE_METRICS, SERIES_NAMES  # noqa: E402
+from workflow_lib.analysis.tables import HEADLINE_METRICS, SERIES_NAMES, series_name  # noqa: E402
 from workflow_lib.artifacts import atomic_path  # noqa: E402
 
 MARKERS = ["o", "^", "s", "D", "v", "P", "X", "<", ">", "h"]
 PRUNING_STYLES = [("prune", "black", "s"), ("prune_angular", "tab:brown", "D")]  # method, colour, marker
+CALIBRATED_COLOURS = ["crimson", "darkorange", "purple", "teal"]  # one per calibration delta
 CRF_LABELS = {"crf_exact": "CRF (exact MAC count)", "crf_paper": "CRF (paper block count)"}
 
 
@@ -42,10 +44,13 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
                      vmax=exits["threshold"].max() if len(exits) else 1.0)
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
+    markers = {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(sorted(set(zip(exits["head"], exits["policy"]))))}
+    calibrated = points[points["method"] == "calibrated"]
+    deltas = sorted(calibrated["calibration.delta"].unique()) if len(calibrated) else []
     for ax, metric in zip(axes[0], metrics):
-        for i, ((head, policy), series) in enumerate(exits.groupby(["head", "policy"], sort=True)):
+        for (head, policy), series in exits.groupby(["head", "policy"], sort=True):
             series = series.sort_values(crf)
-            marker, ok = MARKERS[i % len(MARKERS)], _valid(series)
+            marker, ok = markers[(head, policy)], _valid(series)
             ax.plot(series[crf], series[metric], color="0.6", lw=1, zorder=1)
             colours = cmap(norm(series["threshold"].to_numpy()))
             ax.scatter(series[crf][ok], series[metric][ok], c=colours[ok.to_numpy()], marker=marker, s=46,
@@ -62,6 +67,10 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
                        label=SERIES_NAMES[method])
             ax.scatter(pruning[crf][~ok], pruning[metric][~ok], facecolors="none", edgecolors=colour,
                        marker=marker, s=40, zorder=3)
+        for _, row in calibrated.iterrows():  # its head / policy's marker, ringed in its delta's colour
+            ax.scatter([row[crf]], [row[metric]], marker=markers.get((row["head"], row["policy"]), "o"), s=150,
+                       facecolors="none", linewidths=2, zorder=4, label=series_name(row),
+                       edgecolors=CALIBRATED_COLOURS[deltas.index(row["calibration.delta"]) % len(CALIBRATED_COLOURS)])
         baseline = points[points["method"] == "baseline"]
         if len(baseline):
             ax.scatter(baseline[crf], baseline[metric], c="red", marker="*", s=160, zorder=4,

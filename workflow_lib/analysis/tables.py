@@ -10,6 +10,11 @@ paired difference to the exits-off baseline of the same backbone and task on the
 with `_delta_ci_low`, `_delta_ci_high`), computed from the per-question scores in each point's samples.jsonl
 (analysis/intervals.py). The no-loss table answers the paper's claim per series: the largest CRF whose paired
 difference interval lies above -delta.
+
+`inconsistency` is each point's share of questions whose generation (stripped) differs from the full model's on the
+same question: the risk the calibrated thresholds bound. A calibrated point (`calibrated~<delta>`, from
+`python -m workflow_lib.calibrate`) carries its threshold and calibration in its record; `measured_risk` is the
+risk it was calibrated for, measured on the evaluation set, beside `calibration.delta`.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ _SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_hist
                    "task", "threshold", "prune", "policy", "head"}
 SPEED = "speed.decode_tokens_per_second"
 INTERVAL_SUFFIXES = ["_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high"]
-LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup", SPEED, "n_samples"]
+LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup", SPEED, "n_samples", "inconsistency",
+                   "calibration.delta", "measured_risk"]
 
 
 def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> dict:
@@ -48,6 +54,8 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
     results/eval/{backbone}/baseline/task~{t}/record.json                         -> exits disabled
     results/eval/{backbone}/prune~{n}/task~{t}/record.json                        -> layer pruning (deepest n)
     results/eval/{backbone}/prune_angular~{n}/task~{t}/record.json                -> layer pruning (angular)
+    results/eval/{backbone}/head~{h}/policy~{p}/task~{t}/calibrated~{d}/record.json -> calibrated threshold
+                                                               (the threshold is in the record: see record_row)
     """
     parts = Path(path).resolve().relative_to(Path(results_root).resolve()).parts[:-1]
     point = {"backbone": parts[0], "method": "early_exit", "head": None, "policy": None,
@@ -62,6 +70,8 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
             point["method"], point["prune"] = key, int(value)
         elif key == "threshold":
             point["threshold"] = float(value)
+        elif key == "calibrated":
+            point["method"] = "calibrated"
         elif key in ("head", "policy", "task"):
             point[key] = value
         else:
@@ -92,6 +102,8 @@ def record_row(path: str | Path, results_root: str | Path = "results/eval") -> t
     """One grid point's row, and the names of its metric columns."""
     record = json.loads(Path(path).read_text())
     row = grid_point(path, results_root)
+    if row["method"] == "calibrated":  # the threshold Learn-then-Test chose (None: none certified, exits off)
+        row["threshold"] = record.get("threshold")
     names = []
     for key, value in (record.pop("metrics", None) or {}).items():
         name = metric_name(key)
@@ -118,19 +130,46 @@ def add_intervals(rows: list[dict], scores: list[dict], seed: int, resamples: in
                 row[f"{metric}_delta"], row[f"{metric}_delta_ci_low"], row[f"{metric}_delta_ci_high"] = delta, low, high
 
 
+def answers(samples_path: str | Path) -> dict:
+    """{doc_id: the generation, stripped} from lm-eval's per-sample log."""
+    lines = Path(samples_path).read_text(encoding="utf-8").splitlines()
+    return {s["doc_id"]: s["resps"][0][0].strip() for s in map(json.loads, lines)}
+
+
+def add_risks(rows: list[dict], scores: list[dict], texts: list[dict]) -> None:
+    """Each point's inconsistency with its (backbone, task) baseline, and a calibrated point's measured risk, in
+    place: over the questions both answered."""
+    base = {(r["backbone"], r["task"]): (s, t) for r, s, t in zip(rows, scores, texts) if r["method"] == "baseline"}
+    for row, score, text in zip(rows, scores, texts):
+        if row["method"] == "baseline" or (row["backbone"], row["task"]) not in base or not text:
+            continue
+        base_score, base_text = base[(row["backbone"], row["task"])]
+        common = sorted(set(text) & set(base_text))
+        row["inconsistency"] = sum(text[q] != base_text[q] for q in common) / len(common) if common else None
+        if row["method"] == "calibrated":
+            metric = row.get("calibration.metric")
+            if row.get("calibration.risk") != "metric":
+                row["measured_risk"] = row["inconsistency"]
+            elif metric in score and metric in base_score:  # the drop against the full model, per question
+                both = sorted(set(score[metric]) & set(base_score[metric]))
+                row["measured_risk"] = sum(max(0.0, base_score[metric][q] - score[metric][q]) for q in both) / len(both)
+
+
 def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "results/eval", seed: int = 0,
                resamples: int = 2000) -> pd.DataFrame:
     """One row per grid point, identity columns first, sorted for stable diffs; intervals from samples.jsonl."""
-    rows, metrics, scores = [], {}, []
+    rows, metrics, scores, texts = [], {}, [], []
     for path in record_paths:
         row, names = record_row(path, results_root)
         rows.append(row)
         metrics.update(dict.fromkeys(names))
         samples = Path(path).with_name("samples.jsonl")
         scores.append(per_question_scores(samples, names) if samples.is_file() else {})
+        texts.append(answers(samples) if samples.is_file() else {})
     if not rows:
         raise ValueError("no run records given")
     add_intervals(rows, scores, seed, resamples)
+    add_risks(rows, scores, texts)
     table = pd.DataFrame(rows)
     if SPEED in table:
         # Measured speedup: decode tokens per second against the same backbone and task with exits disabled.
@@ -141,13 +180,16 @@ def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "r
     first = (ID_COLUMNS + [m for m in metrics if m in table] + interval_columns
              + [c for c in LEADING_COLUMNS if c in table])
     order = first + [c for c in table.columns if c not in first]
-    return table[order].sort_values(ID_COLUMNS, na_position="first", kind="stable").reset_index(drop=True)
+    keys = ID_COLUMNS + [c for c in ("calibration.delta",) if c in table]  # calibrated points may share a threshold
+    return table[order].sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
 
 
 def series_name(row: pd.Series) -> str:
     """The figure series a grid point belongs to."""
     if row["method"] == "early_exit":
         return f"{row['head']} / {row['policy']}"
+    if row["method"] == "calibrated":
+        return f"{row['head']} / {row['policy']} calibrated delta={row['calibration.delta']:g}"
     return SERIES_NAMES[row["method"]]
 
 

@@ -1,0 +1,105 @@
+# Stage 5b, calibrated thresholds (Learn-then-Test), beside the evaluation grid. Per task, a calibration set of
+# questions the evaluation does not use; the full model's answers on it, once per (backbone, task); then one job per
+# (backbone, head, policy, task) tests the threshold grid from the highest down on the calibration set and evaluates
+# the calibrated point of each delta on the evaluation set (EXIT_CELL/calibrated~delta/, a series of its own).
+
+if REAL is not None:
+
+    rule sample_calibration_pool:
+        output:
+            f"{DATA}/calibration_pool/{{task}}.jsonl",
+        wildcard_constraints:
+            task="triviaqa|coqa",  # the hub's held-out train splits; TruthfulQA draws from its own file
+        params:
+            # TriviaQA: the longest-answer train questions, the evaluation's own selection rule
+            options=lambda wc: cli(
+                {
+                    "source": REAL[wc.task]["source"],
+                    "config": REAL[wc.task].get("config"),
+                    "split": "train",
+                    "n": CALIBRATION["n"],
+                }
+            ),
+            seed=SEED,
+        log:
+            f"{LOGS}/sample_calibration_pool/{{task}}.log",
+        benchmark:
+            f"{BENCHMARKS}/sample_calibration_pool/{{task}}.tsv"
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "python -m workflow_lib.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule calibration_split:
+    input:
+        data=lambda wc: task_file(wc.task),
+        pool=lambda wc: calibration_pool(wc.task),
+    output:
+        calibration_file("{task}"),
+    params:
+        options=lambda wc: cli({"limit": task_limit(wc.task), "n": CALIBRATION["n"], "seed": SEED}),
+    log:
+        f"{LOGS}/calibration_split/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/calibration_split/{{task}}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow_lib.calibration_split --task {wildcards.task} --data {input.data} --pool {input.pool}"
+        " {params.options} --out {output} > {log} 2>&1"
+
+
+rule calibration_reference:
+    input:
+        unpack(calibration_inputs),
+    output:
+        f"{calibration_reference('{backbone}', '{task}')}/record.json",
+    params:
+        common=lambda wc, input: run_flags(wc, input.calibration, None),
+        out_dir=lambda wc: calibration_reference(wc.backbone, wc.task),
+    threads: 1
+    log:
+        f"{LOGS}/calibration_reference/{{backbone}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/calibration_reference/{{backbone}}/{{task}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule calibrate:
+    input:
+        unpack(calibration_inputs),
+        heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.json",
+        reference=lambda wc: f"{calibration_reference(wc.backbone, wc.task)}/record.json",
+    output:
+        calibration=f"{CALIBRATION_CELL}/calibration.json",
+        points=[f"{EXIT_CELL}/calibrated~{d}/record.json" for d in DELTAS],
+    params:
+        common=evaluate_common,
+        heads=lambda wc: heads_dir(wc.backbone, wc.head),
+        reference=lambda wc, input: os.path.dirname(input.reference),
+        options=lambda wc: cli(
+            {
+                "thresholds": ",".join(threshold_label(t) for t in CALIBRATION["thresholds"]),
+                "deltas": ",".join(DELTAS),
+                "epsilon": CALIBRATION["epsilon"],
+                "risk": CALIBRATION["risk"],
+                "metric": CALIBRATION["metric"],
+                "bound": CALIBRATION["bound"],
+            }
+        ),
+        out_dir=lambda wc: EXIT_CELL.format(**wc),
+    threads: 1
+    log:
+        f"{LOGS}/calibrate/{{backbone}}/{{head}}/{{policy}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/calibrate/{{backbone}}/{{head}}/{{policy}}/{{task}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m workflow_lib.calibrate {params.common} --threads {threads} --heads {params.heads}"
+        " --policy {wildcards.policy} --calibration-data {input.calibration} --reference {params.reference}"
+        " {params.options} --calibration-out {output.calibration} --out-dir {params.out_dir} > {log} 2>&1"
