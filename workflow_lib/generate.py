@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME (random weights)")
     exits = ap.add_mutually_exclusive_group()
-    exits.add_argument("--heads", help="folder of trained exit heads (heads.safetensors + heads.json)")
+    exits.add_argument("--heads", help="folder of exit heads (heads.json; trained heads also heads.safetensors)")
     exits.add_argument("--exit-at", type=int, metavar="LAYER", help="force every token to exit at this block (0..n-2)")
     ap.add_argument("--threshold", type=_threshold, default=None,
                     help=f"exit when p_exit >= T (default {DEFAULT_EXIT_THRESHOLD} with heads; > 1 disables exits)")
