@@ -199,7 +199,8 @@ class MambaHead(ExitHead):
 class ExitRule(ExitHead):
     """A zero-parameter exit rule (CALM's confidence measures): p_exit computed from hidden states, no weights, no
     training. Its 2 logits are [log(1 - p), log(p)], whose softmax gives p back (to rounding), so the decoder runs it
-    like any head. Computed in fp32 whatever the model's dtype: a bf16 log(p) would move p by up to ~0.4%."""
+    like any head. Computed in fp32 whatever the model's dtype: a bf16 log(p) would move p by a few tenths of a
+    percent."""
 
     trainable = False
 
