@@ -46,6 +46,8 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
     markers = {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(sorted(set(zip(exits["head"], exits["policy"]))))}
     calibrated = points[points["method"] == "calibrated"]
+    if len(calibrated):  # legend order: head, policy, delta
+        calibrated = calibrated.sort_values(["head", "policy", "calibration.delta"])
     deltas = sorted(calibrated["calibration.delta"].unique()) if len(calibrated) else []
     for ax, metric in zip(axes[0], metrics):
         for (head, policy), series in exits.groupby(["head", "policy"], sort=True):
