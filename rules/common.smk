@@ -171,6 +171,14 @@ def baseline_records():
     return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in BACKBONES for t in TASKS]
 
 
+def oracle_records():
+    """The oracle bound per (backbone, policy, task) at the heads' exit layers (evaluation.oracle)."""
+    if not EVAL["oracle"]:
+        return []
+    return [f"{EVAL_ROOT}/{b}/oracle/policy~{p}/task~{t}/record.json"
+            for b, spec in BACKBONES.items() for p in spec["policies"] for t in TASKS]
+
+
 def prune_records():
     return [
         f"{EVAL_ROOT}/{b}/prune~{n}/task~{t}/record.json"
@@ -181,7 +189,7 @@ def prune_records():
 
 
 def all_records():
-    return exit_records() + baseline_records() + prune_records()
+    return exit_records() + baseline_records() + oracle_records() + prune_records()
 
 
 def evaluate_common(wildcards):

@@ -47,6 +47,8 @@ def test_grid_point_reads_identity_from_path(tmp_path):
                           "task": "coqa", "threshold": 0.45, "prune": 0}
     assert grid_point(root / "m/prune~3/task~coqa/record.json", root)["prune"] == 3
     assert grid_point(root / "m/baseline/task~coqa/record.json", root)["method"] == "baseline"
+    oracle = grid_point(root / "m/oracle/policy~skip/task~coqa/record.json", root)
+    assert (oracle["method"], oracle["policy"], oracle["head"]) == ("oracle", "skip", None)
     with pytest.raises(ValueError, match="unexpected path component"):
         grid_point(root / "m/bogus~1/task~coqa/record.json", root)
 
@@ -60,7 +62,7 @@ def test_grid_table_one_row_per_point(records):
     assert "exact_match_stderr" not in grid and "provenance.seed" not in grid
     exit_row = grid[(grid["head"] == "calm") & (grid["threshold"] == 0.5)].iloc[0]
     assert exit_row["exact_match"] == pytest.approx(0.60)
-    assert exit_row["speedup"] == pytest.approx(1.3)  # 130 tokens/s against the baseline's 100
+    assert exit_row["speedup_indicative"] == pytest.approx(1.3)  # 130 tokens/s against the baseline's 100
     assert grid["degenerate.share"].notna().all()
 
 

@@ -86,6 +86,16 @@ def test_baseline_and_pruning_points(mistral_dir, task_files, tmp_path):
     assert p0["crf_paper"] == 1.0 and p2["crf_paper"] == pytest.approx(4 / 2)  # 2 of 4 blocks run
 
 
+def test_oracle_point(mistral_dir, task_files, tmp_path):
+    common = ["--backbone", str(mistral_dir), "--task", "triviaqa", "--data", str(task_files["triviaqa"])]
+    _run(tmp_path, *common, "--oracle", "--exit-layers", "1,2", "--policy", "copy", "--batch-size", "2")
+    record = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert record["exits_enabled"] and record["oracle_exits"] == [1, 2] and record["policy"] == "copy"
+    assert set(record["exit_histogram"]) <= {"1", "2", "3"} and record["n_samples"] == 3
+    with pytest.raises(SystemExit):  # exit layers belong to the oracle; heads carry their own
+        main(["--out-dir", str(tmp_path / "x"), *common, "--no-heads", "--exit-layers", "1"])
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--task", "squad"], "invalid choice: 'squad'"),
     (["--data", "/nonexistent/triviaqa.jsonl"], "file not found"),

@@ -1,5 +1,6 @@
 """The synthetic world: determinism, schema validity, held-out questions never asked in the corpus, spans."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,25 @@ def test_cli_and_bad_input(tmp_path, capsys):
     with pytest.raises(ValueError, match="qa_fraction"):
         world_main(["--out-dir", str(tmp_path / "bad"), "--qa-fraction", "1.5"])
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("task_yaml", ["lm-eval", "project"])
+def test_truthfulqa_documents_open_with_lm_evals_primer(world_dir, task_yaml):
+    """The corpus teaches the evaluated prompt: its TruthfulQA documents start with the very primer lm-eval's
+    truthfulqa_gen (and the project's copy of it) puts before the question."""
+    import jinja2
+    import lm_eval
+    import yaml
+
+    from workflow_lib.data.world import TRUTHFULQA_PRIMER
+    from workflow_lib.evaluation.tasks import TASK_DIR
+
+    loader = type("Loader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda *_: None)  # !function tags: not needed to read the prompt
+    path = (Path(lm_eval.__file__).parent / "tasks/truthfulqa/truthfulqa_gen.yaml" if task_yaml == "lm-eval"
+            else TASK_DIR / "truthfulqa.yaml")
+    template = yaml.load(path.read_text(), Loader=loader)["doc_to_text"]
+    assert jinja2.Template(template).render(question="Who is X?") == TRUTHFULQA_PRIMER + "\n\nQ: Who is X?"
+    docs = [json.loads(line)["text"] for line in (world_dir / "corpus_train.jsonl").read_text().splitlines()]
+    truthful = [d for d in docs if d.startswith(TRUTHFULQA_PRIMER + "\n\nQ: ")]
+    assert len(truthful) == SMALL.truthful_docs

@@ -7,6 +7,8 @@ Grid points and where their records go (each folder: record.json + samples.jsonl
   --heads DIR --thresholds T1,T2,...   OUT/threshold~T/  (T spelled exactly as given on the command line)
   --no-heads                           OUT/              (exits disabled: the baseline)
   --no-heads --prune-series 0,1,2      OUT/prune~N/      (layer-pruning baseline)
+  --oracle [--exit-layers 2,3,4]       OUT/              (the oracle bound: each token exits at the earliest exit
+                                                          whose intermediate top-1 is the full model's; no head)
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
 
@@ -57,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     heads = p.add_mutually_exclusive_group(required=True)
     heads.add_argument("--heads", help="folder of trained exit heads (save_heads)")
     heads.add_argument("--no-heads", action="store_true", help="exits disabled: the baseline / pruning point")
+    heads.add_argument("--oracle", action="store_true", help="the oracle bound at --exit-layers (see above)")
+    p.add_argument("--exit-layers", type=lambda s: number_list(s, int),
+                   help="--oracle's exit blocks (default: the heads' default, 4 spread over the second half)")
     p.add_argument("--policy", help="missing-state policy (mistral: recompute|copy|copy_prev; mamba2: recompute|skip); "
                                     "default: the architecture's default")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -89,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--heads needs --thresholds")
     if args.no_heads and args.thresholds:
         p.error("--thresholds needs --heads (--no-heads is the exits-disabled point)")
+    if args.exit_layers and not args.oracle:
+        p.error("--exit-layers is for --oracle (heads carry their own exit layers)")
+    if args.oracle and args.prune:
+        p.error("--oracle bounds the exits of the unpruned backbone: no --prune")
     if args.prune_series and not args.no_heads:
         p.error("--prune-series is the pruning baseline: use it with --no-heads")
     if args.prune_series and args.prune:
@@ -123,7 +132,7 @@ def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     """(output folder, point) for every grid point this job evaluates."""
     if args.prune_series:
         return [(args.out_dir / f"prune~{spelled}", {"threshold": None, "prune": n}) for spelled, n in args.prune_series]
-    if args.no_heads:
+    if args.no_heads or args.oracle:
         return [(args.out_dir, {"threshold": None, "prune": args.prune})]
     return [(args.out_dir / f"threshold~{spelled}", {"threshold": t, "prune": args.prune}) for spelled, t in args.thresholds]
 
@@ -158,6 +167,21 @@ def reusable(out_dir: Path, point: dict, config: dict, inputs_mtime: float) -> b
     same_point = record.get("threshold") == point["threshold"] and record.get("prune") == point["prune"]
     same_settings = settings(record.get("provenance", {}).get("config") or {}) == settings(config)
     return same_point and same_settings and path.stat().st_mtime >= inputs_mtime
+
+
+def oracle_exits(args: argparse.Namespace) -> list[int] | None:
+    """--oracle's exit blocks: --exit-layers, else the heads' default for the backbone's depth."""
+    if not args.oracle:
+        return None
+    if args.exit_layers:
+        return [n for _, n in args.exit_layers]
+    from transformers import AutoConfig
+
+    from workflow_lib.models.backbone import default_exit_layers, preset_config
+
+    name = args.backbone
+    config = preset_config(name.removeprefix("preset:")) if name.startswith("preset:") else AutoConfig.from_pretrained(name)
+    return default_exit_layers(config.num_hidden_layers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lm = DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy,
                        prune=first["prune"], tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty,
-                       device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
+                       device=args.device, dtype=args.dtype, seed=args.seed, batch_size=args.batch_size,
+                       oracle_exits=oracle_exits(args))
     except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
         sys.exit(f"evaluate: error: {e}")
 
@@ -220,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
         wall = time.perf_counter() - start
         point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
+                 "oracle_exits": lm.decoder.oracle_exits or None,
                  "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers,
                  "setup_seconds": setup_seconds}
         record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
