@@ -30,10 +30,11 @@ HEADLINE_METRICS = {
     "truthfulqa": ["bleu_acc", "rougeL_acc"],
 }
 
-# Record fields that describe the run rather than measure it; they stay in the record files.
+# Record fields that describe the run rather than measure it; they stay in the record files (the head is named by
+# its folder, head~NAME: the series label).
 # `cost` repeats crf_exact / crf_paper; `metrics` become their own columns (see record_row).
-_SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "backbone",
-                   "task", "threshold", "prune", "policy", "head"}
+_SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "head_spec",
+                   "backbone", "task", "threshold", "prune", "policy", "head"}
 SPEED = "speed.decode_tokens_per_second"
 INTERVAL_SUFFIXES = ["_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high"]
 LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup", SPEED, "n_samples"]
