@@ -101,6 +101,24 @@ def test_figure_errors_name_the_missing_point(records, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_figure_heads_filter_keeps_only_those_heads(records, tmp_path, monkeypatch):
+    import workflow_lib.make_figures as make_figures
+
+    root, paths = records
+    grid = tmp_path / "grid.csv"
+    grid_table(paths, root).to_csv(grid, index=False)
+    drawn = []
+    monkeypatch.setattr(make_figures, "save_figure", lambda fig, out: drawn.append(fig))
+    args = ["--grid", str(grid), "--backbone", "mistral", "--task", "triviaqa", "--out", str(tmp_path / "x.png")]
+    make_figures.main(args)
+    make_figures.main([*args, "--heads", "calm"])
+    every, calm = ({t.get_text() for t in fig.axes[0].get_legend().get_texts()} for fig in drawn)
+    assert {"calm / copy", "mamba / recompute", "layer pruning", "full model"} <= every
+    assert every - calm == {"mamba / recompute"}  # pruning and the full model stay
+    with pytest.raises(SystemExit, match="--heads: no grid points of head ffn"):
+        make_figures.main([*args, "--heads", "calm,ffn"])
+
+
 def test_analysis_does_not_import_torch():
     code = ("import sys, workflow_lib.analysis.tables, workflow_lib.analysis.figures, "
             "workflow_lib.make_tables, workflow_lib.make_figures; print('torch' in sys.modules)")
