@@ -10,6 +10,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from workflow_lib.training.head_specs import EXIT_LAYERS, registry, resolve_specs
+
 min_version("9.0")
 
 # config.yaml is the default; a --configfile replaces it whole (configs/paper.yaml and configs/smoke.yaml are
@@ -45,7 +47,7 @@ SEED = config["seed"]
 WORLD = config["world"]
 REAL = config["real_data"]
 BACKBONES = config["backbones"]
-HEADS = config["heads"]["types"]
+HEADS = list(config["heads"])
 EVAL = config["evaluation"]
 TASKS = list(EVAL["tasks"])
 FORMATS = config["analysis"]["formats"]
@@ -67,6 +69,28 @@ if REAL is not None:
 for name, spec in BACKBONES.items():
     if spec["model"] == "pretrain" and WORLD is None:
         raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+
+# Each head spec split into its type's constructor options and its training settings (head_training's defaults
+# filled in), checked against the head registry: {name: {"type", "options", "training"}}.
+HEAD_REGISTRY = registry()  # read from workflow_lib/models/heads.py without importing torch
+try:
+    HEAD_SPECS = resolve_specs(config["heads"], config["head_training"], HEAD_REGISTRY)
+except ValueError as e:
+    raise WorkflowError(f"invalid config: {e}")
+for name, spec in HEAD_SPECS.items():
+    if not HEAD_REGISTRY[spec["type"]].trainable:  # train_heads is the one job that makes a heads folder
+        raise WorkflowError(f"invalid config: heads.{name}.type: head type {spec['type']!r} has nothing to train; "
+                            f"trainable: {', '.join(sorted(t for t, h in HEAD_REGISTRY.items() if h.trainable))}")
+# Exit layers must leave the last block to run; the depth is known before any job only for backbones trained here.
+for name, spec in BACKBONES.items():
+    if spec["model"] != "pretrain":
+        continue
+    n = spec["pretrain"]["num_layers"]
+    for where, layers in [(f"backbones.{name}.exit_layers", spec["exit_layers"]),
+                          *((f"heads.{h}.exit_layers", s["training"][EXIT_LAYERS]) for h, s in HEAD_SPECS.items())]:
+        if any(layer > n - 2 for layer in layers or []):
+            raise WorkflowError(f"invalid config: {where}: {layers} for backbone {name!r} of {n} blocks: each "
+                                f"must be a block index in 0..{n - 2} (the last block always runs)")
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
@@ -141,8 +165,9 @@ def backbone_input(wildcards):
     return [backbone_path(wildcards.backbone)] if pretrained_here(wildcards.backbone) else []
 
 
-def exit_layers_option(backbone):
-    layers = BACKBONES[backbone].get("exit_layers")
+def exit_layers_option(backbone, head):
+    """The head's own exit layers, else the backbone's (else train_heads' default)."""
+    layers = HEAD_SPECS[head]["training"][EXIT_LAYERS] or BACKBONES[backbone]["exit_layers"]
     return shlex.join(["--exit-layers", ",".join(map(str, layers))]) if layers else ""
 
 
