@@ -91,10 +91,17 @@ for name, spec in BACKBONES.items():
         if any(layer > n - 2 for layer in layers or []):
             raise WorkflowError(f"invalid config: {where}: {layers} for backbone {name!r} of {n} blocks: each "
                                 f"must be a block index in 0..{n - 2} (the last block always runs)")
+COMPARISONS = config["analysis"]["comparisons"]
+for name, heads in COMPARISONS.items():
+    for i, head in enumerate(heads):
+        if head not in HEAD_SPECS:
+            raise WorkflowError(f"invalid config: analysis.comparisons.{name}[{i}]: no head named {head!r} "
+                                f"(heads: {', '.join(HEAD_SPECS)})")
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
     head=r"[A-Za-z0-9_]+",
+    comparison=r"[A-Za-z0-9_]+",
     policy=r"[a-z_]+",
     task="|".join(TASKS),
     threshold=r"[0-9.]+",
@@ -181,27 +188,27 @@ EVAL_ROOT = f"{RESULTS}/eval"
 EXIT_CELL = f"{EVAL_ROOT}/{{backbone}}/head~{{head}}/policy~{{policy}}/task~{{task}}"
 
 
-def exit_records():
+def exit_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
     return [
         f"{EXIT_CELL}/threshold~{x}/record.json".format(backbone=b, head=h, policy=p, task=t)
-        for b, spec in BACKBONES.items()
-        for h in HEADS
-        for p in spec["policies"]
-        for t in TASKS
+        for b in backbones
+        for h in heads
+        for p in BACKBONES[b]["policies"]
+        for t in tasks
         for x in THRESHOLDS
     ]
 
 
-def baseline_records():
-    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in BACKBONES for t in TASKS]
+def baseline_records(backbones=BACKBONES, tasks=TASKS):
+    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in backbones for t in tasks]
 
 
-def prune_records():
+def prune_records(backbones=BACKBONES, tasks=TASKS):
     return [
         f"{EVAL_ROOT}/{b}/prune~{n}/task~{t}/record.json"
-        for b, spec in BACKBONES.items()
-        for n in spec.get("prune", [])
-        for t in TASKS
+        for b in backbones
+        for n in BACKBONES[b].get("prune", [])
+        for t in tasks
     ]
 
 
@@ -236,5 +243,24 @@ PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
 NO_LOSS_TABLE = f"{RESULTS}/tables/no_loss.csv"
 
 
+FIGURE = f"{RESULTS}/figures/{{backbone}}/{{task}}"  # every head
+COMPARISON_FIGURE = f"{RESULTS}/figures/{{backbone}}/compare~{{comparison}}/{{task}}"  # analysis.comparisons
+
+
 def figure_files():
-    return [f"{RESULTS}/figures/{b}/{t}.{ext}" for b in BACKBONES for t in TASKS for ext in FORMATS]
+    every_head = [f"{FIGURE}.{ext}".format(backbone=b, task=t) for b in BACKBONES for t in TASKS for ext in FORMATS]
+    return every_head + [
+        f"{COMPARISON_FIGURE}.{ext}".format(backbone=b, comparison=c, task=t)
+        for b in BACKBONES
+        for c in COMPARISONS
+        for t in TASKS
+        for ext in FORMATS
+    ]
+
+
+def figure_inputs(wildcards, heads):
+    """A figure reads the grid table, but reruns only when the records it shows change: the table is ancient() (it
+    changes whenever any record does) and the records of its heads, the baseline and the pruning are inputs."""
+    b, t = [wildcards.backbone], [wildcards.task]
+    return {"grid": ancient(GRID_TABLE),
+            "records": exit_records(b, heads, t) + baseline_records(b, t) + prune_records(b, t)}

@@ -62,6 +62,8 @@ def test_slurm_profile_resolves_from_project_root():
     (lambda c: c["heads"].update(f={"type": "forced"}), "heads.f.type: head type 'forced' has nothing to train"),
     (lambda c: c["heads"].update(c={"type": "calm", "exit_layers": [1, 3]}),
      "heads.c.exit_layers: [1, 3] for backbone 'mamba2' of 4 blocks"),
+    (lambda c: c["analysis"].update(comparisons={"k": ["calm", "calm_k15"]}),
+     "analysis.comparisons.k[1]: no head named 'calm_k15'"),
 ])
 def test_bad_config_fails_fast_naming_the_key(edit, key, tmp_path):
     config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
@@ -81,7 +83,7 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
                           "--cores", "2"], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for name in ["tables/grid.csv", "tables/pareto.csv", "figures/mistral/triviaqa.png",
-                 "figures/mamba2/triviaqa.pdf"]:
+                 "figures/mamba2/triviaqa.pdf", "figures/mamba2/compare~calm_alone/triviaqa.png"]:
         assert (tmp_path / "results" / name).stat().st_size > 0
     report = snakemake("--directory", str(tmp_path), "--configfile", str(REPO / "configs/smoke.yaml"),
                        "--report", str(tmp_path / "report.html"))
@@ -99,7 +101,7 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     # Only the cells that gain a point (one per backbone x head x policy x task; the new depth's
     # pruning job) and what reads them; nothing upstream (data, backbones, heads).
     assert job_stats(plan.stdout) == {"evaluate_exits": 2, "evaluate_prune": 1, "tables": 1, "figure": 2,
-                                      "all": 1}, plan.stdout
+                                      "comparison_figure": 2, "all": 1}, plan.stdout
 
     # Running them computes only the new points: the records already there are kept byte for byte (a recomputed
     # one would differ: records hold measured times). Snakemake touches them, so their mtimes do change.
@@ -122,19 +124,22 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     specs = tmp_path / "specs.yaml"
     specs.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(specs))
-    # Each spec's training job and evaluation cell per backbone, the tables and the figures; nothing of `calm`.
+    # Each spec's training job and evaluation cell per backbone, the tables and the figures with every head; not
+    # the calm_alone comparison figures, nor anything of `calm`.
     assert job_stats(plan.stdout) == {"train_heads": 4, "evaluate_exits": 4, "tables": 1, "figure": 2, "all": 1}, \
         plan.stdout
     results = tmp_path / "results"
     kept = [p for p in results.rglob("*")
             if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "tables", "figures")]
     before = {path: path.read_bytes() for path in kept}
+    compared = {p: p.stat().st_mtime_ns for p in results.glob("figures/*/compare~calm_alone/*")}
     grid_before = pd.read_csv(results / "tables/grid.csv")
     run = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(specs), "--cores", "2"],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    # Every earlier record, head, backbone and data file byte for byte.
+    # Every earlier record, head, backbone and data file byte for byte; the comparison figures not rewritten.
     assert {path: path.read_bytes() for path in kept} == before
+    assert len(compared) == 2 * 2 and {p: p.stat().st_mtime_ns for p in compared} == compared
     for backbone in ("mistral", "mamba2"):
         heads = {h: results / f"heads/{backbone}/head~{h}" for h in ("calm", "calm_k15", "ffn_x2")}
         spec = json.loads((heads["calm_k15"] / "heads.json").read_text())["spec"]
