@@ -10,6 +10,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from workflow_lib.training.head_specs import EXIT_LAYERS, registry, resolve_specs
+
 min_version("9.0")
 
 # config.yaml is the default; a --configfile replaces it whole (configs/paper.yaml and configs/smoke.yaml are
@@ -45,7 +47,7 @@ SEED = config["seed"]
 WORLD = config["world"]
 REAL = config["real_data"]
 BACKBONES = config["backbones"]
-HEADS = config["heads"]["types"]
+HEADS = list(config["heads"])
 EVAL = config["evaluation"]
 TASKS = list(EVAL["tasks"])
 FORMATS = config["analysis"]["formats"]
@@ -68,9 +70,38 @@ for name, spec in BACKBONES.items():
     if spec["model"] == "pretrain" and WORLD is None:
         raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
 
+# Each head spec split into its type's constructor options and its training settings (head_training's defaults
+# filled in), checked against the head registry: {name: {"type", "options", "training"}}.
+HEAD_REGISTRY = registry()  # read from workflow_lib/models/heads.py without importing torch
+try:
+    HEAD_SPECS = resolve_specs(config["heads"], config["head_training"], HEAD_REGISTRY)
+except ValueError as e:
+    raise WorkflowError(f"invalid config: {e}")
+for name, spec in HEAD_SPECS.items():
+    if not HEAD_REGISTRY[spec["type"]].trainable:  # train_heads is the one job that makes a heads folder
+        raise WorkflowError(f"invalid config: heads.{name}.type: head type {spec['type']!r} has nothing to train; "
+                            f"trainable: {', '.join(sorted(t for t, h in HEAD_REGISTRY.items() if h.trainable))}")
+# Exit layers must leave the last block to run; the depth is known before any job only for backbones trained here.
+for name, spec in BACKBONES.items():
+    if spec["model"] != "pretrain":
+        continue
+    n = spec["pretrain"]["num_layers"]
+    for where, layers in [(f"backbones.{name}.exit_layers", spec["exit_layers"]),
+                          *((f"heads.{h}.exit_layers", s["training"][EXIT_LAYERS]) for h, s in HEAD_SPECS.items())]:
+        if any(layer > n - 2 for layer in layers or []):
+            raise WorkflowError(f"invalid config: {where}: {layers} for backbone {name!r} of {n} blocks: each "
+                                f"must be a block index in 0..{n - 2} (the last block always runs)")
+COMPARISONS = config["analysis"]["comparisons"]
+for name, heads in COMPARISONS.items():
+    for i, head in enumerate(heads):
+        if head not in HEAD_SPECS:
+            raise WorkflowError(f"invalid config: analysis.comparisons.{name}[{i}]: no head named {head!r} "
+                                f"(heads: {', '.join(HEAD_SPECS)})")
+
 wildcard_constraints:
     backbone="|".join(BACKBONES),
     head=r"[A-Za-z0-9_]+",
+    comparison=r"[A-Za-z0-9_]+",
     policy=r"[a-z_]+",
     task="|".join(TASKS),
     threshold=r"[0-9.]+",
@@ -141,8 +172,9 @@ def backbone_input(wildcards):
     return [backbone_path(wildcards.backbone)] if pretrained_here(wildcards.backbone) else []
 
 
-def exit_layers_option(backbone):
-    layers = BACKBONES[backbone].get("exit_layers")
+def exit_layers_option(backbone, head):
+    """The head's own exit layers, else the backbone's (else train_heads' default)."""
+    layers = HEAD_SPECS[head]["training"][EXIT_LAYERS] or BACKBONES[backbone]["exit_layers"]
     return shlex.join(["--exit-layers", ",".join(map(str, layers))]) if layers else ""
 
 
@@ -156,35 +188,35 @@ EVAL_ROOT = f"{RESULTS}/eval"
 EXIT_CELL = f"{EVAL_ROOT}/{{backbone}}/head~{{head}}/policy~{{policy}}/task~{{task}}"
 
 
-def exit_records():
+def exit_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
     return [
         f"{EXIT_CELL}/threshold~{x}/record.json".format(backbone=b, head=h, policy=p, task=t)
-        for b, spec in BACKBONES.items()
-        for h in HEADS
-        for p in spec["policies"]
-        for t in TASKS
+        for b in backbones
+        for h in heads
+        for p in BACKBONES[b]["policies"]
+        for t in tasks
         for x in THRESHOLDS
     ]
 
 
-def baseline_records():
-    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in BACKBONES for t in TASKS]
+def baseline_records(backbones=BACKBONES, tasks=TASKS):
+    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in backbones for t in tasks]
 
 
-def oracle_records():
+def oracle_records(backbones=BACKBONES, tasks=TASKS):
     """The oracle bound per (backbone, policy, task) at the heads' exit layers (evaluation.oracle)."""
     if not EVAL["oracle"]:
         return []
     return [f"{EVAL_ROOT}/{b}/oracle/policy~{p}/task~{t}/record.json"
-            for b, spec in BACKBONES.items() for p in spec["policies"] for t in TASKS]
+            for b in backbones for p in BACKBONES[b]["policies"] for t in tasks]
 
 
-def prune_records():
+def prune_records(backbones=BACKBONES, tasks=TASKS):
     return [
         f"{EVAL_ROOT}/{b}/prune~{n}/task~{t}/record.json"
-        for b, spec in BACKBONES.items()
-        for n in spec.get("prune", [])
-        for t in TASKS
+        for b in backbones
+        for n in BACKBONES[b].get("prune", [])
+        for t in tasks
     ]
 
 
@@ -219,5 +251,24 @@ PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
 NO_LOSS_TABLE = f"{RESULTS}/tables/no_loss.csv"
 
 
+FIGURE = f"{RESULTS}/figures/{{backbone}}/{{task}}"  # every head
+COMPARISON_FIGURE = f"{RESULTS}/figures/{{backbone}}/compare~{{comparison}}/{{task}}"  # analysis.comparisons
+
+
 def figure_files():
-    return [f"{RESULTS}/figures/{b}/{t}.{ext}" for b in BACKBONES for t in TASKS for ext in FORMATS]
+    every_head = [f"{FIGURE}.{ext}".format(backbone=b, task=t) for b in BACKBONES for t in TASKS for ext in FORMATS]
+    return every_head + [
+        f"{COMPARISON_FIGURE}.{ext}".format(backbone=b, comparison=c, task=t)
+        for b in BACKBONES
+        for c in COMPARISONS
+        for t in TASKS
+        for ext in FORMATS
+    ]
+
+
+def figure_inputs(wildcards, heads):
+    """A figure reads the grid table, but reruns only when the records it shows change: the table is ancient() (it
+    changes whenever any record does) and the records of its heads, the baseline and the pruning are inputs."""
+    b, t = [wildcards.backbone], [wildcards.task]
+    return {"grid": ancient(GRID_TABLE),
+            "records": exit_records(b, heads, t) + baseline_records(b, t) + oracle_records(b, t) + prune_records(b, t)}

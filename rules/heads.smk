@@ -1,5 +1,6 @@
-# Stage 3, exit heads: one job per (backbone, head type) trains that type at every exit of the frozen
-# backbone, in one backbone pass (knowledge distillation from the full model).
+# Stage 3, exit heads: one job per (backbone, head spec) trains the spec's head type with its options and training
+# settings at every exit of the frozen backbone, in one backbone pass (knowledge distillation from the full
+# model). A job's command holds only its own spec, so adding a spec leaves every other head as it is.
 
 
 rule train_heads:
@@ -17,15 +18,14 @@ rule train_heads:
         seed=SEED,
         backbone=lambda wc: backbone_path(wc.backbone),
         tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        exit_layers=lambda wc: exit_layers_option(wc.backbone),
+        head_type=lambda wc: HEAD_SPECS[wc.head]["type"],
+        exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
         head_options=lambda wc: (
-            shlex.join(["--head-options", json.dumps(config["heads"]["options"][wc.head])])
-            if wc.head in config["heads"]["options"]
+            shlex.join(["--head-options", json.dumps(HEAD_SPECS[wc.head]["options"], sort_keys=True)])
+            if HEAD_SPECS[wc.head]["options"]
             else ""
         ),
-        options=cli(
-            {k: config["heads"][k] for k in ("label_rule", "k", "mode", "class_balance", "steps", "batch_size", "seq_len", "lr")}
-        ),
+        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[wc.head]["training"].items() if k != EXIT_LAYERS}),
     threads: 1
     log:
         f"{LOGS}/train_heads/{{backbone}}/{{head}}.log",
@@ -34,6 +34,6 @@ rule train_heads:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --head {wildcards.head}"
-        " {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
+        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --name {wildcards.head}"
+        " --head {params.head_type} {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
         " --out {params.out} --seed {params.seed} --threads {threads} {params.options} > {log} 2>&1"

@@ -36,6 +36,7 @@ def records(tmp_path):
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.5", 0.60, 1.4, tps=130.0),
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.2", 0.90, 2.0, valid=False),
         write_record(root, "mistral/head~mamba/policy~recompute/task~triviaqa/threshold~0.5", 0.55, 1.3),
+        write_record(root, "mistral/oracle/policy~copy/task~triviaqa", 0.78, 1.6),
     ]
     return root, paths
 
@@ -101,6 +102,26 @@ def test_figure_errors_name_the_missing_point(records, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0 and "no grid points for backbone 'mamba2'" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_figure_heads_filter_keeps_only_those_heads(records, tmp_path, monkeypatch):
+    import workflow_lib.make_figures as make_figures
+
+    root, paths = records
+    grid = tmp_path / "grid.csv"
+    grid_table(paths, root).to_csv(grid, index=False)
+    drawn = []
+    monkeypatch.setattr(make_figures, "save_figure", lambda fig, out: drawn.append(fig))
+    args = ["--grid", str(grid), "--backbone", "mistral", "--task", "triviaqa", "--out", str(tmp_path / "x.png")]
+    make_figures.main(args)
+    make_figures.main([*args, "--heads", "calm"])
+    (every, every_legend), (calm, calm_legend) = (({ax.get_title() for ax in fig.axes},
+                                                   {t.get_text() for t in fig.legends[0].get_texts()}) for fig in drawn)
+    assert every == {"head: calm", "head: mamba"} and calm == {"head: calm"}  # one panel per head
+    assert {"layer pruning", "full model (exits off)", "oracle, copy"} <= calm_legend  # the references stay
+    assert every_legend - calm_legend == {"early exit, recompute (thresholds)"}  # only mamba ran recompute
+    with pytest.raises(SystemExit, match="--heads: no grid points of head ffn"):
+        make_figures.main([*args, "--heads", "calm,ffn"])
 
 
 def test_analysis_does_not_import_torch():

@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                  "oracle_exits": lm.decoder.oracle_exits or None,
                  "heads": args.heads, "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers,
                  "setup_seconds": setup_seconds}
+        if lm.heads_meta is not None:  # the head spec (name, type, options, training) that train_heads recorded
+            point["head_spec"] = lm.heads_meta.get("spec")
         record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
         path = write_point(out_dir, record, sample_lines(results["samples"][lm_task], lm.generations))
         print(f"{path}: {record['metrics']} crf_exact={record['crf_exact']:.3f} crf_paper={record['crf_paper']:.3f} "

@@ -1,9 +1,11 @@
 """Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, DESIGN.md §3).
 
   python -m workflow_lib.train_heads --backbone results/backbones/tiny-mistral --head mamba \
-      --train-text corpus_train.txt --valid-text corpus_valid.txt --out results/heads/tiny-mistral/mamba
+      --head-options '{"state_size": 64}' --name mamba_s64 \
+      --train-text corpus_train.txt --valid-text corpus_valid.txt --out results/heads/tiny-mistral/mamba_s64
 
-Writes <out>/heads.safetensors + heads.json (load with workflow_lib.models.heads.load_heads) and
+Writes <out>/heads.safetensors + heads.json (load with workflow_lib.models.heads.load_heads; its "spec" records
+the name, the type, the constructor options and the training settings, each apart) and
 <out>/metrics.json (per-exit held-out loss/accuracy/precision/recall/F1/positive ratio, trained and untrained).
 Rerunning the same command after a crash resumes from <out>/checkpoint.
 """
@@ -33,6 +35,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's; required for presets)")
     p.add_argument("--head", required=True, help="head type: calm, ffn, mamba (any trainable registered head)")
     p.add_argument("--head-options", type=json.loads, default={}, help='JSON dict of head options, e.g. \'{"state_size": 32}\'')
+    p.add_argument("--name", help="the head spec's name, recorded with the heads (default: the head type)")
     p.add_argument("--exit-layers", type=_layers, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
     p.add_argument("--train-text", required=True, help="training corpus: .txt (a document per line) or .jsonl ('text')")
     p.add_argument("--valid-text", required=True, help="held-out text for metrics (never the test data)")
@@ -68,7 +71,7 @@ def parse_args(argv=None) -> TrainConfig:
         class_balance=a.class_balance, balance_batches=a.balance_batches, steps=a.steps, batch_size=a.batch_size,
         seq_len=a.seq_len, lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
         max_train_tokens=a.max_train_tokens, valid_tokens=a.valid_tokens, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options,
+        checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options, name=a.name,
     )
 
 

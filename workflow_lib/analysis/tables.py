@@ -30,10 +30,11 @@ HEADLINE_METRICS = {
     "truthfulqa": ["bleu_acc", "rougeL_acc"],
 }
 
-# Record fields that describe the run rather than measure it; they stay in the record files.
+# Record fields that describe the run rather than measure it; they stay in the record files (the head is named by
+# its folder, head~NAME: the series label).
 # `cost` repeats crf_exact / crf_paper; `metrics` become their own columns (see record_row).
-_SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "backbone",
-                   "task", "threshold", "prune", "policy", "head"}
+_SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "head_spec",
+                   "backbone", "task", "threshold", "prune", "policy", "head"}
 SPEED = "speed.decode_tokens_per_second"
 INTERVAL_SUFFIXES = ["_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high"]
 LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup_indicative", SPEED, "n_samples"]
@@ -157,6 +158,7 @@ def series_name(row: pd.Series) -> str:
 def pareto_table(grid: pd.DataFrame, crf: str = "crf_exact") -> pd.DataFrame:
     """Per task, headline metric and backbone: the valid points on the CRF-metric frontier, by CRF."""
     valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
+    valid = valid[valid["method"] != "oracle"]  # a bound, not a method one can run
     frames = []
     for (task, backbone), points in valid.groupby(["task", "backbone"], sort=True):
         for metric in HEADLINE_METRICS.get(task, []):

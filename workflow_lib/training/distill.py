@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                parts, preset_config, signature)
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
+from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .labels import DEFAULT_LABEL_RULE, check_label_rule, exit_labels
 
 TRAIN_MODES = ("joint_decay", "uniform", "individual")
@@ -79,6 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # 0: no checkpoints
     device: str | None = None
     head_options: dict = field(default_factory=dict)
+    name: str | None = None  # the head spec's name (None: the head type), recorded with the heads
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -369,6 +372,10 @@ def validate(cfg: TrainConfig):
     if cfg.head not in HEAD_TYPES or not HEAD_TYPES[cfg.head].trainable:
         trainable = sorted(n for n, c in HEAD_TYPES.items() if c.trainable)
         raise ValueError(f"unknown or untrainable head type {cfg.head!r}; trainable: {', '.join(trainable)}")
+    try:  # the options the head's constructor takes
+        inspect.signature(HEAD_TYPES[cfg.head]).bind(1, **cfg.head_options)
+    except TypeError as e:
+        raise ValueError(f"head type {cfg.head!r} with options {cfg.head_options}: {e}") from None
     check_label_rule(cfg.label_rule, cfg.k)
     if cfg.mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
@@ -484,11 +491,13 @@ def train_heads(cfg: TrainConfig) -> dict:
                        "resumed_from_step": start, "device": str(trainer.device)},
     }
     metadata = {
-        "backbone_id": cfg.backbone, "head_type": cfg.head, "label_rule": cfg.label_rule, "k": cfg.k,
-        "training_mode": cfg.mode, "loss_weights": trainer.weights.cpu().tolist(), "class_balance": cfg.class_balance,
+        # What the pipeline's head spec says, the constructor options apart from the training settings.
+        "spec": {"name": cfg.name or cfg.head, "type": cfg.head, "options": cfg.head_options,
+                 "training": {**{k: getattr(cfg, k) for k in TRAINING_KEYS}, EXIT_LAYERS: exit_layers}},
+        "backbone_id": cfg.backbone, "loss_weights": trainer.weights.cpu().tolist(),
         "data": {"train_text": os.path.abspath(cfg.train_text), "valid_text": os.path.abspath(cfg.valid_text),
                  "tokenizer": cfg.tokenizer or cfg.backbone},
-        "seed": cfg.seed, "steps": cfg.steps, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),
+        "seed": cfg.seed, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),
     }
     with atomic_path(out) as tmp:  # replaces <out> (and its checkpoint folder) in one rename
         save_heads(tmp, heads.cpu(), model.config, metadata)
