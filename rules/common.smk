@@ -172,9 +172,10 @@ def backbone_input(wildcards):
     return [backbone_path(wildcards.backbone)] if pretrained_here(wildcards.backbone) else []
 
 
-def exit_layers_option(backbone, head):
-    """The head's own exit layers, else the backbone's (else train_heads' default)."""
-    layers = HEAD_SPECS[head]["training"][EXIT_LAYERS] or BACKBONES[backbone]["exit_layers"]
+def exit_layers_option(backbone, head=None):
+    """The head's own exit layers, else the backbone's (else the entry points' default); head None: the backbone's
+    (the oracle bound's)."""
+    layers = (head and HEAD_SPECS[head]["training"][EXIT_LAYERS]) or BACKBONES[backbone]["exit_layers"]
     return shlex.join(["--exit-layers", ",".join(map(str, layers))]) if layers else ""
 
 
