@@ -69,6 +69,19 @@ if REAL is not None:
 for name, spec in BACKBONES.items():
     if spec["model"] == "pretrain" and WORLD is None:
         raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+    # A local checkpoint is checked now, not in its first job (hub ids are checked when they load). Local: the
+    # rule of workflow_lib.models.names.is_local (a folder, or a path no hub id 'org/name' can be).
+    model = spec["model"]
+    if os.path.isdir(model) or os.path.isabs(model) or model.startswith(".") or model.count("/") > 1:
+        try:
+            with open(os.path.join(model, "config.json")) as f:
+                model_type = json.load(f).get("model_type")
+        except OSError as e:
+            raise WorkflowError(f"invalid config: backbones.{name}.model: no save_pretrained folder there ({e})")
+        if model_type != spec["arch"]:
+            raise WorkflowError(
+                f"invalid config: backbones.{name}.arch is {spec['arch']!r} but {model} holds a {model_type!r} model"
+            )
 
 # Each head spec split into its type's constructor options and its training settings (head_training's defaults
 # filled in), checked against the head registry: {name: {"type", "options", "training"}}.
@@ -153,6 +166,12 @@ def cli(options):
         else:
             words.extend([flag, str(value)])
     return shlex.join(words)
+
+
+def sample_options(spec):
+    """A real_data entry as sample_data flags. `config: null` (the dataset has no config) goes as '': cli() would
+    leave it out, and sample_data would then use its own default config (e.g. sample-10BT)."""
+    return cli({**spec, "config": spec.get("config") or ""})
 
 
 # ---- backbones and heads -----------------------------------------------------------------------------------
