@@ -155,7 +155,7 @@ def answer_length(record: dict) -> int:
 def longest_answers(records: list[dict], n: int, offset: int = 0) -> list[dict]:
     """Ranks offset+1 .. offset+n by answer length, longest first; ties broken by question_id then
     question, so the selection does not depend on input order. offset=1000 reproduces the authors'
-    code, which took ranks 1001-2000 by mistake (DESIGN.md §7)."""
+    code, which took ranks 1001-2000 by mistake (docs/evaluation.md)."""
     if n + offset > len(records):
         raise ValueError(f"asked for ranks {offset + 1}-{offset + n} but the source has {len(records)} questions")
     ranked = sorted(records, key=lambda r: (-answer_length(r), r["question_id"], r["question"]))

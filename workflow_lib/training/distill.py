@@ -1,4 +1,4 @@
-"""Distillation training of exit heads on a frozen backbone (DESIGN.md §3).
+"""Distillation training of exit heads on a frozen backbone (docs/training.md).
 
 One backbone pass per batch: forward hooks on the exit blocks capture h_l for every exit while the model
 computes the oracle logits, so all exits of one head type train from that single pass. Heads read
