@@ -63,7 +63,10 @@ def real_config(shared_data: Path, folders: dict[str, Path]) -> dict:
     for name, spec in config["backbones"].items():
         del spec["pretrain"]
         spec.update(model=str(folders[name]), prune=[])  # pruning takes no other path with real data
-    config["heads"].update(steps=4, batch_size=4, seq_len=32)
+    config["head_training"].update(steps=4, batch_size=4, seq_len=32)
+    # The oracle series and comparison figures take no other path with real data: left out to keep the run short.
+    config["evaluation"]["oracle"] = False
+    config["analysis"]["comparisons"] = {}
     config["evaluation"]["tasks"] = {"triviaqa": {"shots": 2, "limit": 2}, "coqa": {"shots": 0, "limit": 1},
                                      "truthfulqa": {"shots": 1, "limit": 1}}
     config["evaluation"]["thresholds"] = [0.5]
@@ -90,13 +93,17 @@ def test_hub_ids_are_not_taken_for_missing_folders(tmp_path, monkeypatch):
         evaluate.parse_args(["--backbone", "./missing", *common])
 
 
-@pytest.mark.parametrize("model, message", [
-    ("mamba2", "backbones.mistral.arch is 'mistral' but .*mamba2 holds a 'mamba2' model"),
-    ("missing", "backbones.mistral.model: no save_pretrained folder there"),
+@pytest.mark.parametrize("edit, message", [
+    ({"model": "mamba2"}, "backbones.mistral.arch is 'mistral' but .*mamba2 holds a 'mamba2' model"),
+    ({"model": "missing"}, "backbones.mistral.model: no save_pretrained folder there"),
+    ({"exit_layers": [1, 3]}, r"backbones.mistral.exit_layers: \[1, 3\] for backbone 'mistral' of 4 blocks"),
 ])
-def test_local_backbone_checked_before_any_job(shared_data, folders, tmp_path, model, message):
+def test_local_backbone_checked_before_any_job(shared_data, folders, tmp_path, edit, message):
     config = real_config(shared_data, folders)
-    config["backbones"]["mistral"]["model"] = str(folders["mamba2"] if model == "mamba2" else tmp_path / model)
+    spec = config["backbones"]["mistral"]
+    spec.update(edit)
+    if "model" in edit:
+        spec["model"] = str(folders["mamba2"] if edit["model"] == "mamba2" else tmp_path / edit["model"])
     result = snakemake(config, tmp_path, "-n")
     assert result.returncode != 0 and re.search("invalid config: " + message, result.stdout + result.stderr)
 
