@@ -10,6 +10,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from workflow_lib.models.names import is_local
 from workflow_lib.training.head_specs import EXIT_LAYERS, registry, resolve_specs
 
 min_version("9.0")
@@ -66,9 +67,25 @@ if REAL is not None:
     for task in TASKS:
         if task not in REAL:
             raise WorkflowError(f"invalid config: evaluation.tasks.{task} needs real_data.{task} (where its data comes from)")
+# Blocks of each backbone whose depth is known before any job: trained here, or a local checkpoint (a hub id's is
+# known only once it loads, and its jobs check it then).
+DEPTH = {}
 for name, spec in BACKBONES.items():
-    if spec["model"] == "pretrain" and WORLD is None:
-        raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+    model = spec["model"]
+    if model == "pretrain":
+        if WORLD is None:
+            raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+        DEPTH[name] = spec["pretrain"]["num_layers"]
+    elif is_local(model):
+        try:
+            with open(os.path.join(model, "config.json")) as f:
+                model_config = json.load(f)
+        except OSError as e:
+            raise WorkflowError(f"invalid config: backbones.{name}.model: no save_pretrained folder there ({e})")
+        if model_config.get("model_type") != spec["arch"]:
+            raise WorkflowError(f"invalid config: backbones.{name}.arch is {spec['arch']!r} but {model} holds a "
+                                f"{model_config.get('model_type')!r} model")
+        DEPTH[name] = model_config.get("num_hidden_layers")
 
 # Each head spec split into its type's constructor options and its training settings (head_training's defaults
 # filled in), checked against the head registry: {name: {"type", "options", "training"}}.
@@ -81,11 +98,11 @@ for name, spec in HEAD_SPECS.items():
     if not HEAD_REGISTRY[spec["type"]].trainable:  # train_heads is the one job that makes a heads folder
         raise WorkflowError(f"invalid config: heads.{name}.type: head type {spec['type']!r} has nothing to train; "
                             f"trainable: {', '.join(sorted(t for t, h in HEAD_REGISTRY.items() if h.trainable))}")
-# Exit layers must leave the last block to run; the depth is known before any job only for backbones trained here.
+# Exit layers must leave the last block to run.
 for name, spec in BACKBONES.items():
-    if spec["model"] != "pretrain":
+    n = DEPTH.get(name)
+    if n is None:
         continue
-    n = spec["pretrain"]["num_layers"]
     for where, layers in [(f"backbones.{name}.exit_layers", spec["exit_layers"]),
                           *((f"heads.{h}.exit_layers", s["training"][EXIT_LAYERS]) for h, s in HEAD_SPECS.items())]:
         if any(layer > n - 2 for layer in layers or []):
@@ -153,6 +170,12 @@ def cli(options):
         else:
             words.extend([flag, str(value)])
     return shlex.join(words)
+
+
+def sample_options(spec):
+    """A real_data entry as sample_data flags. `config: null` (the dataset has no config) goes as '': cli() would
+    leave it out, and sample_data would then use its own default config (e.g. sample-10BT)."""
+    return cli({**spec, "config": spec.get("config") or ""})
 
 
 # ---- backbones and heads -----------------------------------------------------------------------------------

@@ -93,6 +93,16 @@ def test_entry_points_write_tables_and_figures(records, tmp_path):
     assert not list((tmp_path / "fig").glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_figure_without_pruning_points(records, tmp_path):
+    """prune: [] (the schema's default) leaves the figures without a layer-pruning series."""
+    from workflow_lib.analysis.figures import plot_task
+
+    root, paths = records
+    fig = plot_task(grid_table([p for p in paths if "prune~" not in str(p)], root), "mistral", "triviaqa")
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert "layer pruning" not in legend and {"full model (exits off)", "oracle, copy"} <= legend
+
+
 def test_figure_errors_name_the_missing_point(records, tmp_path):
     root, paths = records
     grid = tmp_path / "grid.csv"

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
+from workflow_lib.models.names import PRESET_PREFIX, check_local
 
 
 def number_list(text: str, kind=float) -> list[tuple[str, float | int]]:
@@ -122,9 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--fewshot-data is for --task triviaqa")
     if args.heads is not None and not Path(args.heads).is_dir():
         p.error(f"--heads: folder not found: {args.heads}")
-    local = os.sep in args.backbone or args.backbone.startswith(".")
-    if not args.backbone.startswith("preset:") and local and not Path(args.backbone).exists():
-        p.error(f"--backbone: not found: {args.backbone}")
+    if not args.backbone.startswith(PRESET_PREFIX):
+        try:
+            check_local(args.backbone)
+        except FileNotFoundError as e:
+            p.error(f"--backbone: {e}")
     return args
 
 

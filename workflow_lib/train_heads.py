@@ -1,4 +1,4 @@
-"""Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, DESIGN.md §3).
+"""Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, docs/training.md).
 
   python -m workflow_lib.train_heads --backbone results/backbones/tiny-mistral --head mamba \
       --head-options '{"state_size": 64}' --name mamba_s64 \

@@ -76,6 +76,8 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
     baseline = points[points["method"] == "baseline"]
     oracle = points[points["method"] == "oracle"]
     shared = points[~points["method"].isin(["early_exit", "baseline", "oracle"])]
+    # Head-free series by name; apply() on no rows gives a DataFrame, which groupby refuses (no pruning configured).
+    shared = list(shared.groupby(shared.apply(series_name, axis=1), sort=True)) if len(shared) else []
     n = int(baseline["n_samples"].iloc[0]) if len(baseline) and "n_samples" in baseline else None
 
     fig, axes = plt.subplots(len(metrics), max(1, len(heads)), figsize=(4.3 * max(1, len(heads)), 3.5 * len(metrics)),
@@ -90,7 +92,7 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
                     ax.axhspan(low, high, color="0.85", zorder=0, label="full model, 95% interval")
                 ax.plot([base[crf]], [base[metric]], ls="none", marker="*", ms=13, color="red", mec="black",
                         mew=0.5, zorder=4, label="full model (exits off)")
-            for i, (name, series) in enumerate(shared.groupby(shared.apply(series_name, axis=1), sort=True)):
+            for i, (name, series) in enumerate(shared):
                 colour, marker, line = ("black", "s", "--") if name == "layer pruning" else OTHER_STYLES[i % 3]
                 _series(ax, series, crf, metric, colour, marker, line, name)
             for policy, series in exits[exits["head"] == head].groupby("policy", sort=True):

@@ -1,4 +1,4 @@
-"""The exit-aware greedy decoder (Algorithm 1 of the paper, DESIGN.md §4); `generate` is batch size 1.
+"""The exit-aware greedy decoder (Algorithm 1 of the paper, docs/policies.md); `generate` is batch size 1.
 
 The prompt runs at full (or pruned) depth through the model's own forward, filling transformers' own cache.
 Each new token then runs block by block: at an exit layer the head reads z = final_norm(h) and the token

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-import lm_eval.models  # noqa: F401  (registers the built-in models first; see DESIGN.md §8)
+import lm_eval.models  # noqa: F401  (registers the built-in models first; see docs/architecture.md)
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM

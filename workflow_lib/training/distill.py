@@ -1,4 +1,4 @@
-"""Distillation training of exit heads on a frozen backbone (DESIGN.md §3).
+"""Distillation training of exit heads on a frozen backbone (docs/training.md).
 
 One backbone pass per batch: forward hooks on the exit blocks capture h_l for every exit while the model
 computes the oracle logits, so all exits of one head type train from that single pass. Heads read
@@ -43,6 +43,7 @@ from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                parts, preset_config, signature)
+from ..models.names import check_local
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .labels import DEFAULT_LABEL_RULE, check_label_rule, exit_labels
@@ -351,8 +352,7 @@ def _backbone_config(name: str):
     """The backbone's config without loading weights (cheap validation before any real work)."""
     if name.startswith(PRESET_PREFIX):
         return preset_config(name[len(PRESET_PREFIX):])
-    if (os.path.sep in name or name.startswith(".")) and not os.path.isdir(name):
-        raise FileNotFoundError(f"backbone folder {name!r} does not exist")
+    check_local(name)
     return AutoConfig.from_pretrained(name, trust_remote_code=False)
 
 
