@@ -1,9 +1,34 @@
 # Stage 5b, calibrated thresholds (Learn-then-Test), beside the evaluation grid. Per task, a calibration set of
-# questions the evaluation does not use; the full model's answers on it, once per (backbone, task); then one job per
+# questions the evaluation does not use, from a pool of its own where there is one (paper scale: the hub's train
+# splits; embedded: more world stories for CoQA) or else the task's file beyond the evaluation's limit (see
+# SEPARATE_POOLS in common.smk); the full model's answers on it, once per (backbone, task); then one job per
 # (backbone, head, policy, task) tests the threshold grid from the highest down on the calibration set and evaluates
 # the calibrated point of each delta on the evaluation set (EXIT_CELL/calibrated~delta/, a series of its own).
 
-if REAL is not None:
+if WORLD is not None:
+
+    rule world_calibration_pool:
+        output:
+            f"{CALIBRATION_ROOT}/pool/{{task}}.jsonl",
+        wildcard_constraints:
+            task="coqa",  # more stories of the world; its TriviaQA / TruthfulQA questions are all evaluated
+        params:
+            # The world's own settings: the stories are the evaluated ones' kind, drawn apart (the world rule and its
+            # files stay as they are).
+            options=cli(WORLD),
+            stories=lambda wc: CALIBRATION["n"],
+            seed=SEED,
+        log:
+            f"{LOGS}/world_calibration_pool/{{task}}.log",
+        benchmark:
+            f"{BENCHMARKS}/world_calibration_pool/{{task}}.tsv"
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "python -m workflow_lib.world --coqa-calibration {output} --stories {params.stories} --seed {params.seed}"
+            " {params.options} > {log} 2>&1"
+
+else:
 
     rule sample_calibration_pool:
         output:

@@ -11,7 +11,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from workflow_lib.models.head_kinds import ZERO_PARAMETER_HEADS
+from workflow_lib.models.names import is_local
+from workflow_lib.training.head_specs import EXIT_LAYERS, TRAINING_KEYS, registry, resolve_specs
 
 min_version("9.0")
 
@@ -48,9 +49,7 @@ SEED = config["seed"]
 WORLD = config["world"]
 REAL = config["real_data"]
 BACKBONES = config["backbones"]
-HEADS = config["heads"]["types"]
-RULE_HEADS = [h for h in HEADS if h in ZERO_PARAMETER_HEADS]  # zero-parameter exit rules: no training job
-TRAINED_HEADS = [h for h in HEADS if h not in ZERO_PARAMETER_HEADS]
+HEADS = list(config["heads"])
 EVAL = config["evaluation"]
 TASKS = list(EVAL["tasks"])
 FORMATS = config["analysis"]["formats"]
@@ -75,13 +74,74 @@ if REAL is not None:
 for task in CALIBRATED_TASKS:
     if task not in TASKS:
         raise WorkflowError(f"invalid config: calibration.tasks: {task} is not among evaluation.tasks")
+# Tasks with calibration questions of their own, apart from the evaluated file: at paper scale the hub's train splits
+# (TruthfulQA has only its validation split); embedded, CoQA stories the world draws apart (world_calibration_pool).
+# Every world TriviaQA / TruthfulQA question is about a held-out fact and all are evaluated: new ones would need new
+# facts stated in the corpus, i.e. another world.
+SEPARATE_POOLS = ["triviaqa", "coqa"] if REAL is not None else ["coqa"]
+# A task calibrated on its own file needs questions the evaluation leaves out: a limit (the longest-answer TriviaQA
+# subset aside, which the world's files never exceed). Refused here rather than in the calibration_split job.
+for task in CALIBRATED_TASKS:
+    if task not in SEPARATE_POOLS and (EVAL["tasks"][task] or {}).get("limit") is None:
+        raise WorkflowError(f"invalid config: calibration.tasks: {task} has no calibration questions: every one of its "
+                            f"questions is evaluated (evaluation.tasks.{task}.limit: null) and it has no separate "
+                            f"pool here (tasks that do: {', '.join(SEPARATE_POOLS)}); set calibration.tasks, or a limit")
+# Blocks of each backbone whose depth is known before any job: trained here, or a local checkpoint (a hub id's is
+# known only once it loads, and its jobs check it then).
+DEPTH = {}
 for name, spec in BACKBONES.items():
-    if spec["model"] == "pretrain" and WORLD is None:
-        raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+    model = spec["model"]
+    if model == "pretrain":
+        if WORLD is None:
+            raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+        DEPTH[name] = spec["pretrain"]["num_layers"]
+    elif is_local(model):
+        try:
+            with open(os.path.join(model, "config.json")) as f:
+                model_config = json.load(f)
+        except OSError as e:
+            raise WorkflowError(f"invalid config: backbones.{name}.model: no save_pretrained folder there ({e})")
+        if model_config.get("model_type") != spec["arch"]:
+            raise WorkflowError(f"invalid config: backbones.{name}.arch is {spec['arch']!r} but {model} holds a "
+                                f"{model_config.get('model_type')!r} model")
+        DEPTH[name] = model_config.get("num_hidden_layers")
+
+# Each head spec split into its type's constructor options and its training settings (head_training's defaults
+# filled in), checked against the head registry: {name: {"type", "options", "training"}}.
+HEAD_REGISTRY = registry()  # read from workflow_lib/models/heads.py without importing torch
+try:
+    HEAD_SPECS = resolve_specs(config["heads"], config["head_training"], HEAD_REGISTRY)
+except ValueError as e:
+    raise WorkflowError(f"invalid config: {e}")
+# A type with nothing to train (trainable = False: the zero-parameter exit rules softmax and saturation) gets a
+# heads.json-only folder from rule_heads instead of a train_heads job; a training setting there would be ignored.
+RULE_HEADS = [name for name, spec in HEAD_SPECS.items() if not HEAD_REGISTRY[spec["type"]].trainable]
+TRAINED_HEADS = [name for name in HEADS if name not in RULE_HEADS]
+for name in RULE_HEADS:
+    for key in TRAINING_KEYS:
+        if key in config["heads"][name]:
+            raise WorkflowError(f"invalid config: heads.{name}.{key}: head type {HEAD_SPECS[name]['type']!r} is a "
+                                f"zero-parameter exit rule, it has nothing to train (exit_layers is its one setting)")
+for name, spec in BACKBONES.items():
+    n = DEPTH.get(name)
+    if n is None:
+        continue
+    for where, layers in [(f"backbones.{name}.exit_layers", spec["exit_layers"]),
+                          *((f"heads.{h}.exit_layers", s["training"][EXIT_LAYERS]) for h, s in HEAD_SPECS.items())]:
+        if any(layer > n - 2 for layer in layers or []):
+            raise WorkflowError(f"invalid config: {where}: {layers} for backbone {name!r} of {n} blocks: each "
+                                f"must be a block index in 0..{n - 2} (the last block always runs)")
+COMPARISONS = config["analysis"]["comparisons"]
+for name, heads in COMPARISONS.items():
+    for i, head in enumerate(heads):
+        if head not in HEAD_SPECS:
+            raise WorkflowError(f"invalid config: analysis.comparisons.{name}[{i}]: no head named {head!r} "
+                                f"(heads: {', '.join(HEAD_SPECS)})")
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
     head=r"[A-Za-z0-9_]+",
+    comparison=r"[A-Za-z0-9_]+",
     policy=r"[a-z_]+",
     task="|".join(TASKS),
     threshold=r"[0-9.]+",
@@ -135,6 +195,12 @@ def cli(options):
     return shlex.join(words)
 
 
+def sample_options(spec):
+    """A real_data entry as sample_data flags. `config: null` (the dataset has no config) goes as '': cli() would
+    leave it out, and sample_data would then use its own default config (e.g. sample-10BT)."""
+    return cli({**spec, "config": spec.get("config") or ""})
+
+
 # ---- backbones and heads -----------------------------------------------------------------------------------
 TOKENIZER = f"{RESULTS}/tokenizer"
 
@@ -152,8 +218,10 @@ def backbone_input(wildcards):
     return [backbone_path(wildcards.backbone)] if pretrained_here(wildcards.backbone) else []
 
 
-def exit_layers_option(backbone):
-    layers = BACKBONES[backbone].get("exit_layers")
+def exit_layers_option(backbone, head=None):
+    """The head's own exit layers, else the backbone's (else the entry points' default); head None: the backbone's
+    (the oracle bound's)."""
+    layers = (head and HEAD_SPECS[head]["training"][EXIT_LAYERS]) or BACKBONES[backbone]["exit_layers"]
     return shlex.join(["--exit-layers", ",".join(map(str, layers))]) if layers else ""
 
 
@@ -167,8 +235,9 @@ def one_of(names):
 
 
 def head_options(wildcards):
-    options = config["heads"]["options"].get(wildcards.head)
-    return shlex.join(["--head-options", json.dumps(options)]) if options else ""
+    """The head spec's constructor options as train_heads' --head-options (sorted: the same spec, the same command)."""
+    options = HEAD_SPECS[wildcards.head]["options"]
+    return shlex.join(["--head-options", json.dumps(options, sort_keys=True)]) if options else ""
 
 
 # ---- the evaluation grid -----------------------------------------------------------------------------------
@@ -177,19 +246,27 @@ EVAL_ROOT = f"{RESULTS}/eval"
 EXIT_CELL = f"{EVAL_ROOT}/{{backbone}}/head~{{head}}/policy~{{policy}}/task~{{task}}"
 
 
-def exit_records():
+def exit_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
     return [
         f"{EXIT_CELL}/threshold~{x}/record.json".format(backbone=b, head=h, policy=p, task=t)
-        for b, spec in BACKBONES.items()
-        for h in HEADS
-        for p in spec["policies"]
-        for t in TASKS
+        for b in backbones
+        for h in heads
+        for p in BACKBONES[b]["policies"]
+        for t in tasks
         for x in THRESHOLDS
     ]
 
 
-def baseline_records():
-    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in BACKBONES for t in TASKS]
+def baseline_records(backbones=BACKBONES, tasks=TASKS):
+    return [f"{EVAL_ROOT}/{b}/baseline/task~{t}/record.json" for b in backbones for t in tasks]
+
+
+def oracle_records(backbones=BACKBONES, tasks=TASKS):
+    """The oracle bound per (backbone, policy, task) at the heads' exit layers (evaluation.oracle)."""
+    if not EVAL["oracle"]:
+        return []
+    return [f"{EVAL_ROOT}/{b}/oracle/policy~{p}/task~{t}/record.json"
+            for b in backbones for p in BACKBONES[b]["policies"] for t in tasks]
 
 
 # Layer pruning: which n blocks are dropped -> the folder of its points. deepest: the n before the last (the paper);
@@ -197,18 +274,18 @@ def baseline_records():
 PRUNE_DIRS = {"deepest": "prune", "angular": "prune_angular"}
 
 
-def prune_records():
+def prune_records(backbones=BACKBONES, tasks=TASKS):
     return [
         f"{EVAL_ROOT}/{b}/{folder}~{n}/task~{t}/record.json"
-        for b, spec in BACKBONES.items()
+        for b in backbones
         for folder in PRUNE_DIRS.values()
-        for n in spec.get("prune", [])
-        for t in TASKS
+        for n in BACKBONES[b].get("prune", [])
+        for t in tasks
     ]
 
 
 def all_records():
-    return exit_records() + baseline_records() + prune_records() + calibrated_records()
+    return exit_records() + baseline_records() + oracle_records() + prune_records() + calibrated_records()
 
 
 # ---- calibrated thresholds ---------------------------------------------------------------------------------
@@ -223,18 +300,21 @@ def calibration_file(task):
 
 
 def calibration_pool(task):
-    """Where the calibration questions are drawn from: the task's own file (its questions beyond the evaluated
-    ones), or at paper scale a held-out split where the hub has one (TruthfulQA has only its validation split)."""
-    return f"{DATA}/calibration_pool/{task}.jsonl" if REAL is not None and task != "truthfulqa" else task_file(task)
+    """Where the calibration questions are drawn from: the task's separate pool, else its own file (its questions
+    beyond the evaluation's limit)."""
+    if task not in SEPARATE_POOLS:
+        return task_file(task)
+    return f"{DATA}/calibration_pool/{task}.jsonl" if REAL is not None else f"{CALIBRATION_ROOT}/pool/{task}.jsonl"
 
 
-def calibrated_records():
+def calibrated_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
     return [
         f"{EXIT_CELL}/calibrated~{d}/record.json".format(backbone=b, head=h, policy=p, task=t)
-        for b, spec in BACKBONES.items()
-        for h in HEADS
-        for p in spec["policies"]
-        for t in CALIBRATED_TASKS
+        for b in backbones
+        for h in heads
+        for p in BACKBONES[b]["policies"]
+        for t in tasks
+        if t in CALIBRATED_TASKS
         for d in DELTAS
     ]
 
@@ -299,5 +379,26 @@ PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
 NO_LOSS_TABLE = f"{RESULTS}/tables/no_loss.csv"
 
 
+FIGURE = f"{RESULTS}/figures/{{backbone}}/{{task}}"  # every head
+COMPARISON_FIGURE = f"{RESULTS}/figures/{{backbone}}/compare~{{comparison}}/{{task}}"  # analysis.comparisons
+
+
 def figure_files():
-    return [f"{RESULTS}/figures/{b}/{t}.{ext}" for b in BACKBONES for t in TASKS for ext in FORMATS]
+    every_head = [f"{FIGURE}.{ext}".format(backbone=b, task=t) for b in BACKBONES for t in TASKS for ext in FORMATS]
+    return every_head + [
+        f"{COMPARISON_FIGURE}.{ext}".format(backbone=b, comparison=c, task=t)
+        for b in BACKBONES
+        for c in COMPARISONS
+        for t in TASKS
+        for ext in FORMATS
+    ]
+
+
+def figure_inputs(wildcards, heads):
+    """A figure reads the grid table, but reruns only when the records it shows change: the table is ancient() (it
+    changes whenever any record does) and the records of its heads (calibrated points too), the baseline, the oracle
+    and the pruning are inputs."""
+    b, t = [wildcards.backbone], [wildcards.task]
+    return {"grid": ancient(GRID_TABLE),
+            "records": exit_records(b, heads, t) + calibrated_records(b, heads, t) + baseline_records(b, t)
+            + oracle_records(b, t) + prune_records(b, t)}

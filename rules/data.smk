@@ -29,35 +29,31 @@ else:
 
     rule sample_corpus:
         output:
-            corpus_file("{split}"),
-        wildcard_constraints:
-            split="train|valid",
+            train=corpus_file("train"),
+            valid=corpus_file("valid"),
         params:
-            # The held-out text is a second draw with another seed: same source, same filter, disjoint budget.
-            options=lambda wc: cli(
-                {
-                    "source": REAL["corpus"]["source"],
-                    "config": REAL["corpus"]["config"],
-                    "split": REAL["corpus"]["split"],
-                    "tokens": REAL["corpus"]["tokens" if wc.split == "train" else "valid_tokens"],
-                    "seed": SEED if wc.split == "train" else SEED + 1,
-                }
+            # One seeded stream: the held-out text is the documents that follow the training ones, so the two
+            # share no document (two draws of one source would, heavily for a small local file).
+            options=sample_options(
+                {k: REAL["corpus"][k] for k in ("source", "config", "split", "tokens", "valid_tokens")}
             ),
+            seed=SEED,
         log:
-            f"{LOGS}/sample_corpus/{{split}}.log",
+            f"{LOGS}/sample_corpus.log",
         benchmark:
-            f"{BENCHMARKS}/sample_corpus/{{split}}.tsv"
+            f"{BENCHMARKS}/sample_corpus.tsv"
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.sample_data fineweb {params.options} --out {output} > {log} 2>&1"
+            "python -m workflow_lib.sample_data fineweb {params.options} --seed {params.seed}"
+            " --out {output.train} --valid-out {output.valid} > {log} 2>&1"
 
     rule sample_triviaqa:
         output:
             data=task_file("triviaqa"),
             fewshot=f"{DATA}/triviaqa_train.jsonl",
         params:
-            options=cli(REAL.get("triviaqa") or {}),
+            options=sample_options(REAL.get("triviaqa") or {}),
             seed=SEED,
         log:
             f"{LOGS}/sample_task/triviaqa.log",
@@ -76,7 +72,7 @@ else:
             task="coqa|truthfulqa",
             ext="json|jsonl",
         params:
-            options=lambda wc: cli(REAL[wc.task]),
+            options=lambda wc: sample_options(REAL[wc.task]),
             seed=SEED,
         log:
             f"{LOGS}/sample_task/{{task}}.{{ext}}.log",

@@ -2,8 +2,8 @@
 # loaded once (a job's fixed cost, imports and loading, is most of a tiny model's evaluation). Its records are
 # update() outputs and the job runs with --reuse: adding a threshold reruns each cell for that threshold only,
 # keeping every record already made with the same settings and inputs. The exits-disabled baseline is one job
-# per (backbone, task): it is the same for every head and policy. Records: metrics, both CRFs, measured speed,
-# exit histogram, degenerate share and validity, provenance.
+# per (backbone, task): it is the same for every head and policy. The oracle bound is one job per (backbone, policy,
+# task). Records: metrics, both CRFs, measured speed, exit histogram, degenerate share and validity, provenance.
 
 
 rule evaluate_exits:
@@ -46,3 +46,24 @@ rule evaluate_baseline:
         "../envs/gpu.yaml"
     shell:
         "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule evaluate_oracle:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        f"{EVAL_ROOT}/{{backbone}}/oracle/policy~{{policy}}/task~{{task}}/record.json",
+    params:
+        common=evaluate_common,
+        exits=lambda wc: exit_layers_option(wc.backbone),
+        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/oracle/policy~{wc.policy}/task~{wc.task}",
+    threads: 1
+    log:
+        f"{LOGS}/evaluate/{{backbone}}/oracle/{{policy}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{backbone}}/oracle/{{policy}}/{{task}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m workflow_lib.evaluate {params.common} --threads {threads} --oracle {params.exits}"
+        " --policy {wildcards.policy} --out-dir {params.out_dir} > {log} 2>&1"

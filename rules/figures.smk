@@ -1,13 +1,15 @@
-# Stage 7, figures like the paper's Fig. 1-5: per backbone and task, metric versus CRF (PNG and PDF).
+# Stage 7, figures like the paper's Fig. 1-5: per backbone and task, metric versus CRF (PNG and PDF), with every
+# head, and one more per analysis.comparisons entry with its heads alone (e.g. an ablation: calm vs calm_k15).
+# A figure reruns only when a record it shows changes (see figure_inputs in common.smk).
 
 
 rule figure:
     input:
-        GRID_TABLE,
+        unpack(lambda wc: figure_inputs(wc, HEADS)),
     output:
         [
             report(
-                f"{RESULTS}/figures/{{backbone}}/{{task}}.{ext}",
+                f"{FIGURE}.{ext}",
                 caption="../report/figure.rst",
                 category="Figures",
                 subcategory="{backbone}",
@@ -17,6 +19,7 @@ rule figure:
         ],
     params:
         crf=config["analysis"]["crf"],
+        heads="",
     log:
         f"{LOGS}/figures/{{backbone}}/{{task}}.log",
     benchmark:
@@ -24,5 +27,28 @@ rule figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.make_figures --grid {input} --backbone {wildcards.backbone} --task {wildcards.task}"
-        " --crf {params.crf} --out {output} > {log} 2>&1"
+        "python -m workflow_lib.make_figures --grid {input.grid} --backbone {wildcards.backbone} --task {wildcards.task}"
+        " --crf {params.crf} {params.heads} --out {output} > {log} 2>&1"
+
+
+use rule figure as comparison_figure with:
+    input:
+        unpack(lambda wc: figure_inputs(wc, COMPARISONS[wc.comparison])),
+    output:
+        [
+            report(
+                f"{COMPARISON_FIGURE}.{ext}",
+                caption="../report/figure.rst",
+                category="Figures",
+                subcategory="{backbone}",
+                labels={"backbone": "{backbone}", "comparison": "{comparison}", "task": "{task}", "format": ext},
+            )
+            for ext in FORMATS
+        ],
+    params:
+        crf=config["analysis"]["crf"],
+        heads=lambda wc: shlex.join(["--heads", ",".join(COMPARISONS[wc.comparison])]),
+    log:
+        f"{LOGS}/figures/{{backbone}}/compare~{{comparison}}/{{task}}.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/{{backbone}}/compare~{{comparison}}/{{task}}.tsv"

@@ -1,6 +1,8 @@
-# Stage 3, exit heads: one job per (backbone, head type) trains that type at every exit of the frozen
-# backbone, in one backbone pass (knowledge distillation from the full model). A zero-parameter exit rule
-# (softmax, saturation) has nothing to train: its folder holds heads.json only, written from the backbone's config.
+# Stage 3, exit heads: one job per (backbone, head spec) trains the spec's head type with its options and training
+# settings at every exit of the frozen backbone, in one backbone pass (knowledge distillation from the full
+# model). A job's command holds only its own spec, so adding a spec leaves every other head as it is. A
+# zero-parameter exit rule (type softmax, saturation) has nothing to train: rule_heads writes its folder, heads.json
+# only, from the backbone's config.
 
 
 rule train_heads:
@@ -20,11 +22,10 @@ rule train_heads:
         seed=SEED,
         backbone=lambda wc: backbone_path(wc.backbone),
         tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        exit_layers=lambda wc: exit_layers_option(wc.backbone),
+        head_type=lambda wc: HEAD_SPECS[wc.head]["type"],
+        exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
         head_options=head_options,
-        options=cli(
-            {k: config["heads"][k] for k in ("label_rule", "k", "mode", "class_balance", "steps", "batch_size", "seq_len", "lr")}
-        ),
+        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[wc.head]["training"].items() if k != EXIT_LAYERS}),
     threads: 1
     log:
         f"{LOGS}/train_heads/{{backbone}}/{{head}}.log",
@@ -33,8 +34,8 @@ rule train_heads:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --head {wildcards.head}"
-        " {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
+        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --name {wildcards.head}"
+        " --head {params.head_type} {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
         " --out {params.out} --seed {params.seed} --threads {threads} {params.options} > {log} 2>&1"
 
 
@@ -48,7 +49,8 @@ rule rule_heads:
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         backbone=lambda wc: backbone_path(wc.backbone),
-        exit_layers=lambda wc: exit_layers_option(wc.backbone),
+        head_type=lambda wc: HEAD_SPECS[wc.head]["type"],
+        exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
         head_options=head_options,
     log:
         f"{LOGS}/rule_heads/{{backbone}}/{{head}}.log",
@@ -57,5 +59,5 @@ rule rule_heads:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} --head {wildcards.head} {params.head_options}"
-        " {params.exit_layers} --out {params.out} > {log} 2>&1"
+        "python -m workflow_lib.train_heads --backbone {params.backbone} --name {wildcards.head} --head {params.head_type}"
+        " {params.head_options} {params.exit_layers} --out {params.out} > {log} 2>&1"

@@ -3,7 +3,13 @@
 #
 #   scripts/slurm_cluster.sh [start]   install (Debian packages, if missing), configure, start; idempotent
 #   scripts/slurm_cluster.sh stop      scancel every job, then stop slurmd, slurmctld and munged
+#   scripts/slurm_cluster.sh remove    stop, then undo start: purge the packages start installed, delete the
+#                                      config and state it wrote (the machine as start found it)
 #   scripts/slurm_cluster.sh status    exit 0 when the node answers and is usable
+#
+# Why remove matters: with the SLURM client installed and no controller answering, every `snakemake` call waits
+# ~10 s, because snakemake-executor-plugin-slurm runs `scontrol show config` (timeout 10 s) when it is imported,
+# and snakemake imports every installed executor plugin at start-up. A run that installed the packages removes them.
 #
 # Plain background daemons, no systemd or cgroups (ProctrackType=proctrack/linuxproc, TaskPlugin=task/none).
 # No slurmdbd: accounting is off, so clients must query job states with squeue
@@ -17,6 +23,9 @@ PARTITION=${SLURM_PARTITION_NAME:-main}
 NODE=$(hostname -s)
 
 MUNGE_PID=/run/munge/munged.pid
+# Packages that start installed (absent: it installed none), for remove.
+INSTALLED=$STATE_DIR/installed-packages
+MARKER="# Written by scripts/slurm_cluster.sh"
 
 log() { echo "[slurm_cluster] $*" >&2; }
 
@@ -36,8 +45,18 @@ install_packages() {
     fi
     log "installing slurm-wlm and munge with apt-get"
     export DEBIAN_FRONTEND=noninteractive
+    local before status=0
+    before=$(installed_packages)
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slurm-wlm slurm-client munge >/dev/null
+    apt-get install -y -qq --no-install-recommends slurm-wlm slurm-client munge >/dev/null || status=$?
+    # Recorded even after a failed install: remove purges whatever did get installed.
+    mkdir -p "$STATE_DIR"
+    comm -13 <(echo "$before") <(installed_packages) >>"$INSTALLED"
+    return "$status"
+}
+
+installed_packages() {
+    dpkg-query -W -f='${Status} ${Package}\n' | awk '$3 == "installed" {print $4}' | sort
 }
 
 write_config() {
@@ -47,7 +66,7 @@ write_config() {
     mem_mb=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 1024 ))
     mkdir -p "$CONF_DIR" "$STATE_DIR"/{ctld,d,log}
     cat >"$CONF_DIR/slurm.conf.new" <<EOF
-# Written by scripts/slurm_cluster.sh: single node on localhost, no accounting.
+$MARKER: single node on localhost, no accounting.
 ClusterName=dynamax
 SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
@@ -143,9 +162,23 @@ stop() {
     log "stopped"
 }
 
+remove() {
+    stop
+    if head -1 "$CONF_DIR/slurm.conf" 2>/dev/null | grep -qF "$MARKER"; then
+        rm -f "$CONF_DIR/slurm.conf"
+    fi
+    if [ -s "$INSTALLED" ]; then
+        log "purging the packages start installed: $(tr '\n' ' ' <"$INSTALLED")"
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq $(cat "$INSTALLED") >/dev/null
+    fi
+    rm -rf "$STATE_DIR"
+    log "removed"
+}
+
 case "${1:-start}" in
     start) start ;;
     stop) stop ;;
+    remove) remove ;;
     status) node_ready ;;
-    *) echo "usage: $0 [start|stop|status]" >&2; exit 2 ;;
+    *) echo "usage: $0 [start|stop|remove|status]" >&2; exit 2 ;;
 esac

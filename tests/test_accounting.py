@@ -1,4 +1,4 @@
-"""Compute accounting against numbers derived by hand from the real 7B configs (DESIGN.md §5)."""
+"""Compute accounting against numbers derived by hand from the real 7B configs (docs/accounting.md)."""
 from fractions import Fraction
 
 import pytest
@@ -46,7 +46,7 @@ def test_codestral_block_and_recompute(codestral):
     assert codestral.block_macs(1) == codestral.block_macs(5000) == CODESTRAL_BLOCK  # no attention: context-free
     recompute = codestral.recompute_macs("recompute")
     assert recompute == CODESTRAL_STATE_IN_PROJ + CODESTRAL_CONV + CODESTRAL_SSM_UPDATE
-    # Only the in_proj rows that feed the state are needed: ~0.40 of a block. DESIGN.md's "about 0.7" is what
+    # Only the in_proj rows that feed the state are needed: ~0.40 of a block. The estimate "about 0.7" is what
     # the whole in_proj (gate rows too) + conv + SSM update costs.
     assert recompute / CODESTRAL_BLOCK == pytest.approx(0.3954, abs=1e-4)
     whole_in_proj = recompute + 4096 * 8192

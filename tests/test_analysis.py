@@ -37,6 +37,7 @@ def records(tmp_path):
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.5", 0.60, 1.4, tps=130.0),
         write_record(root, "mistral/head~calm/policy~copy/task~triviaqa/threshold~0.2", 0.90, 2.0, valid=False),
         write_record(root, "mistral/head~mamba/policy~recompute/task~triviaqa/threshold~0.5", 0.55, 1.3),
+        write_record(root, "mistral/oracle/policy~copy/task~triviaqa", 0.78, 1.6),
     ]
     return root, paths
 
@@ -50,6 +51,8 @@ def test_grid_point_reads_identity_from_path(tmp_path):
     angular = grid_point(root / "m/prune_angular~3/task~coqa/record.json", root)
     assert angular["method"] == "prune_angular" and angular["prune"] == 3
     assert grid_point(root / "m/baseline/task~coqa/record.json", root)["method"] == "baseline"
+    oracle = grid_point(root / "m/oracle/policy~skip/task~coqa/record.json", root)
+    assert (oracle["method"], oracle["policy"], oracle["head"]) == ("oracle", "skip", None)
     with pytest.raises(ValueError, match="unexpected path component"):
         grid_point(root / "m/bogus~1/task~coqa/record.json", root)
 
@@ -63,7 +66,7 @@ def test_grid_table_one_row_per_point(records):
     assert "exact_match_stderr" not in grid and "provenance.seed" not in grid
     exit_row = grid[(grid["head"] == "calm") & (grid["threshold"] == 0.5)].iloc[0]
     assert exit_row["exact_match"] == pytest.approx(0.60)
-    assert exit_row["speedup"] == pytest.approx(1.3)  # 130 tokens/s against the baseline's 100
+    assert exit_row["speedup_indicative"] == pytest.approx(1.3)  # 130 tokens/s against the baseline's 100
     assert grid["degenerate.share"].notna().all()
 
 
@@ -93,6 +96,18 @@ def test_entry_points_write_tables_and_figures(records, tmp_path):
     assert not list((tmp_path / "fig").glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_figure_without_pruning_points(records, tmp_path):
+    """prune: [] (the schema's default) leaves the figures without a layer-pruning series."""
+    from workflow_lib.analysis.figures import plot_task
+
+    root, paths = records
+    fig = plot_task(grid_table([p for p in paths if "prune~" not in str(p)], root), "mistral", "triviaqa")
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert "layer pruning" not in legend and {"full model (exits off)", "oracle, copy"} <= legend
+    for ax in fig.axes:  # a head-free series, like the full model, on every head's panel
+        assert "pruning (angular)" in ax.get_legend_handles_labels()[1]
+
+
 def test_figure_errors_name_the_missing_point(records, tmp_path):
     root, paths = records
     grid = tmp_path / "grid.csv"
@@ -102,6 +117,26 @@ def test_figure_errors_name_the_missing_point(records, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0 and "no grid points for backbone 'mamba2'" in result.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_figure_heads_filter_keeps_only_those_heads(records, tmp_path, monkeypatch):
+    import workflow_lib.make_figures as make_figures
+
+    root, paths = records
+    grid = tmp_path / "grid.csv"
+    grid_table(paths, root).to_csv(grid, index=False)
+    drawn = []
+    monkeypatch.setattr(make_figures, "save_figure", lambda fig, out: drawn.append(fig))
+    args = ["--grid", str(grid), "--backbone", "mistral", "--task", "triviaqa", "--out", str(tmp_path / "x.png")]
+    make_figures.main(args)
+    make_figures.main([*args, "--heads", "calm"])
+    (every, every_legend), (calm, calm_legend) = (({ax.get_title() for ax in fig.axes},
+                                                   {t.get_text() for t in fig.legends[0].get_texts()}) for fig in drawn)
+    assert every == {"head: calm", "head: mamba"} and calm == {"head: calm"}  # one panel per head
+    assert {"layer pruning", "full model (exits off)", "oracle, copy"} <= calm_legend  # the references stay
+    assert every_legend - calm_legend == {"early exit, recompute (thresholds)"}  # only mamba ran recompute
+    with pytest.raises(SystemExit, match="--heads: no grid points of head ffn"):
+        make_figures.main([*args, "--heads", "calm,ffn"])
 
 
 def test_analysis_does_not_import_torch():
@@ -142,5 +177,6 @@ def test_calibrated_points_carry_their_threshold_and_measured_risk(tmp_path):
                                                        "calm / copy calibrated delta=0.1", "full model"]
     from workflow_lib.analysis.figures import plot_task
     figure = plot_task(grid, "mistral", "triviaqa")
+    assert [ax.get_title() for ax in figure.axes] == ["head: calm"]  # calibrated points are their head's
     labels = figure.axes[0].get_legend_handles_labels()[1]
-    assert "calm / copy calibrated delta=0.05" in labels and "calm / copy calibrated delta=0.1" in labels
+    assert "calibrated, copy, delta=0.05" in labels and "calibrated, copy, delta=0.1" in labels

@@ -179,3 +179,47 @@ def test_zero_parameter_rules_read_the_right_hidden_states(tiny_backbone, rule):
             else:
                 expected = float(torch.nn.functional.cosine_similarity(z, z_in))
             assert seen[layer] == [pytest.approx(expected, abs=1e-5)]
+
+
+def _lossless_after(model, first_exit: int, last_scale: float):
+    """Blocks first_exit+1 .. n-2 made identities on the residual stream (output projections zeroed), so that an
+    exit at `first_exit` or later loses nothing; the last block's output scaled by `last_scale`, so that the
+    intermediate top-1 agrees with the final one at some steps and not at others."""
+    layers = parts(model).layers
+    for i, block in enumerate(layers[first_exit + 1:], start=first_exit + 1):
+        projections = [block.mixer.out_proj] if hasattr(block, "mixer") else [block.self_attn.o_proj, block.mlp.down_proj]
+        for proj in projections:
+            with torch.no_grad():
+                proj.weight.mul_(last_scale if i == len(layers) - 1 else 0.0)
+    return model
+
+
+@pytest.mark.parametrize("arch,policy", [("mistral", "recompute"), ("mistral", "copy"), ("mamba2", "recompute"),
+                                         ("mamba2", "skip")])
+def test_oracle_exits_at_the_earliest_agreeing_layer(arch, policy):
+    from workflow_lib.training.pretrain import layer_predictions
+
+    model = _lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
+                                           dtype=torch.float32), 3, 0.3)
+    exits = [3, 4, 5, 6]
+    full, _ = greedy(model, PROMPT, 20, eos_token_id=None)
+    res = ExitDecoder(model, policy=policy, oracle_exits=exits).generate(PROMPT, max_new_tokens=20, eos_token_id=[])
+    # Skipping identity blocks loses nothing, so the oracle's tokens are the full model's (its look-ahead leaves
+    # the cache as it found it) ...
+    assert res.token_ids == full
+    # ... and each step exits at the first exit whose intermediate top-1 is the full model's top-1.
+    seq = torch.cat([PROMPT, torch.tensor([full])], dim=1)  # (1, T + 20)
+    preds = layer_predictions(model, seq)[:, 0]  # (layers, T + 20)
+    start = PROMPT.shape[1]
+    expected = [next((e for e in exits if preds[e, pos] == preds[-1, pos]), 7) for pos in range(start, start + 19)]
+    assert res.exit_layers[1:] == expected
+    assert 3 in expected and 7 in expected and res.crf_exact > 1.0  # exits and non-exits; no head cost counted
+    cost_model = CostModel(model.config)
+    assert res.costs == [cost_model.token_cost(e, start + i + 1, policy, [], 0) for i, e in enumerate(expected)]
+
+
+def test_oracle_refuses_heads_too(tiny_mistral):
+    with pytest.raises(ValueError, match="oracle"):
+        ExitDecoder(tiny_mistral, build_heads("forced", 256, [4]), threshold=0.5, oracle_exits=[4])
+    with pytest.raises(ValueError, match="oracle exit layer 7"):
+        ExitDecoder(tiny_mistral, oracle_exits=[7])

@@ -108,6 +108,16 @@ def test_angular_pruning_points(mistral_dir, task_files, tmp_path):
         assert record["crf_paper"] == pytest.approx(4 / (4 - n))
 
 
+def test_oracle_point(mistral_dir, task_files, tmp_path):
+    common = ["--backbone", str(mistral_dir), "--task", "triviaqa", "--data", str(task_files["triviaqa"])]
+    _run(tmp_path, *common, "--oracle", "--exit-layers", "1,2", "--policy", "copy", "--batch-size", "2")
+    record = json.loads((tmp_path / "out" / "record.json").read_text())
+    assert record["exits_enabled"] and record["oracle_exits"] == [1, 2] and record["policy"] == "copy"
+    assert set(record["exit_histogram"]) <= {"1", "2", "3"} and record["n_samples"] == 3
+    with pytest.raises(SystemExit):  # exit layers belong to the oracle; heads carry their own
+        main(["--out-dir", str(tmp_path / "x"), *common, "--no-heads", "--exit-layers", "1"])
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--task", "squad"], "invalid choice: 'squad'"),
     (["--data", "/nonexistent/triviaqa.jsonl"], "file not found"),

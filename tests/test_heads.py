@@ -1,7 +1,14 @@
+import inspect
+
 import pytest
 import torch
 
 from workflow_lib.models.heads import HEAD_TYPES, build_heads, load_heads, save_heads
+from workflow_lib.training.head_specs import HeadType, registry, resolve_specs
+
+# head_training as the pipeline fills it in
+DEFAULTS = {"label_rule": "intermediate_in_oracle_topk", "k": 1, "mode": "joint_decay", "class_balance": False,
+            "seq_len": 64, "batch_size": 8, "steps": 10, "lr": 0.001}
 
 
 @pytest.mark.parametrize("head_type", ["calm", "ffn", "mamba"])
@@ -82,11 +89,64 @@ def test_saturation_rule_is_the_cosine_with_the_block_input():
 
 
 def test_zero_parameter_rules_registry_and_folder(tmp_path, tiny_mistral):
-    from workflow_lib.models.head_kinds import ZERO_PARAMETER_HEADS
-
-    untrainable = {name for name, cls in HEAD_TYPES.items() if not cls.trainable}
-    assert untrainable == set(ZERO_PARAMETER_HEADS) | {"forced"}  # the pipeline's torch-free list is the registry's
+    untrainable = {name for name, kind in registry().items() if not kind.trainable}
+    assert untrainable == {"softmax", "saturation", "forced"}  # what the pipeline gives a heads.json-only folder
     save_heads(tmp_path / "h", build_heads("saturation", 256, [3, 5]), tiny_mistral.config, {"trained": False})
     assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["heads.json"]  # config only
     loaded, meta = load_heads(tmp_path / "h", tiny_mistral.config)
     assert meta["exit_layers"] == [3, 5] and all(type(h).head_type == "saturation" for h in loaded.values())
+
+
+def test_registry_read_from_source_matches_the_imported_registry():
+    """The pipeline checks head specs against registry(), read from heads.py without importing torch."""
+    described = registry()
+    assert set(described) == set(HEAD_TYPES)
+    for name, cls in HEAD_TYPES.items():
+        params = list(inspect.signature(cls).parameters.values())[1:]  # after hidden_size
+        named = [p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        assert described[name].options == tuple(p.name for p in named), name
+        assert described[name].required == tuple(p.name for p in named if p.default is p.empty), name
+        assert described[name].any_options == any(p.kind is p.VAR_KEYWORD for p in params), name
+        assert described[name].trainable == cls.trainable, name
+
+
+def test_registry_follows_bases_and_refuses_ambiguous_options(tmp_path):
+    source = tmp_path / "heads.py"
+    source.write_text(
+        "class ExitHead:\n"
+        "    trainable: bool = True\n"
+        "    def __init__(self, hidden_size, **options): pass\n"
+        "@register_head('plain')\n"
+        "class Plain(ExitHead):\n"
+        "    trainable = False\n"
+        "@register_head('needy')\n"
+        "class Needy(Plain):\n"
+        "    def __init__(self, hidden_size, width, *, depth=2): pass\n")
+    types = registry(source)
+    assert types["plain"] == HeadType(options=(), required=(), any_options=True, trainable=False)
+    assert types["needy"] == HeadType(options=("width", "depth"), required=("width",), any_options=False,
+                                      trainable=False)
+    with pytest.raises(ValueError, match="heads.n: head type 'needy' needs the option 'width'"):
+        resolve_specs({"n": {"type": "needy"}}, DEFAULTS, types)
+    source.write_text(source.read_text().replace("depth=2", "k=2"))
+    with pytest.raises(ValueError, match="'needy' has constructor options named like spec keys: k"):
+        registry(source)
+
+
+
+def test_head_specs_split_into_options_and_training_settings():
+    specs = resolve_specs({
+        "mamba": {"type": "mamba"},
+        "mamba_s64": {"type": "mamba", "state_size": 64},
+        "calm_k15": {"type": "calm", "label_rule": "oracle_in_intermediate_topk", "k": 15, "exit_layers": [1, 2]},
+    }, DEFAULTS, registry())
+    assert specs["mamba"] == {"type": "mamba", "options": {}, "training": {**DEFAULTS, "exit_layers": None}}
+    assert specs["mamba_s64"]["options"] == {"state_size": 64}
+    assert specs["mamba_s64"]["training"] == specs["mamba"]["training"]
+    assert specs["calm_k15"] == {"type": "calm", "options": {}, "training": {
+        **DEFAULTS, "label_rule": "oracle_in_intermediate_topk", "k": 15, "exit_layers": [1, 2]}}
+    with pytest.raises(ValueError, match=r"heads.bad.type: unknown head type 'ffnn'; known: calm, ffn, forced"):
+        resolve_specs({"bad": {"type": "ffnn"}}, DEFAULTS, registry())
+    with pytest.raises(ValueError, match=r"heads.c.steps_: head type 'calm' takes no option 'steps_' \(its options: "
+                                         r"none; training settings: label_rule, .*exit_layers\)"):
+        resolve_specs({"c": {"type": "calm", "steps_": 5}}, DEFAULTS, registry())

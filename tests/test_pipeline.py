@@ -1,5 +1,6 @@
 """The Snakemake pipeline: lint, offline dry runs, fail-fast config validation, and (slow) the smoke run
 end to end with the config-extension property and the no-op rerun."""
+import json
 import os
 import shutil
 import subprocess
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -16,6 +19,12 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 def snakemake(*args, cwd=REPO):
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def job_stats(dry_run_output):
+    """{rule: planned jobs} from a dry run's 'Job stats:' table."""
+    stats = dry_run_output.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
+    return {line.split()[0]: int(line.split()[1]) for line in stats if line.split() and line.split()[0] != "total"}
 
 
 def test_lint_clean():
@@ -40,10 +49,27 @@ def test_slurm_profile_resolves_from_project_root():
 
 @pytest.mark.parametrize("edit, key", [
     (lambda c: c["evaluation"]["thresholds"].append("high"), "evaluation.thresholds[2]"),
-    (lambda c: c["heads"].update(bogus=1), "heads: Additional properties are not allowed ('bogus'"),
+    (lambda c: c["head_training"].update(bogus=1), "head_training: Additional properties are not allowed ('bogus'"),
     (lambda c: c["backbones"]["mamba2"].update(policies=["copy"]), "backbones.mamba2.policies[0]"),
+    # bad head specs: unknown type (issue 13: `ffnn` used to fail only in its training job), an option the type's
+    # constructor does not take, training settings out of range, a type with nothing to train, exits the
+    # backbone does not have, a comparison of a head that does not exist
+    (lambda c: c["heads"].update(x={"type": "ffnn"}), "heads.x.type: unknown head type 'ffnn'; known: calm, ffn,"),
+    (lambda c: c["heads"].update(m={"type": "mamba", "state_sise": 64}),
+     "heads.m.state_sise: head type 'mamba' takes no option 'state_sise' (its options: state_size,"),
+    (lambda c: c["heads"].update(c={"type": "calm", "k": 0}), "heads.c.k: 0 is less than the minimum of 1"),
+    (lambda c: c["heads"].update(c={"type": "calm", "mode": "joint"}), "heads.c.mode: 'joint' is not one of"),
+    (lambda c: c["heads"].update(s={"type": "softmax", "steps": 5}),
+     "heads.s.steps: head type 'softmax' is a zero-parameter exit rule, it has nothing to train"),
+    (lambda c: c["heads"].update(c={"type": "calm", "exit_layers": [1, 3]}),
+     "heads.c.exit_layers: [1, 3] for backbone 'mamba2' of 4 blocks"),
+    (lambda c: c["analysis"].update(comparisons={"k": ["calm", "calm_k15"]}),
+     "analysis.comparisons.k[1]: no head named 'calm_k15'"),
+    # calibration on a task whose every question is evaluated, with no pool of its own (embedded TriviaQA)
+    (lambda c: c["evaluation"]["tasks"]["triviaqa"].update(limit=None),
+     "calibration.tasks: triviaqa has no calibration questions"),
 ])
-def test_schema_violation_fails_fast_naming_the_key(edit, key, tmp_path):
+def test_bad_config_fails_fast_naming_the_key(edit, key, tmp_path):
     config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     edit(config)
     bad = tmp_path / "bad.yaml"
@@ -61,12 +87,12 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
                           "--cores", "2"], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for name in ["tables/grid.csv", "tables/pareto.csv", "figures/mistral/triviaqa.png",
-                 "figures/mamba2/triviaqa.pdf", "calibration/mistral/head~saturation/policy~copy/task~triviaqa/"
-                 "calibration.json"]:
+                 "figures/mamba2/triviaqa.pdf", "figures/mamba2/compare~calm_alone/triviaqa.png",
+                 "calibration/mistral/head~saturation/policy~copy/task~triviaqa/calibration.json"]:
         assert (tmp_path / "results" / name).stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "results/heads/mistral/head~saturation").iterdir()) == ["heads.json"]
     grid = pd.read_csv(tmp_path / "results/tables/grid.csv")
-    assert set(grid["method"]) == {"baseline", "early_exit", "prune", "prune_angular", "calibrated"}
+    assert set(grid["method"]) == {"baseline", "early_exit", "oracle", "prune", "prune_angular", "calibrated"}
     assert set(grid["head"].dropna()) == {"calm", "saturation"}
     report = snakemake("--directory", str(tmp_path), "--configfile", str(REPO / "configs/smoke.yaml"),
                        "--report", str(tmp_path / "report.html"))
@@ -81,12 +107,10 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     extended = tmp_path / "extended.yaml"
     extended.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(extended))
-    out = plan.stdout
-    stats = out.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
-    jobs = {line.split()[0]: int(line.split()[1]) for line in stats if line.split() and line.split()[0] != "total"}
     # Only the cells that gain a point (one per backbone x head x policy x task; the new depth's
     # pruning job) and what reads them; nothing upstream (data, backbones, heads).
-    assert jobs == {"evaluate_exits": 4, "evaluate_prune": 2, "tables": 1, "figure": 2, "all": 1}, out
+    assert job_stats(plan.stdout) == {"evaluate_exits": 4, "evaluate_prune": 2, "tables": 1, "figure": 2,
+                                      "comparison_figure": 2, "all": 1}, plan.stdout
 
     # Running them computes only the new points: the records already there are kept byte for byte (a recomputed
     # one would differ: records hold measured times). Snakemake touches them, so their mtimes do change.
@@ -105,4 +129,47 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
         "mistral/prune_angular~2/task~triviaqa/record.json",
         "mistral/prune~2/task~triviaqa/record.json",
     ]
+
+    # Two head specs more: a second `calm` (the authors' label direction, k = 15) and an `ffn` with an option.
+    config["heads"].update(calm_k15={"type": "calm", "label_rule": "oracle_in_intermediate_topk", "k": 15},
+                           ffn_x2={"type": "ffn", "expansion": 2})
+    specs = tmp_path / "specs.yaml"
+    specs.write_text(yaml.safe_dump(config))
+    plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(specs))
+    # Each spec's training job, evaluation cell and calibration per backbone, the tables and the figures with every
+    # head; not the calm_alone comparison figures, nor anything of `calm`.
+    assert job_stats(plan.stdout) == {"train_heads": 4, "evaluate_exits": 4, "calibrate": 4, "tables": 1, "figure": 2,
+                                      "all": 1}, plan.stdout
+    results = tmp_path / "results"
+    kept = [p for p in results.rglob("*")
+            if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "tables", "figures")]
+    before = {path: path.read_bytes() for path in kept}
+    compared = {p: p.stat().st_mtime_ns for p in results.glob("figures/*/compare~calm_alone/*")}
+    grid_before = pd.read_csv(results / "tables/grid.csv")
+    run = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(specs), "--cores", "2"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # Every earlier record, head, backbone and data file byte for byte; the comparison figures not rewritten.
+    assert {path: path.read_bytes() for path in kept} == before
+    assert len(compared) == 2 * 2 and {p: p.stat().st_mtime_ns for p in compared} == compared
+    for backbone in ("mistral", "mamba2"):
+        heads = {h: results / f"heads/{backbone}/head~{h}" for h in ("calm", "calm_k15", "ffn_x2")}
+        spec = json.loads((heads["calm_k15"] / "heads.json").read_text())["spec"]
+        assert spec["name"] == "calm_k15" and spec["type"] == "calm" and spec["options"] == {}
+        assert (spec["training"]["label_rule"], spec["training"]["k"]) == ("oracle_in_intermediate_topk", 15)
+        assert json.loads((heads["ffn_x2"] / "heads.json").read_text())["spec"]["options"] == {"expansion": 2}
+        calm, k15 = (load_file(str(heads[h] / "heads.safetensors")) for h in ("calm", "calm_k15"))
+        assert calm.keys() == k15.keys() and any(not torch.equal(calm[k], k15[k]) for k in calm)  # own weights
+        for head in ("calm_k15", "ffn_x2"):
+            cell = results / f"eval/{backbone}/head~{head}"
+            records = sorted(cell.rglob("record.json"))
+            assert len(records) == 4  # thresholds 0.5, 0.9, 0.7 and the calibrated point
+            assert all(json.loads(r.read_text())["head_spec"]["name"] == head for r in records)
+    grid = pd.read_csv(results / "tables/grid.csv")
+    added = grid["head"].isin(["calm_k15", "ffn_x2"])
+    assert added.sum() == 2 * 2 * 4 and set(grid.loc[grid["method"] == "early_exit", "head"]) == {
+        "calm", "saturation", "calm_k15", "ffn_x2"}
+    pd.testing.assert_frame_equal(grid[~added].reset_index(drop=True), grid_before)  # the other rows as they were
+    noop = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(specs))
+    assert "Nothing to be done" in noop.stdout + noop.stderr
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)

@@ -138,6 +138,26 @@ def test_text_sampling_deterministic_by_seed(tmp_path, text_source):
     assert not stats["exhausted_before_budget"]
 
 
+def test_held_out_text_follows_the_training_text(tmp_path, text_source):
+    """One stream: the training draw is the same with or without the held-out file, and shares no document with it."""
+    src, lines = text_source
+    alone, train, valid = tmp_path / "alone.jsonl", tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    sampling.sample_corpus(str(src), alone, token_budget=300, seed=1, shuffle_buffer=50)
+    stats = sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "300", "--seed", "1",
+                              "--shuffle-buffer", "50", "--valid-out", str(valid), "--valid-tokens", "200"])
+    assert train.read_bytes() == alone.read_bytes()
+    train_docs, valid_docs = list(schemas.read_corpus(train)), list(schemas.read_corpus(valid))
+    assert not set(train_docs) & set(valid_docs) and set(valid_docs) <= set(lines)
+    words = [len(d.split()) for d in valid_docs]
+    assert stats["valid"]["tokens"] == sum(words) >= 200 > sum(words[:-1])
+    assert json.loads((tmp_path / "valid.jsonl.meta.json").read_text())["stats"] == stats["valid"]
+    with pytest.raises(schemas.DataFormatError, match="no documents left for the held-out text"):
+        sampling.sample_corpus(str(src), train, token_budget=10**6, valid_out=valid, valid_budget=10)
+    with pytest.raises(SystemExit):
+        sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-out",
+                          str(valid)])
+
+
 def test_text_sampling_from_jsonl_through_datasets(tmp_path, text_source):
     _, lines = text_source
     src = tmp_path / "source.jsonl"

@@ -73,7 +73,12 @@ def test_real_coqa_samples(shared_data):
     train = schemas.load_coqa(shared_data / "coqa" / "coqa_train_5stories.json")  # bare list, no wrapper
     assert len(dev) == 500 and sum(len(r["questions"]) for r in dev) == 7983
     assert dev == arrow  # the original-layout rebuild and HF arrow give the same canonical records
-    assert story0[0] == dev[0]
+    # the verbatim dev story keeps the other annotators' answers, which the HF layout of the rebuild lacks
+    assert {k: v for k, v in story0[0].items() if k != "additional_answers"} == dev[0]
+    extra = story0[0]["additional_answers"]
+    assert sorted(extra) == ["0", "1", "2"] and all(len(a["input_text"]) == 12 for a in extra.values())
+    assert [a["input_text"][4] for a in extra.values()] == ["orange with white tiger stripes", "orange", "orange"]
+    assert "additional_answers" not in dev[0] and "additional_answers" not in train[0]
     assert len(train) == 5 and sum(len(r["questions"]) for r in train) == 75
     a = dev[0]["answers"]
     assert dev[0]["questions"][0] == "What color was Cotton?" and a["input_text"][0] == "white"
@@ -157,6 +162,41 @@ def test_truthfulqa_csv_missing_column(tmp_path):
     path.write_text("Type,Category,Question,Best Answer,Correct Answers,Source\nA,B,Q?,Yes,Yes; Sure,src\n")
     with pytest.raises(DataFormatError, match=r"tq.csv: TruthfulQA CSV lacks column\(s\) \['Incorrect Answers'\]"):
         schemas.load_truthfulqa(path)
+
+
+def test_coqa_additional_answers_from_the_hub_layouts():
+    """stanfordnlp/coqa rows have none; EleutherAI/coqa (lm-eval's source) rows carry them in the validation
+    split and a turn_id -1 placeholder in the train split."""
+    plain = {"source": "s", "story": "abc", "questions": ["q?", "r?"],
+             "answers": {"input_text": ["a", "b"], "answer_start": [0, 1], "answer_end": [1, 2]}}
+    assert schemas.coqa_from_hf(plain) == plain
+
+    def spans(texts, turns):
+        return {"span_start": [0] * len(texts), "span_end": [1] * len(texts), "span_text": ["a"] * len(texts),
+                "input_text": texts, "turn_id": turns}
+
+    row = {"id": "x", "source": "s", "story": "abc", "questions": {"input_text": ["q?", "r?"], "turn_id": [1, 2]},
+           "answers": spans(["a", "b"], [1, 2]),
+           "additional_answers": {k: spans([f"a{k}", f"b{k}"], [1, 2]) for k in "012"}}
+    rec = schemas.validate_records([schemas.coqa_from_hf(row)], "coqa", "row")[0]
+    assert rec["questions"] == ["q?", "r?"] and rec["answers"]["answer_end"] == [1, 1]
+    assert rec["additional_answers"]["2"] == {"input_text": ["a2", "b2"], "answer_start": [0, 0], "answer_end": [1, 1]}
+    train_row = {**row, "additional_answers": {k: spans([""], [-1]) for k in "012"}}
+    assert "additional_answers" not in schemas.coqa_from_hf(train_row)
+
+
+def test_coqa_additional_answers_are_checked(tmp_path):
+    coqa = synthetic_records()["coqa"][0]
+    bad = {**coqa, "additional_answers": {"0": {**coqa["answers"], "input_text": ["x", "y"]}}}
+    with pytest.raises(DataFormatError, match="additional_answers.0.input_text: 2 entries for 3 questions"):
+        schemas.write_coqa(tmp_path / "c.jsonl", [bad])
+    story = {"source": "s", "story": "abc", "questions": [{"input_text": "q", "turn_id": 1}],
+             "answers": [{"input_text": "a", "span_start": 0, "span_end": 1, "turn_id": 1}],
+             "additional_answers": {"0": [{"input_text": "a", "span_start": 0, "span_end": 1, "turn_id": 2}]}}
+    path = tmp_path / "orig.json"
+    path.write_text(json.dumps({"version": "1.0", "data": [story]}))
+    with pytest.raises(DataFormatError, match=r"additional_answers.0: no answer for turn\(s\) \[1\]"):
+        schemas.load_coqa(path)
 
 
 def test_original_coqa_with_missing_answer_turn(tmp_path):

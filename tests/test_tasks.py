@@ -4,7 +4,7 @@ import pytest
 from eval_setup import task_files, task_metadata  # noqa: F401  (fixture)
 from lm_eval.tasks import TaskManager
 
-from workflow_lib.data.schemas import load_triviaqa
+from workflow_lib.data.schemas import load_coqa, load_triviaqa, write_coqa
 from workflow_lib.evaluation.tasks import TASK_DIR
 from workflow_lib.evaluation.tasks.helpers import coqa_doc_to_text, coqa_scores
 
@@ -77,6 +77,35 @@ def test_coqa_gold_answer_scores_one(shared_data):
     for doc in docs:
         scores = task.process_results(doc, [" " + doc["answers"][-1] + "\n\nQ: next"])
         assert scores == {"em": 1.0, "f1": 1.0}
+
+
+def test_coqa_scores_against_the_additional_answers(shared_data, tmp_path):
+    """lm-eval's coqa: the references are the main answer plus the other annotators' answers that differ from
+    it (case ignored), scored with the leave-one-out rule. The real dev story 0, asked up to its 5th turn."""
+    story = load_coqa(shared_data / "coqa" / "coqa_dev_story0_full.json")[0]
+    turns = 5
+
+    def cut(answers):
+        return {k: v[:turns] for k, v in answers.items()}
+
+    short = {**story, "questions": story["questions"][:turns], "answers": cut(story["answers"]),
+             "additional_answers": {k: cut(a) for k, a in story["additional_answers"].items()}}
+    path = tmp_path / "coqa.json"
+    write_coqa(path, [short])
+    task = _task("dynamax_coqa", coqa_file=str(path))
+    doc = task.eval_docs[0]
+    assert task.doc_to_text(doc).endswith("Q: What color were her sisters?\n\nA:")
+    # "orange" twice among the additional answers: kept once
+    assert task.doc_to_target(doc) == ["orange and white", "orange with white tiger stripes", "orange"]
+    # left out in turn: "orange and white" -> 1, "orange with ..." -> 1, "orange" -> 0; the main answer alone gives 0
+    assert task.process_results(doc, ["orange"])["em"] == pytest.approx(2 / 3)
+    assert task.process_results(doc, ["orange and white"])["em"] == pytest.approx(2 / 3)
+    # a story without additional answers keeps the single-reference score
+    plain = {k: v for k, v in short.items() if k != "additional_answers"}
+    write_coqa(path, [plain])
+    task = _task("dynamax_coqa", coqa_file=str(path))
+    assert task.doc_to_target(task.eval_docs[0]) == ["orange and white"]
+    assert task.process_results(task.eval_docs[0], ["orange"]) == {"em": 0.0, "f1": 0.5}
 
 
 def test_coqa_prompt_and_official_scorer():

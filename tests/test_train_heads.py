@@ -65,16 +65,19 @@ def _cfg(workdir: Path, out: str, preset: str = "tiny-mistral", **kw) -> TrainCo
 
 def test_outputs_metadata_and_metrics(workdir):
     cfg = _cfg(workdir, "out_meta", head="ffn", label_rule="oracle_in_intermediate_topk", k=3, class_balance=True,
-               checkpoint_every=10)
+               checkpoint_every=10, head_options={"expansion": 2}, name="ffn_x2_k3")
     metrics = train_heads(cfg)
     out = Path(cfg.out)
     assert sorted(p.name for p in out.iterdir()) == ["heads.json", "heads.safetensors", METRICS_FILE]  # no checkpoint
     model = load_backbone(cfg.backbone, device="cpu")
     heads, meta = load_heads(out, model.config)
     assert sorted(heads) == ["1", "2"] and meta["exit_layers"] == [1, 2]  # default exits of a 4-block backbone
-    for key, want in [("head_type", "ffn"), ("label_rule", "oracle_in_intermediate_topk"), ("k", 3),
-                      ("training_mode", "joint_decay"), ("class_balance", True), ("seed", 0), ("steps", 30)]:
-        assert meta[key] == want
+    # the spec: its name, type, constructor options and training settings, each apart
+    assert meta["spec"] == {"name": "ffn_x2_k3", "type": "ffn", "options": {"expansion": 2}, "training": {
+        "label_rule": "oracle_in_intermediate_topk", "k": 3, "mode": "joint_decay", "class_balance": True,
+        "seq_len": 32, "batch_size": 8, "steps": 30, "lr": 3e-3, "exit_layers": [1, 2]}}
+    assert meta["head"] == {"head_type": "ffn", "hidden_size": 64, "expansion": 2} and meta["seed"] == 0
+    assert heads["1"].up.out_features == 2 * 64  # the option reached the constructor
     assert meta["backbone_id"] == cfg.backbone and meta["data"]["train_text"].endswith("train.txt")
     assert {"packages", "git_commit", "config"} <= set(meta["provenance"])
     # each exit saved with its own weights (the authors' code saved the first head four times)
@@ -217,6 +220,8 @@ def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
         (dict(exit_layers=[1, 3]), ValueError, r"invalid for a 4-block backbone.*0\.\.2"),
         (dict(head="transformer"), ValueError, "unknown or untrainable head type 'transformer'"),
         (dict(head="forced"), ValueError, "untrainable head type 'forced'"),
+        (dict(head="mamba", head_options={"state_sise": 64}), ValueError,
+         "head type 'mamba' with options .*unexpected keyword argument 'state_sise'"),
         (dict(k=0), ValueError, "k >= 1"),
         (dict(mode="sum"), ValueError, "unknown training mode"),
         (dict(backbone="preset:tiny-mistral"), ValueError, "--tokenizer"),
@@ -250,11 +255,12 @@ def test_resuming_with_another_backbone_is_refused(workdir):
 
 
 def test_zero_parameter_rule_gets_a_config_only_folder_without_text(tmp_path, capsys):
-    main(["--backbone", "preset:tiny-mistral", "--head", "saturation", "--exit-layers", "4,6", "--out",
-          str(tmp_path / "rule")])
+    main(["--backbone", "preset:tiny-mistral", "--head", "saturation", "--name", "sat", "--exit-layers", "4,6",
+          "--out", str(tmp_path / "rule")])
     assert sorted(p.name for p in (tmp_path / "rule").iterdir()) == ["heads.json"]
     heads, meta = load_heads(tmp_path / "rule", preset_config("tiny-mistral"))
     assert sorted(heads) == ["4", "6"] and meta["trained"] is False and meta["head"]["head_type"] == "saturation"
+    assert meta["spec"] == {"name": "sat", "type": "saturation", "options": {}, "training": {"exit_layers": [4, 6]}}
     with pytest.raises(SystemExit):  # a trained head needs its texts
         main(["--backbone", "preset:tiny-mistral", "--head", "calm", "--out", str(tmp_path / "calm")])
     assert "--train-text and --valid-text are required" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The synthetic world: determinism, schema validity, held-out questions never asked in the corpus, spans."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,30 @@ def test_coqa_answers_are_spans_of_their_story(world_dir):
             assert text in record["story"][start:end]
 
 
+def test_coqa_calibration_stories_apart_from_the_world(world_dir, tmp_path, capsys):
+    """More stories of the same world, none an evaluated one; the world's own files are not touched."""
+    from workflow_lib.data.calibration import evaluated_records, overlap
+
+    before = {name: (world_dir / name).read_bytes() for name in FILES}
+    out = tmp_path / "coqa_calibration.jsonl"
+    world_main(["--coqa-calibration", str(out), "--stories", "30", "--n-people", "40", "--qa-docs", "20",
+                "--truthful-docs", "10", "--coqa-train-stories", "10", "--coqa-eval-stories", "10", "--n-unknown", "5"])
+    assert "30 CoQA calibration stories" in capsys.readouterr().out
+    stories = schemas.load_coqa(out)
+    evaluated = evaluated_records("coqa", schemas.load_coqa(world_dir / "coqa.json"))
+    assert len(stories) == len({s["story"] for s in stories}) == 30 and not overlap("coqa", stories, evaluated)
+    people = {p["name"] for p in json.loads((world_dir / "world.json").read_text())["people"]}
+    assert all(any(name in s["story"] for name in people) for s in stories)  # the world's people, as evaluated
+    assert {name: (world_dir / name).read_bytes() for name in FILES} == before
+    world_main(["--coqa-calibration", str(tmp_path / "again.jsonl"), "--stories", "30", "--n-people", "40",
+                "--qa-docs", "20", "--truthful-docs", "10", "--coqa-train-stories", "10", "--coqa-eval-stories", "10",
+                "--n-unknown", "5"])
+    assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()  # deterministic
+    with pytest.raises(SystemExit):
+        world_main(["--coqa-calibration", str(tmp_path / "x.jsonl")])  # how many stories?
+    assert "--coqa-calibration and --stories go together" in capsys.readouterr().err
+
+
 def test_cli_and_bad_input(tmp_path, capsys):
     world_main(["--out-dir", str(tmp_path / "cli"), "--seed", "3", "--n-people", "10", "--coqa-eval-stories", "2"])
     assert "10 people" in capsys.readouterr().out
@@ -81,3 +106,25 @@ def test_cli_and_bad_input(tmp_path, capsys):
     with pytest.raises(ValueError, match="qa_fraction"):
         world_main(["--out-dir", str(tmp_path / "bad"), "--qa-fraction", "1.5"])
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("task_yaml", ["lm-eval", "project"])
+def test_truthfulqa_documents_open_with_lm_evals_primer(world_dir, task_yaml):
+    """The corpus teaches the evaluated prompt: its TruthfulQA documents start with the very primer lm-eval's
+    truthfulqa_gen (and the project's copy of it) puts before the question."""
+    import jinja2
+    import lm_eval
+    import yaml
+
+    from workflow_lib.data.world import TRUTHFULQA_PRIMER
+    from workflow_lib.evaluation.tasks import TASK_DIR
+
+    loader = type("Loader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda *_: None)  # !function tags: not needed to read the prompt
+    path = (Path(lm_eval.__file__).parent / "tasks/truthfulqa/truthfulqa_gen.yaml" if task_yaml == "lm-eval"
+            else TASK_DIR / "truthfulqa.yaml")
+    template = yaml.load(path.read_text(), Loader=loader)["doc_to_text"]
+    assert jinja2.Template(template).render(question="Who is X?") == TRUTHFULQA_PRIMER + "\n\nQ: Who is X?"
+    docs = [json.loads(line)["text"] for line in (world_dir / "corpus_train.jsonl").read_text().splitlines()]
+    truthful = [d for d in docs if d.startswith(TRUTHFULQA_PRIMER + "\n\nQ: ")]
+    assert len(truthful) == SMALL.truthful_docs

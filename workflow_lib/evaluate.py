@@ -8,6 +8,8 @@ Grid points and where their records go (each folder: record.json + samples.jsonl
   --no-heads                           OUT/              (exits disabled: the baseline)
   --no-heads --prune-series 0,1,2      OUT/prune~N/      (layer-pruning baseline)
   ... --prune-rule angular             OUT/prune_angular~N/  (the dropped blocks chosen by angular distance)
+  --oracle [--exit-layers 2,3,4]       OUT/              (the oracle bound: each token exits at the earliest exit
+                                                          whose intermediate top-1 is the full model's; no head)
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
 
@@ -22,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
+from workflow_lib.models.names import PRESET_PREFIX, check_local
 
 
 def number_list(text: str, kind=float) -> list[tuple[str, float | int]]:
@@ -95,9 +97,11 @@ def check_task_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -
         p.error("--fewshot-data is for --task triviaqa")
     if getattr(args, "heads", None) is not None and not Path(args.heads).is_dir():
         p.error(f"--heads: folder not found: {args.heads}")
-    local = os.sep in args.backbone or args.backbone.startswith(".")
-    if not args.backbone.startswith("preset:") and local and not Path(args.backbone).exists():
-        p.error(f"--backbone: not found: {args.backbone}")
+    if not args.backbone.startswith(PRESET_PREFIX):
+        try:
+            check_local(args.backbone)
+        except FileNotFoundError as e:
+            p.error(f"--backbone: {e}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     heads = p.add_mutually_exclusive_group(required=True)
     heads.add_argument("--heads", help="folder of trained exit heads (save_heads)")
     heads.add_argument("--no-heads", action="store_true", help="exits disabled: the baseline / pruning point")
+    heads.add_argument("--oracle", action="store_true", help="the oracle bound at --exit-layers (see above)")
+    p.add_argument("--exit-layers", type=lambda s: number_list(s, int),
+                   help="--oracle's exit blocks (default: the heads' default, 4 spread over the second half)")
     p.add_argument("--thresholds", type=number_list, help="comma-separated exit thresholds (with --heads)")
     p.add_argument("--prune", type=int, default=0, help="blocks pruned before the last (default 0)")
     p.add_argument("--prune-series", type=lambda s: number_list(s, int),
@@ -128,6 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--heads needs --thresholds")
     if args.no_heads and args.thresholds:
         p.error("--thresholds needs --heads (--no-heads is the exits-disabled point)")
+    if args.exit_layers and not args.oracle:
+        p.error("--exit-layers is for --oracle (heads carry their own exit layers)")
+    if args.oracle and args.prune:
+        p.error("--oracle bounds the exits of the unpruned backbone: no --prune")
     if args.prune_series and not args.no_heads:
         p.error("--prune-series is the pruning baseline: use it with --no-heads")
     if args.prune_series and args.prune:
@@ -173,7 +184,7 @@ def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
     if args.prune_series:
         name = "prune" if args.prune_rule == "deepest" else f"prune_{args.prune_rule}"
         return [(args.out_dir / f"{name}~{spelled}", {"threshold": None, "prune": n}) for spelled, n in args.prune_series]
-    if args.no_heads:
+    if args.no_heads or args.oracle:
         return [(args.out_dir, {"threshold": None, "prune": args.prune})]
     return [(args.out_dir / f"threshold~{spelled}", {"threshold": t, "prune": args.prune}) for spelled, t in args.thresholds]
 
@@ -211,6 +222,21 @@ def reusable(out_dir: Path, point: dict, config: dict, inputs_mtime: float) -> b
     return same_point and same_settings and path.stat().st_mtime >= inputs_mtime
 
 
+def oracle_exits(args: argparse.Namespace) -> list[int] | None:
+    """--oracle's exit blocks: --exit-layers, else the heads' default for the backbone's depth."""
+    if not args.oracle:
+        return None
+    if args.exit_layers:
+        return [n for _, n in args.exit_layers]
+    from transformers import AutoConfig
+
+    from workflow_lib.models.backbone import default_exit_layers, preset_config
+
+    name = args.backbone
+    config = preset_config(name.removeprefix("preset:")) if name.startswith("preset:") else AutoConfig.from_pretrained(name)
+    return default_exit_layers(config.num_hidden_layers)
+
+
 def check_data(args: argparse.Namespace, prog: str, *files: str) -> None:
     """The task's data files in their format, before the model loads (the task reads them again the same way)."""
     from workflow_lib.data.schemas import LOADERS, DataFormatError
@@ -233,8 +259,9 @@ def task_manager(args: argparse.Namespace, data: str):
     return TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=metadata)
 
 
-def load_model(args: argparse.Namespace, prog: str, prune: int = 0):
-    """The backbone (and --heads) as the `dynamax` lm-eval model, exits off; a clear exit on bad heads or policy."""
+def load_model(args: argparse.Namespace, prog: str, prune: int = 0, oracle: list[int] | None = None):
+    """The backbone (and --heads, or the oracle at these exits) as the `dynamax` lm-eval model, exits off; a clear
+    exit on bad heads or policy."""
     import torch
 
     from workflow_lib.evaluation.lm_model import DynamaxLM
@@ -245,7 +272,7 @@ def load_model(args: argparse.Namespace, prog: str, prune: int = 0):
     try:
         return DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy, prune=prune,
                          tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty, device=args.device,
-                         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size)
+                         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, oracle_exits=oracle)
     except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
         sys.exit(f"{prog}: error: {e}")
 
@@ -267,8 +294,11 @@ def save_point(out_dir: Path, lm, results: dict, wall: float, point: dict, args:
                config: dict) -> dict:
     """The point's record and samples, written atomically into out_dir; one summary line printed."""
     lm_task = TASKS[args.task][0]
-    point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled, "heads": args.heads,
-             "backbone": args.backbone, "n_layers": lm.decoder.parts.n_layers}
+    point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
+             "oracle_exits": lm.decoder.oracle_exits or None, "heads": args.heads, "backbone": args.backbone,
+             "n_layers": lm.decoder.parts.n_layers}
+    if lm.heads_meta is not None:  # the head spec (name, type, options, training) that train_heads recorded
+        point["head_spec"] = lm.heads_meta.get("spec")
     record = build_record(args.task, results, lm.generations, point, wall, args.degenerate_limit, config, args.seed)
     path = write_point(out_dir, record, sample_lines(results["samples"][lm_task], lm.generations))
     print(f"{path}: {record['metrics']} crf_exact={record['crf_exact']:.3f} crf_paper={record['crf_paper']:.3f} "
@@ -303,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     from workflow_lib.decoding.pruning import angular_distance_start
 
     tasks = task_manager(args, args.data)
-    lm = load_model(args, "evaluate", prune=points[0][1]["prune"])
+    lm = load_model(args, "evaluate", prune=points[0][1]["prune"], oracle=oracle_exits(args))
     try:
         angular = (angular_sequences(lm.tokenizer, args.angular_text, args.angular_sequences, args.angular_tokens,
                                      lm.model.device) if args.prune_rule == "angular" else None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 
 import torch
@@ -28,6 +27,7 @@ from .decoding.policies import POLICIES, resolve_policy
 from .decoding.pruning import kept_blocks
 from .models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone,
                               preset_config)
+from .models.names import check_local
 from .models.heads import build_heads, load_heads
 
 DEFAULT_EXIT_THRESHOLD = 0.5
@@ -85,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(backbone: str):
     if backbone.startswith(PRESET_PREFIX):
         return preset_config(backbone[len(PRESET_PREFIX):])
-    if (os.path.sep in backbone or backbone.startswith(".")) and not os.path.isdir(backbone):
-        raise FileNotFoundError(f"backbone folder {backbone!r} does not exist")
+    check_local(backbone)
     return AutoConfig.from_pretrained(backbone, trust_remote_code=False)
 
 

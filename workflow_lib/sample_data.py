@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     c = command("fineweb", "distillation text: seeded shuffle-buffer stream of whole documents up to a token budget",
                 sampling.FINEWEB, ".jsonl ({'text'} per line) or .txt (one document per line)")
     c.add_argument("--tokens", type=int, required=True, help="token budget")
+    c.add_argument("--valid-out", default=None, help="held-out text: the documents that follow the training ones in "
+                   "the same stream (never a training document); needs --valid-tokens")
+    c.add_argument("--valid-tokens", type=int, default=None, help="token budget of --valid-out")
     c.add_argument("--tokenizer", default=None, help="count tokens with this transformers tokenizer (folder or "
                    "hub id); default: whitespace words")
     c.add_argument("--shuffle-buffer", type=int, default=10_000, help="datasets shuffle buffer (documents)")
@@ -52,8 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     a = p.parse_args(argv)
     if a.command == "fineweb":
+        if (a.valid_out is None) != (a.valid_tokens is None):
+            p.error("--valid-out and --valid-tokens go together")
         stats = sampling.sample_corpus(a.source, a.out, a.tokens, a.seed, a.shuffle_buffer, a.config, a.split,
-                                       a.tokenizer, a.text_field)
+                                       a.tokenizer, a.text_field, a.valid_out, a.valid_tokens)
     elif a.command == "triviaqa":
         stats = sampling.sample_triviaqa(a.source, a.out, a.n, a.offset, a.seed, a.config, a.split, a.fewshot_out,
                                          a.fewshot_n, a.fewshot_split)

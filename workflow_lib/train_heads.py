@@ -1,14 +1,17 @@
-"""Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, DESIGN.md §3).
+"""Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, docs/training.md).
 
   python -m workflow_lib.train_heads --backbone results/backbones/tiny-mistral --head mamba \
-      --train-text corpus_train.txt --valid-text corpus_valid.txt --out results/heads/tiny-mistral/mamba
+      --head-options '{"state_size": 64}' --name mamba_s64 \
+      --train-text corpus_train.txt --valid-text corpus_valid.txt --out results/heads/tiny-mistral/mamba_s64
 
-Writes <out>/heads.safetensors + heads.json (load with workflow_lib.models.heads.load_heads) and
+Writes <out>/heads.safetensors + heads.json (load with workflow_lib.models.heads.load_heads; its "spec" records
+the name, the type, the constructor options and the training settings, each apart) and
 <out>/metrics.json (per-exit held-out loss/accuracy/precision/recall/F1/positive ratio, trained and untrained).
 Rerunning the same command after a crash resumes from <out>/checkpoint.
 
-A zero-parameter exit rule (--head softmax or saturation) has nothing to train: <out> gets heads.json only, from the
-backbone's config, and no text is read (--train-text / --valid-text are not needed).
+A zero-parameter exit rule (--head softmax or saturation) has nothing to train: <out> gets heads.json only (its
+"spec": name, type, options, exit layers), from the backbone's config, and no text is read (--train-text /
+--valid-text are not needed).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--head", required=True, help="head type: calm, ffn, mamba (trained); softmax, saturation "
                                                  "(zero-parameter rules: heads.json only)")
     p.add_argument("--head-options", type=json.loads, default={}, help='JSON dict of head options, e.g. \'{"state_size": 32}\'')
+    p.add_argument("--name", help="the head spec's name, recorded with the heads (default: the head type)")
     p.add_argument("--exit-layers", type=_layers, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
     p.add_argument("--train-text", help="training corpus: .txt (a document per line) or .jsonl ('text')")
     p.add_argument("--valid-text", help="held-out text for metrics (never the test data)")
@@ -79,7 +83,7 @@ def parse_args(argv=None) -> TrainConfig:
         class_balance=a.class_balance, balance_batches=a.balance_batches, steps=a.steps, batch_size=a.batch_size,
         seq_len=a.seq_len, lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
         max_train_tokens=a.max_train_tokens, valid_tokens=a.valid_tokens, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options,
+        checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options, name=a.name,
     )
 
 
@@ -87,7 +91,7 @@ def main(argv=None) -> None:
     cfg = parse_args(argv)
     try:
         if is_rule(cfg.head):
-            layers = write_rule_heads(cfg.backbone, cfg.head, cfg.out, cfg.exit_layers, cfg.head_options)
+            layers = write_rule_heads(cfg.backbone, cfg.head, cfg.out, cfg.exit_layers, cfg.head_options, cfg.name)
             print(json.dumps({"head": cfg.head, "exit_layers": layers, "trained": False}))
             return
         metrics = train_heads(cfg)

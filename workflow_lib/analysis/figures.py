@@ -1,11 +1,14 @@
 """Paper-style figures (Fig. 1-5): task metric versus CRF for one backbone and one task (matplotlib; no torch).
 
-One panel per headline metric of the task. Each head x policy is a series (line through its thresholds,
-its own marker shape), with markers coloured by threshold; layer pruning is a black dashed series (the n blocks
-before the last), and a brown one (the n blocks chosen by angular distance);
-a calibrated threshold is its head / policy's marker ringed in its delta's colour ("calm / copy calibrated
-delta=0.05"); the full model (exits disabled) is a star at CRF 1. Invalid points (too many degenerate generations) are
-drawn hollow with a red cross instead of being dropped.
+One panel per (headline metric, head): rows are the task's metrics, columns the heads, so that no panel holds
+more than a handful of series. In a head's panel each missing-state policy is one colour, a line through its
+thresholds with the 95% bootstrap interval as a vertical bar; the oracle bound of the same policy is a diamond
+of the same colour, and a calibrated threshold (python -m workflow_lib.calibrate) is a large marker of its policy's
+colour, one shape per calibration delta. Zero-parameter exit rules (softmax, saturation) are heads: their own
+columns. Every panel repeats the references: the full model (red star at CRF 1, its interval as a grey band across
+the panel) and layer pruning (black squares on a dashed line, with intervals); any other head-free series (pruning
+(angular): the blocks chosen by angular distance) gets its own grey style. Invalid points (too many degenerate
+generations) are drawn hollow instead of being dropped.
 """
 from __future__ import annotations
 
@@ -16,14 +19,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
 
-from workflow_lib.analysis.tables import HEADLINE_METRICS, SERIES_NAMES, series_name  # noqa: E402
+from workflow_lib.analysis.tables import HEADLINE_METRICS, series_name  # noqa: E402
 from workflow_lib.artifacts import atomic_path  # noqa: E402
 
-MARKERS = ["o", "^", "s", "D", "v", "P", "X", "<", ">", "h"]
-PRUNING_STYLES = [("prune", "black", "s"), ("prune_angular", "tab:brown", "D")]  # method, colour, marker
-CALIBRATED_COLOURS = ["crimson", "darkorange", "purple", "teal"]  # one per calibration delta
+POLICY_COLOURS = {"recompute": "tab:blue", "copy": "tab:orange", "copy_prev": "tab:green", "skip": "tab:purple"}
+OTHER_STYLES = [("0.45", "v", ":"), ("0.3", "^", "-."), ("0.6", "P", (0, (3, 1, 1, 1)))]  # extra head-free series
+CALIBRATED_MARKERS = ["h", "X", "p", "*"]  # one per calibration delta
 CRF_LABELS = {"crf_exact": "CRF (exact MAC count)", "crf_paper": "CRF (paper block count)"}
 
 
@@ -31,8 +33,37 @@ def _valid(points: pd.DataFrame) -> pd.Series:
     return points["valid"].fillna(True).astype(bool) if "valid" in points else pd.Series(True, points.index)
 
 
-def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exact") -> plt.Figure:
-    """The figure for one backbone and task from the tidy grid table."""
+def _errors(points: pd.DataFrame, metric: str):
+    """Asymmetric error bars (2, n) from the interval columns, or None when the table has none."""
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low not in points or high not in points or points[low].isna().all():
+        return None
+    return [(points[metric] - points[low]).clip(lower=0).fillna(0).to_numpy(),
+            (points[high] - points[metric]).clip(lower=0).fillna(0).to_numpy()]
+
+
+def _series(ax, points: pd.DataFrame, crf: str, metric: str, colour, marker: str, line, label: str,
+            size: float = 5.5) -> None:
+    """One series: line through its points by CRF, interval bars, filled markers (hollow when invalid)."""
+    points = points.dropna(subset=[crf, metric]).sort_values(crf)
+    if points.empty:
+        return
+    ok = _valid(points).to_numpy()
+    if line is not None:
+        ax.plot(points[crf], points[metric], color=colour, ls=line, lw=1.2, zorder=2)
+    errors = _errors(points, metric)
+    ax.errorbar(points[crf], points[metric], yerr=errors, fmt="none", ecolor=colour, elinewidth=0.8, capsize=2,
+                alpha=0.7, zorder=2)
+    ax.plot(points[crf][ok], points[metric][ok], ls="none", marker=marker, ms=size, color=colour, mec="black",
+            mew=0.4, zorder=3, label=label)
+    if (~ok).any():
+        ax.plot(points[crf][~ok], points[metric][~ok], ls="none", marker=marker, ms=size, mfc="none", mec=colour,
+                mew=1.2, zorder=3, label=f"{label} (invalid: degenerate)")
+
+
+def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exact",
+              heads: list[str] | None = None) -> plt.Figure:
+    """The figure for one backbone and task from the tidy grid table (`heads`: the head columns, default all)."""
     points = grid[(grid["backbone"] == backbone) & (grid["task"] == task)]
     if points.empty:
         raise ValueError(f"no grid points for backbone {backbone!r} and task {task!r}")
@@ -40,54 +71,61 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
     if not metrics:
         raise ValueError(f"no headline metric of task {task!r} in the records (columns: {list(points.columns)})")
     exits = points[points["method"] == "early_exit"]
-    norm = Normalize(vmin=exits["threshold"].min() if len(exits) else 0.0,
-                     vmax=exits["threshold"].max() if len(exits) else 1.0)
-    cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
-    markers = {key: MARKERS[i % len(MARKERS)] for i, key in enumerate(sorted(set(zip(exits["head"], exits["policy"]))))}
+    known = sorted(points.loc[points["method"].isin(["early_exit", "calibrated"]), "head"].dropna().unique())
+    heads = heads or known
+    missing = [h for h in heads if h not in known]
+    if missing:
+        raise ValueError(f"no early-exit points of head(s) {missing} for {backbone} / {task}; there are: {known}")
+    baseline = points[points["method"] == "baseline"]
+    oracle = points[points["method"] == "oracle"]
     calibrated = points[points["method"] == "calibrated"]
-    if len(calibrated):  # legend order: head, policy, delta
-        calibrated = calibrated.sort_values(["head", "policy", "calibration.delta"])
     deltas = sorted(calibrated["calibration.delta"].unique()) if len(calibrated) else []
-    for ax, metric in zip(axes[0], metrics):
-        for (head, policy), series in exits.groupby(["head", "policy"], sort=True):
-            series = series.sort_values(crf)
-            marker, ok = markers[(head, policy)], _valid(series)
-            ax.plot(series[crf], series[metric], color="0.6", lw=1, zorder=1)
-            colours = cmap(norm(series["threshold"].to_numpy()))
-            ax.scatter(series[crf][ok], series[metric][ok], c=colours[ok.to_numpy()], marker=marker, s=46,
-                       edgecolors="black", linewidths=0.5, zorder=3, label=f"{head} / {policy}")
-            ax.scatter(series[crf][~ok], series[metric][~ok], facecolors="none", marker=marker, s=46,
-                       edgecolors=colours[~ok.to_numpy()], linewidths=1.2, zorder=3)
-        for method, colour, marker in PRUNING_STYLES:
-            pruning = points[points["method"] == method].sort_values(crf)
-            if not len(pruning):
-                continue
-            ok = _valid(pruning)
-            ax.plot(pruning[crf], pruning[metric], "--", color=colour, lw=1.2, zorder=2)
-            ax.scatter(pruning[crf][ok], pruning[metric][ok], c=colour, marker=marker, s=40, zorder=3,
-                       label=SERIES_NAMES[method])
-            ax.scatter(pruning[crf][~ok], pruning[metric][~ok], facecolors="none", edgecolors=colour,
-                       marker=marker, s=40, zorder=3)
-        for _, row in calibrated.iterrows():  # its head / policy's marker, ringed in its delta's colour
-            ax.scatter([row[crf]], [row[metric]], marker=markers.get((row["head"], row["policy"]), "o"), s=150,
-                       facecolors="none", linewidths=2, zorder=4, label=series_name(row),
-                       edgecolors=CALIBRATED_COLOURS[deltas.index(row["calibration.delta"]) % len(CALIBRATED_COLOURS)])
-        baseline = points[points["method"] == "baseline"]
-        if len(baseline):
-            ax.scatter(baseline[crf], baseline[metric], c="red", marker="*", s=160, zorder=4,
-                       edgecolors="black", linewidths=0.5, label="full model")
-        invalid = points[~_valid(points)]
-        if len(invalid):
-            ax.scatter(invalid[crf], invalid[metric], c="red", marker="x", s=70, zorder=5,
-                       label="invalid (degenerate)")
-        ax.set_xlabel(CRF_LABELS.get(crf, crf))
-        ax.set_ylabel(metric)
-        ax.set_title(f"{backbone}: {task} ({metric})")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="best")
-    if len(exits):
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label="threshold")
+    shared = points[~points["method"].isin(["early_exit", "baseline", "oracle", "calibrated"])]
+    # Head-free series by name; apply() on no rows gives a DataFrame, which groupby refuses (no pruning configured).
+    shared = list(shared.groupby(shared.apply(series_name, axis=1), sort=True)) if len(shared) else []
+    n = int(baseline["n_samples"].iloc[0]) if len(baseline) and "n_samples" in baseline else None
+
+    fig, axes = plt.subplots(len(metrics), max(1, len(heads)), figsize=(4.3 * max(1, len(heads)), 3.5 * len(metrics)),
+                             squeeze=False, sharex=True, sharey="row")
+    for r, metric in enumerate(metrics):
+        for c, head in enumerate(heads or [None]):
+            ax = axes[r][c]
+            if len(baseline):
+                base = baseline.iloc[0]
+                low, high = base.get(f"{metric}_ci_low"), base.get(f"{metric}_ci_high")
+                if pd.notna(low) and pd.notna(high):
+                    ax.axhspan(low, high, color="0.85", zorder=0, label="full model, 95% interval")
+                ax.plot([base[crf]], [base[metric]], ls="none", marker="*", ms=13, color="red", mec="black",
+                        mew=0.5, zorder=4, label="full model (exits off)")
+            for i, (name, series) in enumerate(shared):
+                colour, marker, line = ("black", "s", "--") if name == "layer pruning" else OTHER_STYLES[i % 3]
+                _series(ax, series, crf, metric, colour, marker, line, name)
+            for policy, series in exits[exits["head"] == head].groupby("policy", sort=True):
+                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), "o", "-",
+                        f"early exit, {policy} (thresholds)")
+            mine = calibrated[calibrated["head"] == head]  # no calibrated point: no calibration.delta column either
+            for (policy, delta), series in (mine.groupby(["policy", "calibration.delta"], sort=True) if len(mine) else []):
+                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"),
+                        CALIBRATED_MARKERS[deltas.index(delta) % len(CALIBRATED_MARKERS)], None,
+                        f"calibrated, {policy}, delta={delta:g}", size=10)
+            for policy, series in oracle.groupby("policy", sort=True):
+                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), "D", None,
+                        f"oracle, {policy}", size=7)
+            ax.set_title(f"head: {head}" if head else task, fontsize=10)
+            ax.grid(alpha=0.3)
+            if r == len(metrics) - 1:
+                ax.set_xlabel(CRF_LABELS.get(crf, crf))
+            if c == 0:
+                ax.set_ylabel(metric)
+    handles: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.suptitle(f"{backbone}: {task}" + (f" (n = {n} questions; bars: 95% bootstrap intervals)" if n else ""),
+                 fontsize=11)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02), frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) - 1) // 5), 1, 1))
     return fig
 
 

@@ -79,34 +79,52 @@ def token_counter(tokenizer: str | None) -> Callable[[str], int]:
 
 def sample_corpus(source: str, out: str | os.PathLike, token_budget: int, seed: int = 0, shuffle_buffer: int = 10_000,
                   config: str | None = FINEWEB[1], split: str = FINEWEB[2], tokenizer: str | None = None,
-                  text_field: str = "text") -> dict:
+                  text_field: str = "text", valid_out: str | os.PathLike | None = None,
+                  valid_budget: int | None = None) -> dict:
     """Whole documents, in seeded shuffled order, until `token_budget` tokens are reached (the last
-    document may overshoot it); a source that runs out first gives all of it and says so in the meta."""
+    document may overshoot it); a source that runs out first gives all of it and says so in the meta.
+    With `valid_out`, the documents that follow in the same stream, up to `valid_budget` tokens, go there:
+    held-out text that shares no document with the training text (two draws of one source would)."""
     if token_budget < 1 or shuffle_buffer < 1:
         raise ValueError(f"token_budget ({token_budget}) and shuffle_buffer ({shuffle_buffer}) must be >= 1")
-    _check_out(out, (".txt", ".jsonl"))
+    if (valid_out is None) != (valid_budget is None) or (valid_budget is not None and valid_budget < 1):
+        raise ValueError(f"valid_out and valid_budget go together, valid_budget >= 1 (got {valid_out}, {valid_budget})")
+    for path in (out, valid_out):
+        if path is not None:
+            _check_out(path, (".txt", ".jsonl"))
     _check_source(source)
     if is_local(source) and Path(source).suffix not in TEXT_BUILDERS:
         raise ValueError(f"text source {source}: must be .txt (one document per line) or .jsonl ({{'text': ...}})")
     count = token_counter(tokenizer)
-    docs, tokens = [], 0
-    with tqdm(total=token_budget, unit="tok", desc="sampling text", disable=None) as bar:
+    budgets = [token_budget] + ([valid_budget] if valid_out is not None else [])
+    draws = [([], 0) for _ in budgets]  # (documents, tokens) per output
+    with tqdm(total=sum(budgets), unit="tok", desc="sampling text", disable=None) as bar:
+        current = 0
         for text in stream_documents(source, seed, shuffle_buffer, config, split, text_field):
             n = count(text)
+            docs, tokens = draws[current]
             docs.append(text)
-            tokens += n
+            draws[current] = (docs, tokens + n)
             bar.update(n)
-            if tokens >= token_budget:
-                break
-    if not docs:
+            if tokens + n >= budgets[current]:
+                current += 1
+                if current == len(budgets):
+                    break
+    if not draws[0][0]:
         raise schemas.DataFormatError(f"{source}: no non-blank documents")
-    stats = {"documents": len(docs), "tokens": tokens, "token_unit": tokenizer or "whitespace words",
-             "exhausted_before_budget": tokens < token_budget}
+    if valid_out is not None and not draws[1][0]:
+        raise schemas.DataFormatError(f"{source}: no documents left for the held-out text after {draws[0][1]} "
+                                      f"training tokens; lower the training budget")
+    unit = tokenizer or "whitespace words"
+    all_stats = [{"documents": len(docs), "tokens": tokens, "token_unit": unit,
+                  "exhausted_before_budget": tokens < budget} for (docs, tokens), budget in zip(draws, budgets)]
     cfg = dict(source=source, config=config, split=split, token_budget=token_budget, shuffle_buffer=shuffle_buffer,
-               tokenizer=tokenizer, text_field=text_field)
-    _write_meta(out, cfg, seed, stats)
-    schemas.write_corpus(out, docs)
-    return stats
+               tokenizer=tokenizer, text_field=text_field, valid_out=None if valid_out is None else str(valid_out),
+               valid_budget=valid_budget)
+    for path, (docs, _), stats in zip((out, valid_out), draws, all_stats):
+        _write_meta(path, cfg, seed, stats)
+        schemas.write_corpus(path, docs)
+    return {**all_stats[0], "valid": all_stats[1]} if valid_out is not None else all_stats[0]
 
 
 # ---------------------------------------------------------------- evaluation sets
@@ -137,7 +155,7 @@ def answer_length(record: dict) -> int:
 def longest_answers(records: list[dict], n: int, offset: int = 0) -> list[dict]:
     """Ranks offset+1 .. offset+n by answer length, longest first; ties broken by question_id then
     question, so the selection does not depend on input order. offset=1000 reproduces the authors'
-    code, which took ranks 1001-2000 by mistake (DESIGN.md §7)."""
+    code, which took ranks 1001-2000 by mistake (docs/evaluation.md)."""
     if n + offset > len(records):
         raise ValueError(f"asked for ranks {offset + 1}-{offset + n} but the source has {len(records)} questions")
     ranked = sorted(records, key=lambda r: (-answer_length(r), r["question_id"], r["question"]))

@@ -5,8 +5,10 @@ Canonical formats (one record per line, UTF-8 JSON Lines unless said otherwise):
   triviaqa.jsonl    HF `trivia_qa` rc.nocontext records: question, question_id, question_source,
                     answer{value, aliases, normalized_aliases, normalized_value, ...}
   coqa.json(l)      HF `stanfordnlp/coqa` records: source, story, questions[str],
-                    answers{input_text[str], answer_start[int], answer_end[int]}; a `.json` file holds
-                    one JSON array, a `.jsonl` file one record per line (both load with datasets' `json`)
+                    answers{input_text[str], answer_start[int], answer_end[int]}, and, when the source has
+                    them (the official dev JSON, HF `EleutherAI/coqa`), additional_answers{"0", "1", "2": the
+                    same three lists}: the other annotators' answers that CoQA's scorer also counts; a `.json`
+                    file holds one JSON array, a `.jsonl` file one record per line (both load with datasets' `json`)
   truthfulqa.jsonl  HF `truthful_qa` generation records: type, category, question, best_answer,
                     correct_answers[str], incorrect_answers[str], source
   corpus .txt/.jsonl training text: `.txt` one document per non-blank line; `.jsonl` one {"text": ...}
@@ -59,6 +61,16 @@ TRIVIAQA_SCHEMA = {
     },
 }
 
+_COQA_ANSWERS = {  # one entry per question, in question order
+    "type": "object",
+    "required": ["input_text", "answer_start", "answer_end"],
+    "properties": {
+        "input_text": _STR_LIST,
+        "answer_start": {"type": "array", "items": {"type": "integer", "minimum": -1}},
+        "answer_end": {"type": "array", "items": {"type": "integer", "minimum": -1}},
+    },
+}
+
 COQA_SCHEMA = {
     "type": "object",
     "required": ["source", "story", "questions", "answers"],
@@ -66,15 +78,8 @@ COQA_SCHEMA = {
         "source": _STR,
         "story": _NONEMPTY_STR,
         "questions": {"type": "array", "items": _NONEMPTY_STR, "minItems": 1},
-        "answers": {
-            "type": "object",
-            "required": ["input_text", "answer_start", "answer_end"],
-            "properties": {
-                "input_text": _STR_LIST,
-                "answer_start": {"type": "array", "items": {"type": "integer", "minimum": -1}},
-                "answer_end": {"type": "array", "items": {"type": "integer", "minimum": -1}},
-            },
-        },
+        "answers": _COQA_ANSWERS,
+        "additional_answers": {"type": "object", "additionalProperties": _COQA_ANSWERS},
     },
 }
 
@@ -98,13 +103,16 @@ TRUTHFULQA_CSV_COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correc
 
 def _coqa_extra_checks(rec: dict) -> str | None:
     """What JSON Schema cannot say: parallel lists of one length and spans inside the story."""
-    n, ans = len(rec["questions"]), rec["answers"]
-    for key in ("input_text", "answer_start", "answer_end"):
-        if len(ans[key]) != n:
-            return f"answers.{key}: {len(ans[key])} entries for {n} questions"
-    for k, (s, e) in enumerate(zip(ans["answer_start"], ans["answer_end"])):
-        if not (s == e == -1 or 0 <= s <= e <= len(rec["story"])):  # -1/-1 marks an unanswerable turn
-            return f"answers turn {k}: span [{s}, {e}) outside the story (length {len(rec['story'])})"
+    n = len(rec["questions"])
+    sets = {"answers": rec["answers"], **{f"additional_answers.{k}": a
+                                          for k, a in rec.get("additional_answers", {}).items()}}
+    for name, ans in sets.items():
+        for key in ("input_text", "answer_start", "answer_end"):
+            if len(ans[key]) != n:
+                return f"{name}.{key}: {len(ans[key])} entries for {n} questions"
+        for k, (s, e) in enumerate(zip(ans["answer_start"], ans["answer_end"])):
+            if not (s == e == -1 or 0 <= s <= e <= len(rec["story"])):  # -1/-1 marks an unanswerable turn
+                return f"{name} turn {k}: span [{s}, {e}) outside the story (length {len(rec['story'])})"
     return None
 
 
@@ -275,24 +283,51 @@ def triviaqa_from_flat(row: dict, question_id: str, question_source: str) -> dic
     return triviaqa_record(question, question_id, row["answer"], row.get("aliases", ()), question_source)
 
 
+def _coqa_answer_lists(answers: list[dict], turn_ids: list[int], where: str) -> dict:
+    """Original-layout answers ([{input_text, span_start, span_end, turn_id}]) as the canonical parallel
+    lists, in the order of `turn_ids`."""
+    by_turn = {a["turn_id"]: a for a in answers}
+    missing = [t for t in turn_ids if t not in by_turn]
+    if missing:
+        raise DataFormatError(f"{where}: no answer for turn(s) {missing}")
+    return {"input_text": [by_turn[t]["input_text"] for t in turn_ids],
+            "answer_start": [by_turn[t]["span_start"] for t in turn_ids],
+            "answer_end": [by_turn[t]["span_end"] for t in turn_ids]}
+
+
 def coqa_from_original(story: dict) -> dict:
     """One story of the original CoQA JSON (questions[{input_text, turn_id}], answers[{input_text,
-    span_start, span_end, ...}]) in HF layout; the HF loader likewise keeps only the main answers."""
+    span_start, span_end, ...}], and in the dev set additional_answers{"0": [...], ...}) in HF layout."""
     qs = sorted(story["questions"], key=lambda q: q["turn_id"])
-    ans = {a["turn_id"]: a for a in story["answers"]}
-    missing = [q["turn_id"] for q in qs if q["turn_id"] not in ans]
-    if missing:
-        raise DataFormatError(f"coqa story {story.get('id', '?')}: no answer for turn(s) {missing}")
-    return coqa_record(story["source"], story["story"],
-                       ((q["input_text"], ans[q["turn_id"]]["input_text"], ans[q["turn_id"]]["span_start"],
-                         ans[q["turn_id"]]["span_end"]) for q in qs))
+    turns = [q["turn_id"] for q in qs]
+    where = f"coqa story {story.get('id', '?')}"
+    record = {"source": story["source"], "story": story["story"], "questions": [q["input_text"] for q in qs],
+              "answers": _coqa_answer_lists(story["answers"], turns, where)}
+    if story.get("additional_answers"):
+        record["additional_answers"] = {k: _coqa_answer_lists(a, turns, f"{where} additional_answers.{k}")
+                                        for k, a in story["additional_answers"].items()}
+    return record
+
+
+def _coqa_hf_answers(a: dict) -> dict:
+    # stanfordnlp/coqa names the span answer_start/answer_end, EleutherAI/coqa span_start/span_end.
+    start, end = ("answer_start", "answer_end") if "answer_start" in a else ("span_start", "span_end")
+    return {"input_text": list(a["input_text"]), "answer_start": [int(x) for x in a[start]],
+            "answer_end": [int(x) for x in a[end]]}
 
 
 def coqa_from_hf(row: dict) -> dict:
-    a = row["answers"]
-    return {"source": row["source"], "story": row["story"], "questions": list(row["questions"]),
-            "answers": {"input_text": list(a["input_text"]), "answer_start": [int(x) for x in a["answer_start"]],
-                        "answer_end": [int(x) for x in a["answer_end"]]}}
+    """A hub row of `stanfordnlp/coqa` (questions[str], main answers only) or `EleutherAI/coqa` (lm-eval's
+    source: questions{input_text, turn_id}, and additional_answers in the validation split)."""
+    qs = row["questions"]
+    record = {"source": row["source"], "story": row["story"],
+              "questions": list(qs["input_text"] if isinstance(qs, dict) else qs),
+              "answers": _coqa_hf_answers(row["answers"])}
+    extra = row.get("additional_answers") or {}
+    # EleutherAI's train split carries a one-entry placeholder (turn_id -1) instead of additional answers.
+    if extra and all(-1 not in a.get("turn_id", ()) for a in extra.values()):
+        record["additional_answers"] = {k: _coqa_hf_answers(a) for k, a in extra.items()}
+    return record
 
 
 def split_truthfulqa_answers(field: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Compute accounting: multiply-accumulates (MACs) per generated token, and the two CRFs (DESIGN.md §5).
+"""Compute accounting: multiply-accumulates (MACs) per generated token, and the two CRFs (docs/accounting.md).
 
 exact: MACs counted from the model config for one new token at batch size 1:
   Mistral block  q, k, v, o projections + attention over the context (scores and weighted sum, every query
@@ -14,7 +14,7 @@ exact: MACs counted from the model config for one new token at batch size 1:
   recompute      per skipped block. Mistral: k_proj + v_proj of the exit hidden state (the input norm and
                  rotary are not counted). Mamba-2: the rows of in_proj that feed the state (x, B, C and dt; not
                  the gate, which only scales the block's output) + conv1d + the SSM state update (no readout,
-                 no gated norm, no out_proj). DESIGN.md's "about 0.7 of a block" counts the whole in_proj;
+                 no gated norm, no out_proj). The estimate "about 0.7 of a block" counts the whole in_proj;
                  the rows actually needed make it ~0.40 of a Codestral block.
 paper: blocks counted, recompute charged 1/6 of a block (Transformer) or 9/26 (Mamba), heads ignored.
 

@@ -1,4 +1,4 @@
-"""The exit-aware greedy decoder (Algorithm 1 of the paper, DESIGN.md §4); `generate` is batch size 1.
+"""The exit-aware greedy decoder (Algorithm 1 of the paper, docs/policies.md); `generate` is batch size 1.
 
 The prompt runs at full (or pruned) depth through the model's own forward, filling transformers' own cache.
 Each new token then runs block by block: at an exit layer the head reads z = final_norm(h) and the token
@@ -67,7 +67,7 @@ class ExitDecoder:
 
     def __init__(self, model: nn.Module, heads: nn.ModuleDict | None = None, threshold: float = 2.0,
                  policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0,
-                 prune_start: int | None = None):
+                 prune_start: int | None = None, oracle_exits: list[int] | None = None):
         self.model = model
         self.parts = parts(model)
         n = self.parts.n_layers
@@ -83,6 +83,11 @@ class ExitDecoder:
         # when the pruned blocks are the ones before the last, which is the form accounting takes.
         self._cost_layer = {b: k for k, b in enumerate(self.kept[:-1])} | {n - 1: n - 1}
         heads = heads if heads is not None else nn.ModuleDict()
+        if oracle_exits is not None and (len(heads) or not oracle_exits):
+            raise ValueError("the oracle decides the exits itself: give oracle_exits (a non-empty list) or heads, not both")
+        for key in oracle_exits or []:
+            if not 0 <= key <= n - 2 or key not in self.kept:
+                raise ValueError(f"oracle exit layer {key} out of range: exits sit at kept blocks 0..{n - 2}")
         for key, head in heads.items():
             layer = int(key)
             if not 0 <= layer <= n - 2:
@@ -92,13 +97,17 @@ class ExitDecoder:
             if head.hidden_size != model.config.hidden_size:
                 raise ValueError(f"head at layer {layer} reads hidden size {head.hidden_size}, the backbone has "
                                  f"{model.config.hidden_size}")
-        self.exits_enabled = len(heads) > 0 and self.threshold <= 1.0
+        # Oracle: at each step the token exits at the earliest of these layers whose intermediate top-1 equals the
+        # full model's (known by looking ahead, at no counted cost): the bound of any head at these exits.
+        self.oracle_exits = sorted(oracle_exits) if oracle_exits else []
+        self.exits_enabled = bool(self.oracle_exits) or (len(heads) > 0 and self.threshold <= 1.0)
         self.heads = {int(k): h for k, h in heads.items()} if self.exits_enabled else {}
         for head in self.heads.values():
             head.attach(self.parts)  # what a head reads of the backbone (the softmax rule: its LM head)
         self.head_macs = {layer: head.macs_per_token() for layer, head in self.heads.items()}
         body = self.kept[:-1]  # an exit at a body block skips the body blocks after it
-        skippable = body[body.index(min(self.heads)) + 1:] if self.heads else []
+        first = min(self.heads or self.oracle_exits or [n])
+        skippable = body[body.index(first) + 1:] if first < n else []
         self._fill = make_fill(self.parts.arch, self.policy, self.parts.layers, skippable)
         self.cost_model = CostModel(model.config)
         self.dtype = self.parts.final_norm.weight.dtype  # heads read z in the model's dtype (Mamba keeps h in fp32)
@@ -112,7 +121,15 @@ class ExitDecoder:
     def generate_batch(self, prompts, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
                        tokenizer=None, eos_token_id=None, climbing_only: bool | None = None) -> list[DecodeResult]:
         """Decode a list of prompts (token-id lists, any lengths) together, each row exiting on its own decision;
-        one result per prompt, equal to `generate` on that prompt alone (decoding/batch.py)."""
+        one result per prompt, equal to `generate` on that prompt alone (decoding/batch.py). The oracle, a bound
+        rather than a method, decodes one prompt at a time."""
+        if self.oracle_exits:
+            device = self.parts.lm_head.weight.device
+            results = [self.generate(torch.tensor([p], device=device), max_new_tokens, stop_strings, tokenizer,
+                                     eos_token_id) for p in prompts]
+            for r in results:  # the batch took what its rows took, one after another
+                r.batch_decode_seconds = sum(x.decode_seconds for x in results)
+            return results
         return generate_batch(self, prompts, max_new_tokens, stop_strings, tokenizer, eos_token_id, climbing_only)
 
     def _eos_ids(self, eos_token_id) -> set[int]:
@@ -222,21 +239,51 @@ class ExitDecoder:
             block_kwargs.update(attention_mask=mask, position_ids=position_ids, use_cache=True, position_embeddings=pos_emb)
         exit_layer, head_macs = p.n_layers - 1, []
         body = self.kept[:-1]
+        oracle_layer = self._oracle_exit(h, cache, block_kwargs) if self.oracle_exits else None
         for idx, i in enumerate(body):
             h_in, h = h, p.layers[i](h, **block_kwargs)  # (1, 1, D) each: block i's input and output
-            head = self.heads.get(i)
-            if head is None:
-                continue
-            z_in = p.final_norm(h_in)[:, 0].to(self.dtype) if head.reads_block_input else None  # (1, D)
-            exit_logits, states[i] = head.step(p.final_norm(h)[:, 0].to(self.dtype), states[i], z_in)  # (1, 2)
-            head_macs.append(self.head_macs[i])
-            if float(exit_logits.float().softmax(-1)[0, 1]) >= self.threshold:  # the one host sync per exit layer
+            if self.oracle_exits:
+                exits = i == oracle_layer
+            else:
+                head = self.heads.get(i)
+                if head is None:
+                    continue
+                z_in = p.final_norm(h_in)[:, 0].to(self.dtype) if head.reads_block_input else None  # (1, D)
+                exit_logits, states[i] = head.step(p.final_norm(h)[:, 0].to(self.dtype), states[i], z_in)  # (1, 2)
+                head_macs.append(self.head_macs[i])
+                exits = float(exit_logits.float().softmax(-1)[0, 1]) >= self.threshold  # the one host sync per exit
+            if exits:
                 exit_layer = i
                 self._fill(p.layers, cache, h, i, body[idx + 1:], pos_emb)
                 break
         h = p.layers[self.kept[-1]](h, **block_kwargs)  # (1, 1, D): the last block always runs
         logits = p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[:, -1, :].float()  # (1, V)
         return logits, exit_layer, head_macs
+
+    def _top1(self, h: torch.Tensor) -> int:
+        p = self.parts
+        return int(p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[0, -1].argmax())
+
+    @torch.no_grad()
+    def _oracle_exit(self, h: torch.Tensor, cache: DynamicCache, block_kwargs: dict) -> int | None:
+        """Look ahead through every kept block from the embedding h (1, 1, D), then put the cache back as it was:
+        the earliest oracle exit whose intermediate top-1 equals the full depth's top-1 (None: no exit agrees)."""
+        p = self.parts
+        saved = [(layer.keys, layer.values) if hasattr(layer, "keys")  # K/V grow by concatenation: new tensors
+                 else (layer.conv_states[0].clone(), layer.recurrent_states[0].clone())  # SSM state: in place
+                 for layer in cache.layers]
+        intermediate = {}
+        for i in self.kept:
+            h = p.layers[i](h, **block_kwargs)  # (1, 1, D)
+            if i in self.oracle_exits:
+                intermediate[i] = self._top1(h)
+        full = self._top1(h)
+        for layer, (a, b) in zip(cache.layers, saved):
+            if hasattr(layer, "keys"):
+                layer.keys, layer.values = a, b
+            else:
+                layer.conv_states[0], layer.recurrent_states[0] = a, b
+        return next((i for i in self.oracle_exits if intermediate[i] == full), None)
 
     @staticmethod
     def _stop_reason(token_ids: list[int], eos: set[int], stop_strings: list[str] | None, tokenizer) -> str | None:

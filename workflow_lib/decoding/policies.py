@@ -1,4 +1,4 @@
-"""Missing-state policies: what the blocks skipped by an early exit store for this position (DESIGN.md §4).
+"""Missing-state policies: what the blocks skipped by an early exit store for this position (docs/policies.md).
 
 After a token exits at block e, blocks e+1 .. n-2 never see it (block n-1, the last, runs anyway), yet later
 tokens read their caches. A policy writes the skipped blocks' state for this position from the exit hidden

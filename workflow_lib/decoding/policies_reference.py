@@ -1,4 +1,4 @@
-"""Minimal reference versions of the missing-state policies, written from DESIGN.md §4 for readability.
+"""Minimal reference versions of the missing-state policies, written from docs/policies.md for readability.
 
 Each does the literal thing with the block's own modules (Mistral) or the Mamba-2 recurrence written out in
 plain torch (Mamba), one skipped block at a time. Tests check that `policies.FILL` writes the same cache.

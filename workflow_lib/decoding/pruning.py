@@ -1,4 +1,4 @@
-"""Layer pruning baseline (DESIGN.md §6): drop the n blocks just before the last one, prefill and decode alike.
+"""Layer pruning baseline (docs/evaluation.md): drop the n blocks just before the last one, prefill and decode alike.
 
 Gromov et al. style, no healing. By default the dropped range ends just before the last block (the paper's
 baseline); `angular_distance_start` picks it instead by Gromov et al.'s criterion (the n consecutive blocks

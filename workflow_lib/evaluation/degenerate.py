@@ -1,4 +1,4 @@
-"""The degenerate-output rule (DESIGN.md §7) and the validity of a grid point.
+"""The degenerate-output rule (docs/evaluation.md) and the validity of a grid point.
 
 A generation is degenerate when it reaches the token limit without a stop (EOS or stop string), or when
 its text is one token repeated. A grid point whose degenerate share passes the configured limit is

@@ -6,7 +6,8 @@ loglikelihood paths are lm-eval's, unchanged. What differs:
   on its own decision and gets what batch size 1 gives it) and cuts the text at the stop strings itself,
   exactly as HFLM does; it keeps one statistics entry per request (tokens, exit layers, stop reason, costs,
   timings, its batch) in `self.generations` for the run record; `batch_size` covers loglikelihood and generation;
-- `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0.
+- `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0;
+- `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded one request at a time.
 
 lm-eval 0.4.13 does not read package entry points for models: the class registers itself when this
 module is imported. From the command line use `python -m workflow_lib.lm_eval_cli` (lm-eval's own CLI
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-import lm_eval.models  # noqa: F401  (registers the built-in models first; see DESIGN.md §8)
+import lm_eval.models  # noqa: F401  (registers the built-in models first; see docs/architecture.md)
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -47,7 +48,7 @@ class DynamaxLM(HFLM):
                  prune: int = 0, prune_start: int | None = None, tokenizer: str | None = None,
                  repetition_penalty: float = 1.0,
                  device: str | None = None, dtype: str | None = None, seed: int = 0, batch_size: int | str = 1,
-                 max_length: int | None = None, **kwargs):
+                 max_length: int | None = None, oracle_exits: str | list[int] | None = None, **kwargs):
         dtype = _none(dtype)
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -73,6 +74,10 @@ class DynamaxLM(HFLM):
         self.policy = _none(policy)
         self.repetition_penalty = float(repetition_penalty)
         self.generations: list[dict] = []
+        oracle_exits = _none(oracle_exits)
+        if isinstance(oracle_exits, str):  # model_args: 'oracle_exits=2;3;4' (commas separate model_args)
+            oracle_exits = [int(x) for x in oracle_exits.replace(";", " ").split()]
+        self.oracle_exits = oracle_exits
         prune_start = _none(prune_start)
         self.set_point(float(threshold), int(prune), None if prune_start is None else int(prune_start))
 
@@ -82,7 +87,8 @@ class DynamaxLM(HFLM):
         self.threshold, self.prune = threshold, prune
         self._batches = 0
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
-                                   repetition_penalty=self.repetition_penalty, prune_start=prune_start)
+                                   repetition_penalty=self.repetition_penalty, prune_start=prune_start,
+                                   oracle_exits=self.oracle_exits)
         self.prune_start = self.decoder.prune_start
         self.generations = []
 

@@ -2,7 +2,8 @@
 
 A grid point (backbone, heads, policy, task, threshold or prune n) is one folder holding
   record.json    metrics; CRF exact and paper; decode tokens/s and wall time; exit-layer histogram;
-                 degenerate count / share / validity; sample count; config, seed, provenance
+                 degenerate count / share / validity; sample count; the head spec (name, type, constructor
+                 options, training settings; as recorded with the heads); config, seed, provenance
   samples.jsonl  lm-eval's per-sample log (doc, prompt, response, per-sample metrics), each line with
                  the decoder's statistics for that sample under "dynamax"
 written together, atomically (a killed job leaves the previous folder or none).

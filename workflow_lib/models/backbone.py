@@ -5,7 +5,6 @@ and Mamba-2 (`Mamba2ForCausalLM`). Anything else is refused with a clear error b
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,8 +12,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, Mamba2Config, Mamba2ForCausalLM, MistralConfig, MistralForCausalLM, PretrainedConfig
 
+from workflow_lib.models.names import PRESET_PREFIX, check_local
+
 ARCHITECTURES: dict[str, type] = {"mistral": MistralForCausalLM, "mamba2": Mamba2ForCausalLM}
-PRESET_PREFIX = "preset:"
 
 
 def _mistral_7b() -> MistralConfig:
@@ -109,9 +109,7 @@ def load_backbone(name_or_path: str, device: torch.device | str | None = None, d
     """
     if name_or_path.startswith(PRESET_PREFIX):
         return build_backbone(preset_config(name_or_path[len(PRESET_PREFIX):]), seed=seed, device=device, dtype=dtype)
-    if os.path.sep in name_or_path or name_or_path.startswith("."):
-        if not os.path.isdir(name_or_path):
-            raise FileNotFoundError(f"backbone folder {name_or_path!r} does not exist")
+    check_local(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     cls = ARCHITECTURES[architecture(config)]
     device = torch.device(device) if device is not None else default_device()

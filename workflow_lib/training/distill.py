@@ -1,4 +1,4 @@
-"""Distillation training of exit heads on a frozen backbone (DESIGN.md §3).
+"""Distillation training of exit heads on a frozen backbone (docs/training.md).
 
 One backbone pass per batch: forward hooks on the exit blocks capture h_l for every exit while the model
 computes the oracle logits, so all exits of one head type train from that single pass. Heads read
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -42,7 +43,9 @@ from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                parts, preset_config, signature)
+from ..models.names import check_local
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
+from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .labels import DEFAULT_LABEL_RULE, check_label_rule, exit_labels
 
 TRAIN_MODES = ("joint_decay", "uniform", "individual")
@@ -79,6 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # 0: no checkpoints
     device: str | None = None
     head_options: dict = field(default_factory=dict)
+    name: str | None = None  # the head spec's name (None: the head type), recorded with the heads
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -348,8 +352,7 @@ def _backbone_config(name: str):
     """The backbone's config without loading weights (cheap validation before any real work)."""
     if name.startswith(PRESET_PREFIX):
         return preset_config(name[len(PRESET_PREFIX):])
-    if (os.path.sep in name or name.startswith(".")) and not os.path.isdir(name):
-        raise FileNotFoundError(f"backbone folder {name!r} does not exist")
+    check_local(name)
     return AutoConfig.from_pretrained(name, trust_remote_code=False)
 
 
@@ -369,6 +372,10 @@ def validate(cfg: TrainConfig):
     if cfg.head not in HEAD_TYPES or not HEAD_TYPES[cfg.head].trainable:
         trainable = sorted(n for n, c in HEAD_TYPES.items() if c.trainable)
         raise ValueError(f"unknown or untrainable head type {cfg.head!r}; trainable: {', '.join(trainable)}")
+    try:  # the options the head's constructor takes
+        inspect.signature(HEAD_TYPES[cfg.head]).bind(1, **cfg.head_options)
+    except TypeError as e:
+        raise ValueError(f"head type {cfg.head!r} with options {cfg.head_options}: {e}") from None
     check_label_rule(cfg.label_rule, cfg.k)
     if cfg.mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
@@ -405,9 +412,9 @@ def resolve_exit_layers(config, requested: list[int] | None) -> list[int]:
 
 
 def write_rule_heads(backbone: str, head: str, out: str, exit_layers: list[int] | None = None,
-                     head_options: dict | None = None) -> list[int]:
+                     head_options: dict | None = None, name: str | None = None) -> list[int]:
     """A zero-parameter exit rule's heads folder (heads.json only: nothing to train, no weights), atomically;
-    returns its exit layers. Only the backbone's config is read."""
+    returns its exit layers. Only the backbone's config is read. `name`: the head spec's (default: the type)."""
     if head not in HEAD_TYPES or HEAD_TYPES[head].trainable:
         rules = sorted(n for n, c in HEAD_TYPES.items() if not c.trainable)
         raise ValueError(f"{head!r} is not a zero-parameter exit rule; rules: {', '.join(rules)}")
@@ -415,7 +422,8 @@ def write_rule_heads(backbone: str, head: str, out: str, exit_layers: list[int] 
     layers = resolve_exit_layers(config, exit_layers)
     heads = build_heads(head, config.hidden_size, layers, **(head_options or {}))  # checks the options
     settings = {"backbone": backbone, "head": head, "exit_layers": layers, "head_options": head_options or {}}
-    save_heads(out, heads, config, {"backbone_id": backbone, "head_type": head, "trained": False,
+    spec = {"name": name or head, "type": head, "options": head_options or {}, "training": {EXIT_LAYERS: layers}}
+    save_heads(out, heads, config, {"spec": spec, "backbone_id": backbone, "head_type": head, "trained": False,
                                     "provenance": provenance(settings, 0)})
     return layers
 
@@ -505,11 +513,13 @@ def train_heads(cfg: TrainConfig) -> dict:
                        "resumed_from_step": start, "device": str(trainer.device)},
     }
     metadata = {
-        "backbone_id": cfg.backbone, "head_type": cfg.head, "label_rule": cfg.label_rule, "k": cfg.k,
-        "training_mode": cfg.mode, "loss_weights": trainer.weights.cpu().tolist(), "class_balance": cfg.class_balance,
+        # What the pipeline's head spec says, the constructor options apart from the training settings.
+        "spec": {"name": cfg.name or cfg.head, "type": cfg.head, "options": cfg.head_options,
+                 "training": {**{k: getattr(cfg, k) for k in TRAINING_KEYS}, EXIT_LAYERS: exit_layers}},
+        "backbone_id": cfg.backbone, "loss_weights": trainer.weights.cpu().tolist(),
         "data": {"train_text": os.path.abspath(cfg.train_text), "valid_text": os.path.abspath(cfg.valid_text),
                  "tokenizer": cfg.tokenizer or cfg.backbone},
-        "seed": cfg.seed, "steps": cfg.steps, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),
+        "seed": cfg.seed, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),
     }
     with atomic_path(out) as tmp:  # replaces <out> (and its checkpoint folder) in one rename
         save_heads(tmp, heads.cpu(), model.config, metadata)

@@ -66,10 +66,13 @@ def load_triviaqa(**metadata) -> datasets.DatasetDict:
 
 def load_coqa(**metadata) -> datasets.DatasetDict:
     """One document per story, as lm-eval's coqa: the whole conversation is the context and its last
-    turn is the question asked."""
+    turn is the question asked. `additional_answers` holds the other annotators' answers per turn, one
+    list per annotator (empty when the source has none)."""
     records = LOADERS["coqa"](data_file("coqa", metadata))
     docs = [{"source": r["source"], "story": r["story"], "questions": list(r["questions"]),
-             "answers": list(r["answers"]["input_text"])} for r in records]
+             "answers": list(r["answers"]["input_text"]),
+             "additional_answers": [list(a["input_text"]) for a in r.get("additional_answers", {}).values()]}
+            for r in records]
     return datasets.DatasetDict({"validation": datasets.Dataset.from_list(docs)})
 
 
@@ -82,7 +85,13 @@ def coqa_doc_to_text(doc: dict) -> str:
 
 
 def coqa_doc_to_target(doc: dict) -> list[str]:
-    return [doc["answers"][-1]]
+    """lm-eval's coqa references: the last turn's answer, then each additional answer to it that differs
+    from those already taken (case ignored)."""
+    golds = [doc["answers"][-1]]
+    for answers in doc.get("additional_answers") or []:
+        if answers[-1].lower() not in map(str.lower, golds):
+            golds.append(answers[-1])
+    return golds
 
 
 # Hand-written: CoQA's official evaluate-v1.0.py scorer. lm-eval's coqa used transformers'
