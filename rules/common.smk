@@ -79,8 +79,8 @@ for task in CALIBRATED_TASKS:
 # Every world TriviaQA / TruthfulQA question is about a held-out fact and all are evaluated: new ones would need new
 # facts stated in the corpus, i.e. another world.
 SEPARATE_POOLS = ["triviaqa", "coqa"] if REAL is not None else ["coqa"]
-# A task calibrated on its own file needs questions the evaluation leaves out: a limit (the longest-answer TriviaQA
-# subset aside, which the world's files never exceed). Refused here rather than in the calibration_split job.
+# A task calibrated on its own file needs questions its evaluation leaves out, i.e. a limit: refused here rather
+# than in the calibration_split job.
 for task in CALIBRATED_TASKS:
     if task not in SEPARATE_POOLS and (EVAL["tasks"][task] or {}).get("limit") is None:
         raise WorkflowError(f"invalid config: calibration.tasks: {task} has no calibration questions: every one of its "
