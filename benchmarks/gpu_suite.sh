@@ -22,3 +22,4 @@ part 140 batched_mamba batched_throughput.py --preset "$mamba" --prompts 32 --ne
 part 50 overhead decode_overhead.py --preset "$mistral" --preset "$mamba" --new-tokens 32 --repeats 3
 part 80 speedup_mistral realised_speedup.py --preset "$mistral" --new-tokens 32 --repeats 3
 part 80 speedup_mamba realised_speedup.py --preset "$mamba" --new-tokens 32 --repeats 3
+part 60 head_cost head_cost.py --preset "$mistral" --preset "$mamba" --dtype bfloat16 --repeats 5

@@ -123,9 +123,10 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
             handles.setdefault(label, handle)
     fig.suptitle(f"{backbone}: {task}" + (f" (n = {n} questions; bars: 95% bootstrap intervals)" if n else ""),
                  fontsize=11)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8,
-               bbox_to_anchor=(0.5, -0.02), frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) - 1) // 5), 1, 1))
+    fig.tight_layout()
+    # below the axes, outside them: the saved bounding box grows to hold it, whatever the number of rows
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(5, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
     return fig
 
 
