@@ -43,10 +43,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def two_block_model(preset: str, seed: int, device, dtype):
-    full = preset_config(preset).to_dict()
+    preset_cfg = preset_config(preset)
+    full = preset_cfg.to_dict()
     full.pop("layer_types", None)  # recomputed for the new depth
     # one block to time, one after it (exits never sit at the last block)
-    config = type(preset_config(preset))(**{**full, "num_hidden_layers": 2})
+    config = type(preset_cfg)(**{**full, "num_hidden_layers": 2})
     return build_backbone(config, seed=seed, device=device, dtype=dtype)
 
 
@@ -108,15 +109,14 @@ def bench_backbone(preset: str, head_types: list[str], args, device, dtype) -> l
           f"{device}, {dtype})", flush=True)
     samples = interleaved(timers, args.repeats, args.warmup)
     block_macs = CostModel(config).block_macs(args.context_len + 1)
-    rows = [{"backbone": preset, "component": "block", "ms": spread([1e3 * s for s in samples["block"]])["median"],
-             "ms_spread": spread([1e3 * s for s in samples["block"]]), "ratio": 1.0, "macs": block_macs,
-             "mac_ratio": 1.0}]
-    for name in head_types:
+    rows = []
+    for name in ["block", *head_types]:
+        ms = spread([1e3 * s for s in samples[name]])
         ratio = spread([t / b for t, b in zip(samples[name], samples["block"])])  # paired per round
-        macs = heads[name].macs_per_token()
-        rows.append({"backbone": preset, "component": name, "ms": spread([1e3 * s for s in samples[name]])["median"],
-                     "ms_spread": spread([1e3 * s for s in samples[name]]), "ratio": ratio["median"],
-                     "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"], "macs": macs, "mac_ratio": macs / block_macs})
+        macs = block_macs if name == "block" else heads[name].macs_per_token()
+        rows.append({"backbone": preset, "component": name, "ms": ms["median"], "ms_spread": ms,
+                     "ratio": ratio["median"], "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"], "macs": macs,
+                     "mac_ratio": macs / block_macs})
     del model
     return rows
 
