@@ -67,9 +67,12 @@ def interleaved(variants: dict[str, Callable[[], float]], repeats: int, warmup: 
         for name in names:
             variants[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             samples[name].append(variants[name]())
+        # a 7B round on a CPU takes minutes: show progress (stderr keeps stdout the results table)
+        print(f"round {r + 1}/{repeats} done, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return samples
 
 
