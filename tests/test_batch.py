@@ -192,6 +192,34 @@ def test_pruned_batched_equals_batch1(tiny_backbone, prune):
     assert all(same(a, b) for a, b in zip(batch1(decoder, PROMPTS, max_new_tokens=8, eos_token_id=[]), got))
 
 
+@pytest.mark.parametrize("arch,policy", ARCH_POLICIES)
+@pytest.mark.parametrize("head_type", ["calm", "mamba"])
+def test_thresholds_from_one_prefill_equal_separate_runs(request, arch, policy, head_type):
+    """Several thresholds decoded from one shared prefill (copies of its cache and head states) give exactly what a
+    separate run at each threshold gives, in the order asked; the decoder keeps its own threshold."""
+    model = model_for(request, arch)
+    heads = build_heads(head_type, 256, [3, 4, 5, 6], seed=11)
+    decoder = ExitDecoder(model, heads, threshold=0.7, policy=policy)
+    thresholds = [0.55, 0.0, 0.45, 1.0]
+    kw = dict(max_new_tokens=8, eos_token_id=[])
+    shared = decoder.generate_batch_thresholds(PROMPTS, thresholds, **kw)
+    assert decoder.threshold == 0.7
+    exits = set()
+    for threshold, got in zip(thresholds, shared):
+        ref = ExitDecoder(model, heads, threshold=threshold, policy=policy).generate_batch(PROMPTS, **kw)
+        assert all(same(a, b) for a, b in zip(ref, got)), threshold
+        exits |= {e for r in got for e in r.exit_layers[1:]}
+    assert len(exits) >= 3  # the thresholds lead to different exits, so a shared state that leaked would show
+
+
+def test_thresholds_need_exit_heads(tiny_mistral):
+    with pytest.raises(ValueError, match="several thresholds need a decoder with exit heads"):
+        ExitDecoder(tiny_mistral).generate_batch_thresholds(PROMPTS, [0.2, 0.5], max_new_tokens=4)
+    decoder = ExitDecoder(tiny_mistral, build_heads("calm", 256, [3]), threshold=0.5)
+    with pytest.raises(ValueError, match="thresholds in \\[0, 1\\]"):
+        decoder.generate_batch_thresholds(PROMPTS, [0.2, 1.5], max_new_tokens=4)
+
+
 def test_bad_input_refused(tiny_mistral):
     decoder = ExitDecoder(tiny_mistral)
     for prompts, message in [([], "non-empty list"), (torch.tensor([[1, 2]]), "non-empty list"),

@@ -75,6 +75,33 @@ def test_reuse_keeps_points_with_the_same_settings_and_inputs(mistral_dir, task_
     main(["--out-dir", str(tmp_path / "out"), "--limit", "2", "--max-new-tokens", "6", *common, "--thresholds", "0.5"])
     assert stamp() != second
 
+def test_thresholds_of_one_job_equal_one_job_each(mistral_dir, task_files, tmp_path):
+    """A job's thresholds share each batch's prefill; every point's generations and metrics equal those of a
+    job that evaluates that threshold alone."""
+    heads = save_calm_heads(tmp_path / "heads", mistral_dir, exit_layers=(1, 2))
+    common = ["--backbone", str(mistral_dir), "--heads", str(heads), "--task", "coqa", "--data", str(task_files["coqa"]),
+              "--limit", "4", "--max-new-tokens", "6", "--batch-size", "3"]
+    thresholds = ["0.3", "0.5", "0.7"]
+    main([*common, "--thresholds", ",".join(thresholds), "--out-dir", str(tmp_path / "together")])
+
+    def point(folder, t):
+        record = json.loads((tmp_path / folder / f"threshold~{t}" / "record.json").read_text())
+        samples = [json.loads(line) for line in (tmp_path / folder / f"threshold~{t}" / "samples.jsonl").open()]
+        return record, samples
+
+    exits = set()
+    for t in thresholds:
+        main([*common, "--thresholds", t, "--out-dir", str(tmp_path / f"alone{t}")])
+        (together, shared), (alone, single) = point("together", t), point(f"alone{t}", t)
+        assert together["metrics"] == alone["metrics"] and together["exit_histogram"] == alone["exit_histogram"]
+        assert [(s["doc_id"], s["dynamax"]["token_ids"], s["dynamax"]["exit_layers"]) for s in shared] == \
+               [(s["doc_id"], s["dynamax"]["token_ids"], s["dynamax"]["exit_layers"]) for s in single]
+        assert {s["dynamax"]["prefill_shared_by"] for s in single} == {1}
+        exits.add(tuple(sorted(together["exit_histogram"])))
+    assert {s["dynamax"]["prefill_shared_by"] for s in point("together", "0.3")[1]} == {3}
+    assert len(exits) > 1  # the thresholds exit differently: a leak between them would show
+
+
 def test_baseline_and_pruning_points(mistral_dir, task_files, tmp_path):
     common = ["--backbone", str(mistral_dir), "--no-heads", "--task", "coqa", "--data", str(task_files["coqa"])]
     _run(tmp_path, *common)

@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                                      lm.model.device) if args.prune_rule == "angular" else None)
     except ValueError as e:  # no document in the text
         sys.exit(f"evaluate: error: {e}")
+    if args.heads:  # each batch's prefill serves every threshold of the job (lm_model.share_thresholds)
+        lm.share_thresholds([point["threshold"] for _, point in points if point["threshold"] is not None])
     setup_seconds = time.perf_counter() - started  # imports, data check, model and heads load: paid once per job
     for out_dir, point in points:
         threshold = point["threshold"] if point["threshold"] is not None else 2.0

@@ -27,7 +27,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from ..models.backbone import parts
 from ..models.heads import ExitHead
 from .accounting import CostModel, TokenCost, crf_exact, crf_paper
-from .batch import generate_batch
+from .batch import generate_batch, generate_batch_thresholds
 from .policies import make_fill, resolve_policy
 from .pruning import kept_blocks, prune_blocks
 
@@ -131,6 +131,13 @@ class ExitDecoder:
                 r.batch_decode_seconds = sum(x.decode_seconds for x in results)
             return results
         return generate_batch(self, prompts, max_new_tokens, stop_strings, tokenizer, eos_token_id, climbing_only)
+
+    def generate_batch_thresholds(self, prompts, thresholds, max_new_tokens: int = 64,
+                                  stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
+                                  climbing_only: bool | None = None) -> list[list[DecodeResult]]:
+        """`generate_batch` at each threshold from one shared prefill (decoding/batch.py); needs exit heads."""
+        return generate_batch_thresholds(self, prompts, thresholds, max_new_tokens, stop_strings, tokenizer,
+                                         eos_token_id, climbing_only)
 
     def _eos_ids(self, eos_token_id) -> set[int]:
         if eos_token_id is None:

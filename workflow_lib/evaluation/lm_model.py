@@ -7,7 +7,9 @@ loglikelihood paths are lm-eval's, unchanged. What differs:
   exactly as HFLM does; it keeps one statistics entry per request (tokens, exit layers, stop reason, costs,
   timings, its batch) in `self.generations` for the run record; `batch_size` covers loglikelihood and generation;
 - `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0;
-- `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded one request at a time.
+- `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded one request at a time;
+- `share_thresholds(ts)`: a job that evaluates several thresholds decodes each batch of requests at all of them
+  from one prefill (`generate_batch_thresholds`); a later point at one of them replays its stored generations.
 
 lm-eval 0.4.13 does not read package entry points for models: the class registers itself when this
 module is imported. From the command line use `python -m workflow_lib.lm_eval_cli` (lm-eval's own CLI
@@ -74,6 +76,8 @@ class DynamaxLM(HFLM):
         self.policy = _none(policy)
         self.repetition_penalty = float(repetition_penalty)
         self.generations: list[dict] = []
+        self._shared: list[float] = []  # thresholds decoded together (share_thresholds)
+        self._stored: dict[tuple, tuple[str, dict]] = {}  # (threshold, prompt, gen kwargs) -> (text, statistics)
         oracle_exits = _none(oracle_exits)
         if isinstance(oracle_exits, str):  # model_args: 'oracle_exits=2;3;4' (commas separate model_args)
             oracle_exits = [int(x) for x in oracle_exits.replace(";", " ").split()]
@@ -84,13 +88,28 @@ class DynamaxLM(HFLM):
     def set_point(self, threshold: float, prune: int = 0, prune_start: int | None = None) -> None:
         """Move to another grid point without reloading the model (one job evaluates many thresholds); prune_start:
         the first of the `prune` dropped blocks (None: the ones just before the last)."""
-        self.threshold, self.prune = threshold, prune
+        if (prune, prune_start) != (getattr(self, "prune", 0), getattr(self, "_prune_start_arg", None)):
+            self._stored = {}  # generations stored for a differently pruned model
+        self.threshold, self.prune, self._prune_start_arg = threshold, prune, prune_start
         self._batches = 0
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
                                    repetition_penalty=self.repetition_penalty, prune_start=prune_start,
                                    oracle_exits=self.oracle_exits)
         self.prune_start = self.decoder.prune_start
         self.generations = []
+
+    def share_thresholds(self, thresholds: list[float]) -> None:
+        """Decode every batch at all these thresholds at once (one prefill) while the point is one of them, the
+        exits are on and nothing is pruned; the other thresholds' generations wait in memory for their point."""
+        self._shared = sorted({float(t) for t in thresholds if 0 <= float(t) <= 1})
+        self._stored = {}
+
+    def _sharing(self, keys: list[tuple]) -> list[float]:
+        """The thresholds to decode these requests at: the point's, and the shared ones they are not stored for."""
+        if self.threshold not in self._shared or self.prune or self.oracle_exits or not self.decoder.exits_enabled:
+            return [self.threshold]
+        return [self.threshold] + [t for t in self._shared if t != self.threshold
+                                   and not all((t, *key) in self._stored for key in keys)]
 
     def warm_up(self, new_tokens: int = 8) -> None:
         """One short untimed generation at the current point: the first calls pay one-off costs (allocator,
@@ -122,25 +141,34 @@ class DynamaxLM(HFLM):
             max_gen_toks = kwargs.pop("max_gen_toks")
             prompts = [self.tok_batch_encode([req.args[0]], left_truncate_len=self.max_length - max_gen_toks,
                                              truncation=self.truncation)[0][0].tolist() for req in chunk]  # as HFLM
-            with torch.no_grad():
-                results = self.decoder.generate_batch(prompts, max_new_tokens=max_gen_toks, stop_strings=until,
-                                                      tokenizer=self.tokenizer, eos_token_id=self.eot_token_id)
+            keys = [(req.args[0], repr(sorted(req.args[1].items()))) for req in chunk]
             self._batches += 1
             batch_id = self._batches  # one id per decoded batch of this grid point: the run record times batches
-            for req, ids, res in zip(chunk, prompts, results):
-                text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
-                stats.append({
-                    "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": len(ids),
-                    "max_new_tokens": max_gen_toks, "token_ids": res.token_ids, "exit_layers": res.exit_layers,
-                    "stop_reason": res.stop_reason, "costs": res.costs, "crf_exact": res.crf_exact,
-                    "crf_paper": res.crf_paper, "decode_seconds": res.decode_seconds,
-                    "prefill_seconds": res.prefill_seconds, "batch_id": batch_id, "batch_size": res.batch_size,
-                    "batch_decode_seconds": res.batch_decode_seconds,
-                })
+            if not all((self.threshold, *key) in self._stored for key in keys):
+                thresholds = self._sharing(keys)
+                with torch.no_grad():
+                    runs = self.decoder.generate_batch_thresholds(
+                        prompts, thresholds, max_new_tokens=max_gen_toks, stop_strings=until,
+                        tokenizer=self.tokenizer, eos_token_id=self.eot_token_id)
+                for threshold, results in zip(thresholds, runs):
+                    for req, key, ids, res in zip(chunk, keys, prompts, results):
+                        text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
+                        self._stored[(threshold, *key)] = (text, {  # identical requests decode identically
+                            "prompt_tokens": len(ids),
+                            "max_new_tokens": max_gen_toks, "token_ids": res.token_ids,
+                            "exit_layers": res.exit_layers, "stop_reason": res.stop_reason, "costs": res.costs,
+                            "crf_exact": res.crf_exact, "crf_paper": res.crf_paper,
+                            "decode_seconds": res.decode_seconds, "prefill_seconds": res.prefill_seconds,
+                            "prefill_shared_by": len(thresholds), "batch_size": res.batch_size,
+                            "batch_decode_seconds": res.batch_decode_seconds})
+            for req, key in zip(chunk, keys):
+                text, stat = self._stored[(self.threshold, *key)]
+                stats.append({"task": req.task_name, "doc_id": req.doc_id, **stat, "batch_id": batch_id})
                 self.cache_hook.add_partial("generate_until", req.args, text)
                 texts.append(text)
             pbar.update(len(chunk))
         pbar.close()
+        self._stored = {key: value for key, value in self._stored.items() if key[0] != self.threshold}  # replayed
         self.generations.extend(collator.get_original(stats))
         return collator.get_original(texts)
 

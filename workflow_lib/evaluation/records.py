@@ -85,7 +85,8 @@ def sample_lines(samples: list[dict], generations: list[dict]) -> list[dict]:
                 "stop_reason": g["stop_reason"], "degenerate": is_degenerate(g["token_ids"], g["stop_reason"]),
                 "crf_exact": g["crf_exact"], "crf_paper": g["crf_paper"],
                 "decode_seconds": g["decode_seconds"], "prefill_seconds": g["prefill_seconds"],
-                "batch_id": g.get("batch_id"), "batch_size": g.get("batch_size", 1)}}
+                "batch_id": g.get("batch_id"), "batch_size": g.get("batch_size", 1),
+                "prefill_shared_by": g.get("prefill_shared_by", 1)}}  # thresholds decoded from this prefill
         lines.append(s)
     return lines
 
