@@ -3,6 +3,7 @@ per-sample log, the degenerate rule, and bad input refused before the model load
 import json
 
 import pytest
+import torch
 from eval_setup import save_calm_heads, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
 from workflow_lib.evaluate import main
@@ -135,12 +136,22 @@ def test_angular_pruning_points(mistral_dir, task_files, tmp_path):
         assert record["crf_paper"] == pytest.approx(4 / (4 - n))
 
 
-def test_oracle_point(mistral_dir, task_files, tmp_path):
-    common = ["--backbone", str(mistral_dir), "--task", "triviaqa", "--data", str(task_files["triviaqa"])]
+def test_oracle_point(task_files, tmp_path):
+    """Blocks 2 and 3 made identities: block 1's top-1 is the full model's, so the oracle exits there every step."""
+    from transformers import AutoModelForCausalLM
+
+    backbone = save_tiny_backbone(tmp_path / "identity", "tiny-mistral")
+    model = AutoModelForCausalLM.from_pretrained(backbone)
+    with torch.no_grad():
+        for layer in model.model.layers[2:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    model.save_pretrained(backbone)
+    common = ["--backbone", str(backbone), "--task", "triviaqa", "--data", str(task_files["triviaqa"])]
     _run(tmp_path, *common, "--oracle", "--exit-layers", "1,2", "--policy", "copy", "--batch-size", "2")
     record = json.loads((tmp_path / "out" / "record.json").read_text())
     assert record["exits_enabled"] and record["oracle_exits"] == [1, 2] and record["policy"] == "copy"
-    assert set(record["exit_histogram"]) <= {"1", "2", "3"} and record["n_samples"] == 3
+    assert set(record["exit_histogram"]) == {"1"} and record["n_samples"] == 3
     with pytest.raises(SystemExit):  # exit layers belong to the oracle; heads carry their own
         main(["--out-dir", str(tmp_path / "x"), *common, "--no-heads", "--exit-layers", "1"])
 

@@ -1,6 +1,7 @@
 """Batched early-exit decoding: every row of a batch exits on its own decision, with the result of batch size 1.
 
-`ExitDecoder.generate` (decoder.py) is the batch-1 reference; `generate_batch` here decodes B prompts together:
+`ExitDecoder.generate` (decoder.py) is the batch-1 reference; `generate_batch_thresholds` here (behind
+`ExitDecoder.generate_batch`) decodes B prompts together, at one threshold or several from one prefill:
 - Prefill: the prompts left-padded with an attention mask through the model's own forward, as transformers'
   batched `generate` does (Mistral: positions counted over the real tokens, padded keys masked; Mamba-2: padded
   positions zeroed before the state, transformers' `apply_mask_to_padding_states`). On CPU a padded batch is
@@ -304,22 +305,13 @@ class _Step:
 
 
 @torch.no_grad()
-def generate_batch(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
-                   stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
-                   climbing_only: bool | None = None) -> list["DecodeResult"]:
-    """Greedy-decode every prompt (a list of token-id lists, any lengths) together; one `DecodeResult` per prompt,
-    equal to what `decoder.generate` gives that prompt alone (see the module docstring for `climbing_only`; None:
-    True on a CPU, False on a GPU)."""
-    return generate_batch_thresholds(decoder, prompts, [decoder.threshold], max_new_tokens, stop_strings, tokenizer,
-                                     eos_token_id, climbing_only)[0]
-
-
-@torch.no_grad()
 def generate_batch_thresholds(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], thresholds: Sequence[float],
                               max_new_tokens: int = 64, stop_strings: list[str] | None = None, tokenizer=None,
                               eos_token_id=None, climbing_only: bool | None = None) -> list[list["DecodeResult"]]:
-    """`generate_batch` at each of `thresholds` from one prefill: result i equals generate_batch with the decoder's
-    threshold set to thresholds[i].
+    """Greedy-decode every prompt (a list of token-id lists, any lengths) together at each of `thresholds`, from one
+    prefill: result i holds one `DecodeResult` per prompt, equal to what `decoder.generate` gives that prompt alone
+    with the decoder's threshold set to thresholds[i] (see the module docstring for `climbing_only`; None: True on a
+    CPU, False on a GPU).
 
     The prompt runs at full depth whatever the threshold, so a grid over thresholds needs its prefill once: each
     threshold decodes from its own copy of the prefilled cache and head states (transformers' documented way to

@@ -27,7 +27,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from ..models.backbone import parts
 from ..models.heads import ExitHead
 from .accounting import CostModel, TokenCost, crf_exact, crf_paper
-from .batch import generate_batch, generate_batch_thresholds
+from .batch import generate_batch_thresholds
 from .policies import make_fill, resolve_policy
 from .pruning import kept_blocks, prune_blocks
 
@@ -121,21 +121,24 @@ class ExitDecoder:
     def generate_batch(self, prompts, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
                        tokenizer=None, eos_token_id=None, climbing_only: bool | None = None) -> list[DecodeResult]:
         """Decode a list of prompts (token-id lists, any lengths) together, each row exiting on its own decision;
-        one result per prompt, equal to `generate` on that prompt alone (decoding/batch.py). The oracle, a bound
-        rather than a method, decodes one prompt at a time."""
+        one result per prompt, equal to `generate` on that prompt alone (decoding/batch.py)."""
+        return self.generate_batch_thresholds(prompts, [self.threshold], max_new_tokens, stop_strings, tokenizer,
+                                              eos_token_id, climbing_only)[0]
+
+    def generate_batch_thresholds(self, prompts, thresholds, max_new_tokens: int = 64,
+                                  stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
+                                  climbing_only: bool | None = None) -> list[list[DecodeResult]]:
+        """`generate_batch` at each threshold from one shared prefill (decoding/batch.py); several thresholds need
+        exit heads. The oracle, a bound rather than a method, has no threshold and decodes one prompt at a time."""
         if self.oracle_exits:
+            if len(thresholds) != 1:
+                raise ValueError("the oracle has no threshold: decode it at one point")
             device = self.parts.lm_head.weight.device
             results = [self.generate(torch.tensor([p], device=device), max_new_tokens, stop_strings, tokenizer,
                                      eos_token_id) for p in prompts]
             for r in results:  # the batch took what its rows took, one after another
                 r.batch_decode_seconds = sum(x.decode_seconds for x in results)
-            return results
-        return generate_batch(self, prompts, max_new_tokens, stop_strings, tokenizer, eos_token_id, climbing_only)
-
-    def generate_batch_thresholds(self, prompts, thresholds, max_new_tokens: int = 64,
-                                  stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
-                                  climbing_only: bool | None = None) -> list[list[DecodeResult]]:
-        """`generate_batch` at each threshold from one shared prefill (decoding/batch.py); needs exit heads."""
+            return [results]
         return generate_batch_thresholds(self, prompts, thresholds, max_new_tokens, stop_strings, tokenizer,
                                          eos_token_id, climbing_only)
 

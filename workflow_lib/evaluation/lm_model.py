@@ -77,7 +77,8 @@ class DynamaxLM(HFLM):
         self.repetition_penalty = float(repetition_penalty)
         self.generations: list[dict] = []
         self._shared: list[float] = []  # thresholds decoded together (share_thresholds)
-        self._stored: dict[tuple, tuple[str, dict]] = {}  # (threshold, prompt, gen kwargs) -> (text, statistics)
+        # (threshold, prune, prune_start, prompt, gen kwargs) -> (text, statistics), until its point replays it
+        self._stored: dict[tuple, tuple[str, dict]] = {}
         oracle_exits = _none(oracle_exits)
         if isinstance(oracle_exits, str):  # model_args: 'oracle_exits=2;3;4' (commas separate model_args)
             oracle_exits = [int(x) for x in oracle_exits.replace(";", " ").split()]
@@ -88,9 +89,7 @@ class DynamaxLM(HFLM):
     def set_point(self, threshold: float, prune: int = 0, prune_start: int | None = None) -> None:
         """Move to another grid point without reloading the model (one job evaluates many thresholds); prune_start:
         the first of the `prune` dropped blocks (None: the ones just before the last)."""
-        if (prune, prune_start) != (getattr(self, "prune", 0), getattr(self, "_prune_start_arg", None)):
-            self._stored = {}  # generations stored for a differently pruned model
-        self.threshold, self.prune, self._prune_start_arg = threshold, prune, prune_start
+        self.threshold, self.prune = threshold, prune
         self._batches = 0
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
                                    repetition_penalty=self.repetition_penalty, prune_start=prune_start,
@@ -109,7 +108,10 @@ class DynamaxLM(HFLM):
         if self.threshold not in self._shared or self.prune or self.oracle_exits or not self.decoder.exits_enabled:
             return [self.threshold]
         return [self.threshold] + [t for t in self._shared if t != self.threshold
-                                   and not all((t, *key) in self._stored for key in keys)]
+                                   and not all(self._key(t, key) in self._stored for key in keys)]
+
+    def _key(self, threshold: float, request_key: tuple) -> tuple:
+        return (threshold, self.prune, self.prune_start, *request_key)
 
     def warm_up(self, new_tokens: int = 8) -> None:
         """One short untimed generation at the current point: the first calls pay one-off costs (allocator,
@@ -144,7 +146,7 @@ class DynamaxLM(HFLM):
             keys = [(req.args[0], repr(sorted(req.args[1].items()))) for req in chunk]
             self._batches += 1
             batch_id = self._batches  # one id per decoded batch of this grid point: the run record times batches
-            if not all((self.threshold, *key) in self._stored for key in keys):
+            if not all(self._key(self.threshold, key) in self._stored for key in keys):
                 thresholds = self._sharing(keys)
                 with torch.no_grad():
                     runs = self.decoder.generate_batch_thresholds(
@@ -153,7 +155,7 @@ class DynamaxLM(HFLM):
                 for threshold, results in zip(thresholds, runs):
                     for req, key, ids, res in zip(chunk, keys, prompts, results):
                         text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
-                        self._stored[(threshold, *key)] = (text, {  # identical requests decode identically
+                        self._stored[self._key(threshold, key)] = (text, {  # identical requests decode identically
                             "prompt_tokens": len(ids),
                             "max_new_tokens": max_gen_toks, "token_ids": res.token_ids,
                             "exit_layers": res.exit_layers, "stop_reason": res.stop_reason, "costs": res.costs,
@@ -162,13 +164,14 @@ class DynamaxLM(HFLM):
                             "prefill_shared_by": len(thresholds), "batch_size": res.batch_size,
                             "batch_decode_seconds": res.batch_decode_seconds})
             for req, key in zip(chunk, keys):
-                text, stat = self._stored[(self.threshold, *key)]
+                text, stat = self._stored[self._key(self.threshold, key)]
                 stats.append({"task": req.task_name, "doc_id": req.doc_id, **stat, "batch_id": batch_id})
                 self.cache_hook.add_partial("generate_until", req.args, text)
                 texts.append(text)
             pbar.update(len(chunk))
         pbar.close()
-        self._stored = {key: value for key, value in self._stored.items() if key[0] != self.threshold}  # replayed
+        done = self._key(self.threshold, ())
+        self._stored = {k: v for k, v in self._stored.items() if k[:len(done)] != done}  # replayed
         self.generations.extend(collator.get_original(stats))
         return collator.get_original(texts)
 
