@@ -24,4 +24,5 @@ rule all:
         GRID_TABLE,
         PARETO_TABLE,
         NO_LOSS_TABLE,
+        VERSUS_PRUNING_TABLE,
         figure_files(),

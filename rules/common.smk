@@ -377,6 +377,7 @@ def prune_inputs(wildcards):
 GRID_TABLE = f"{RESULTS}/tables/grid.csv"
 PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
 NO_LOSS_TABLE = f"{RESULTS}/tables/no_loss.csv"
+VERSUS_PRUNING_TABLE = f"{RESULTS}/tables/versus_pruning.csv"
 
 
 FIGURE = f"{RESULTS}/figures/{{backbone}}/{{task}}"  # every head

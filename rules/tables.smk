@@ -1,5 +1,5 @@
 # Stage 6, tables: every run record -> the tidy grid (one row per grid point, metrics with bootstrap intervals and
-# paired differences to the full model), the per-task Pareto table and the no-loss table.
+# paired differences to the full model), the per-task Pareto table, the no-loss table and early exit versus pruning.
 
 
 rule tables:
@@ -9,6 +9,7 @@ rule tables:
         grid=report(GRID_TABLE, caption="../report/grid_table.rst", category="Tables"),
         pareto=report(PARETO_TABLE, caption="../report/pareto_table.rst", category="Tables"),
         no_loss=report(NO_LOSS_TABLE, caption="../report/no_loss_table.rst", category="Tables"),
+        versus_pruning=report(VERSUS_PRUNING_TABLE, caption="../report/versus_pruning_table.rst", category="Tables"),
     params:
         crf=f"crf_{config['analysis']['crf']}",
         delta=config["analysis"]["no_loss_delta"],
@@ -22,5 +23,6 @@ rule tables:
         "../envs/cpu.yaml"
     shell:
         "python -m workflow_lib.make_tables --records {input} --results-root {params.root}"
-        " --grid {output.grid} --pareto {output.pareto} --no-loss {output.no_loss} --crf {params.crf}"
+        " --grid {output.grid} --pareto {output.pareto} --no-loss {output.no_loss}"
+        " --versus-pruning {output.versus_pruning} --crf {params.crf}"
         " --no-loss-delta {params.delta} --seed {params.seed} > {log} 2>&1"

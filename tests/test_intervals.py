@@ -1,5 +1,5 @@
 """Intervals over questions: the bootstrap against known answers, paired differences, the grid's interval columns
-from samples.jsonl, and the no-loss rule on a constructed grid."""
+from samples.jsonl, the no-loss rule on a constructed grid, and early exit versus pruning on constructed samples."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 from test_analysis import write_record
 
 from workflow_lib.analysis.intervals import bootstrap_mean, paired_difference, per_question_scores
-from workflow_lib.analysis.tables import grid_table, no_loss_table
+from workflow_lib.analysis.tables import grid_table, no_loss_table, versus_pruning_table
 
 
 def test_bootstrap_mean_known_answer():
@@ -78,3 +78,28 @@ def test_no_loss_rule_on_a_constructed_grid():
     assert table.loc["calm / copy", "crf_exact"] == 1.4 and table.loc["calm / copy", "threshold"] == 0.5
     assert table.loc["layer pruning", "prune"] == 1
     assert no_loss_table(grid, delta=0.015).set_index("series").loc["calm / copy", "threshold"] == 0.8
+
+
+def test_versus_pruning_pairs_each_series_with_a_point_saving_at_least_as_much(tmp_path):
+    root = tmp_path / "eval"
+    n = 40
+    records = {
+        "m/baseline/task~triviaqa": (1.0, [1.0] * n),
+        "m/prune~1/task~triviaqa": (1.2, [1.0] * 20 + [0.0] * 20),
+        # calm: the point at CRF 1.25 is the first that saves as much as pruning; 1.1 saves less, 1.6 more
+        "m/head~calm/policy~copy/task~triviaqa/threshold~0.9": (1.1, [1.0] * n),
+        "m/head~calm/policy~copy/task~triviaqa/threshold~0.5": (1.25, [1.0] * 30 + [0.0] * 10),
+        "m/head~calm/policy~copy/task~triviaqa/threshold~0.2": (1.6, [0.0] * n),
+        "m/head~mamba/policy~copy/task~triviaqa/threshold~0.5": (1.15, [1.0] * n),  # never reaches CRF 1.2: absent
+    }
+    paths = []
+    for rel, (crf, scores) in records.items():
+        path = write_record(root, rel, sum(scores) / n, crf)
+        write_samples(path.parent, dict(enumerate(scores)))
+        paths.append(path)
+    table = versus_pruning_table(grid_table(paths, root), root)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["series"], row["threshold"], row["crf_exact"], row["prune"]) == ("calm / copy", 0.5, 1.25, 1)
+    assert row["difference"] == pytest.approx(0.25) and row["n"] == n  # questions 20-29: exit right, pruning wrong
+    assert 0 < row["ci_low"] < 0.25 < row["ci_high"]  # 10 of 40 questions differ, all one way

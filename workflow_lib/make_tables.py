@@ -1,19 +1,22 @@
 """Entry point: tidy tables from evaluation run records.
 
     python -m workflow_lib.make_tables --records results/eval/**/record.json --grid results/tables/grid.csv \
-        --pareto results/tables/pareto.csv --no-loss results/tables/no_loss.csv [--crf crf_exact] [--no-loss-delta 0.02]
+        --pareto results/tables/pareto.csv --no-loss results/tables/no_loss.csv \
+        --versus-pruning results/tables/versus_pruning.csv [--crf crf_exact] [--no-loss-delta 0.02]
 
 grid.csv: one row per grid point (identity from the record's path, then metrics and measurements).
    Each metric has its 95% bootstrap interval over questions and its paired difference to the full model.
 pareto.csv: per task, headline metric and backbone, the best metric reachable at each CRF and the method.
 no_loss.csv: per backbone, task, headline metric and series, the largest CRF whose paired difference to the full
    model has its 95% interval above -delta.
+versus_pruning.csv: per backbone, task, headline metric, pruning point and early-exit series, early exit at a CRF at
+   least the pruning's minus pruning, on the same questions, with its 95% paired bootstrap interval.
 """
 from __future__ import annotations
 
 import argparse
 
-from workflow_lib.analysis.tables import grid_table, no_loss_table, pareto_table
+from workflow_lib.analysis.tables import grid_table, no_loss_table, pareto_table, versus_pruning_table
 from workflow_lib.artifacts import atomic_path
 
 
@@ -24,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grid", required=True, help="output CSV, one row per grid point")
     p.add_argument("--pareto", required=True, help="output CSV, the per-task Pareto frontier")
     p.add_argument("--no-loss", required=True, help="output CSV, the largest CRF without a loss per series")
+    p.add_argument("--versus-pruning", required=True,
+                   help="output CSV, early exit minus layer pruning at equal or more compute saved")
     p.add_argument("--crf", choices=["crf_exact", "crf_paper"], default="crf_exact",
                    help="the CRF the Pareto frontier is taken over")
     p.add_argument("--no-loss-delta", type=float, default=0.02,
@@ -43,11 +48,13 @@ def main(argv=None) -> None:
     grid = grid_table(args.records, args.results_root, seed=args.seed, resamples=args.resamples)
     pareto = pareto_table(grid, crf=args.crf)
     no_loss = no_loss_table(grid, delta=args.no_loss_delta)
-    for table, path in ((grid, args.grid), (pareto, args.pareto), (no_loss, args.no_loss)):
+    versus = versus_pruning_table(grid, args.results_root, seed=args.seed, resamples=args.resamples)
+    for table, path in ((grid, args.grid), (pareto, args.pareto), (no_loss, args.no_loss),
+                        (versus, args.versus_pruning)):
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
     print(f"{len(grid)} grid points -> {args.grid}; {len(pareto)} Pareto points -> {args.pareto}; "
-          f"{len(no_loss)} no-loss rows -> {args.no_loss}")
+          f"{len(no_loss)} no-loss rows -> {args.no_loss}; {len(versus)} comparisons -> {args.versus_pruning}")
 
 
 if __name__ == "__main__":

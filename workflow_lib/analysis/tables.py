@@ -9,7 +9,8 @@ Every metric carries its 95% bootstrap interval over questions (`<metric>_ci_low
 paired difference to the exits-off baseline of the same backbone and task on the same questions (`<metric>_delta`
 with `_delta_ci_low`, `_delta_ci_high`), computed from the per-question scores in each point's samples.jsonl
 (analysis/intervals.py). The no-loss table answers the paper's claim per series: the largest CRF whose paired
-difference interval lies above -delta.
+difference interval lies above -delta. The versus-pruning table answers its first claim (early exits beat layer
+pruning at equal compute): early exit minus pruning on the same questions, at a CRF at least the pruning's.
 
 `inconsistency` is each point's share of questions whose generation (stripped) differs from the full model's on the
 same question: the risk the calibrated thresholds bound. A calibrated point (`calibrated~<delta>`, from
@@ -163,6 +164,7 @@ def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "r
     rows, metrics, scores, texts = [], {}, [], []
     for path in record_paths:
         row, names = record_row(path, results_root)
+        row["record"] = Path(path).resolve().relative_to(Path(results_root).resolve()).as_posix()
         rows.append(row)
         metrics.update(dict.fromkeys(names))
         samples = Path(path).with_name("samples.jsonl")
@@ -247,4 +249,51 @@ def no_loss_table(grid: pd.DataFrame, delta: float = 0.02) -> pd.DataFrame:
                              "threshold": best["threshold"], "prune": best["prune"], "delta": best[f"{metric}_delta"],
                              "delta_ci_low": best[low], "delta_ci_high": best[f"{metric}_delta_ci_high"],
                              "no_loss_delta": delta})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results/eval", seed: int = 0,
+                         resamples: int = 2000) -> pd.DataFrame:
+    """Per backbone, task, headline metric, layer-pruning point (either rule) and early-exit series (head / policy):
+    the series' valid point with the smallest exact CRF at least the pruning point's (it saves at least as much
+    compute; none when the series never gets there), and early exit minus pruning on the same questions with its
+    95% paired bootstrap interval. `ci_low > 0`: early exit beats pruning at that compute. Points without a
+    samples.jsonl (per-question scores) are left out."""
+    columns = ["backbone", "task", "metric", "prune_method", "prune", "prune_crf_exact", "prune_value", "series",
+               "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n"]
+    valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
+    root = Path(results_root)
+    scores: dict[tuple[str, str], dict] = {}
+
+    def question_scores(record: str, metric: str) -> dict:
+        if (record, metric) not in scores:
+            samples = (root / record).with_name("samples.jsonl")
+            scores[record, metric] = per_question_scores(samples, [metric])[metric] if samples.is_file() else {}
+        return scores[record, metric]
+
+    rows = []
+    for (backbone, task), points in valid.groupby(["backbone", "task"], sort=True):
+        exits = points[points["method"] == "early_exit"]
+        for metric in HEADLINE_METRICS.get(task, []):
+            if metric not in points:
+                continue
+            for pruned in points[points["method"].isin(["prune", "prune_angular"])].itertuples():
+                pruned = points.loc[pruned.Index]
+                for (head, policy), series in exits.groupby(["head", "policy"], sort=True):
+                    # 1e-3: CRFs of the same blocks differ in the last digits (head cost, token counts)
+                    reach = series[series["crf_exact"] >= pruned["crf_exact"] - 1e-3].sort_values("crf_exact")
+                    if reach.empty:
+                        continue
+                    point = reach.iloc[0]
+                    exit_scores = question_scores(point["record"], metric)
+                    prune_scores = question_scores(pruned["record"], metric)
+                    if not exit_scores or not prune_scores:
+                        continue
+                    diff, low, high, n = paired_difference(exit_scores, prune_scores, seed, resamples)
+                    rows.append({"backbone": backbone, "task": task, "metric": metric,
+                                 "prune_method": pruned["method"], "prune": pruned["prune"],
+                                 "prune_crf_exact": pruned["crf_exact"], "prune_value": pruned[metric],
+                                 "series": f"{head} / {policy}", "threshold": point["threshold"],
+                                 "crf_exact": point["crf_exact"], "value": point[metric], "difference": diff,
+                                 "ci_low": low, "ci_high": high, "n": n})
     return pd.DataFrame(rows, columns=columns)
