@@ -80,8 +80,8 @@ def test_thresholds_of_one_job_equal_one_job_each(mistral_dir, task_files, tmp_p
     """A job's thresholds share each batch's prefill; every point's generations and metrics equal those of a
     job that evaluates that threshold alone."""
     heads = save_calm_heads(tmp_path / "heads", mistral_dir, exit_layers=(1, 2))
-    common = ["--backbone", str(mistral_dir), "--heads", str(heads), "--task", "coqa", "--data", str(task_files["coqa"]),
-              "--limit", "4", "--max-new-tokens", "6", "--batch-size", "3"]
+    common = ["--backbone", str(mistral_dir), "--heads", str(heads), "--task", "coqa",
+              "--data", str(task_files["coqa"]), "--limit", "4", "--max-new-tokens", "6", "--batch-size", "3"]
     thresholds = ["0.3", "0.5", "0.7"]
     main([*common, "--thresholds", ",".join(thresholds), "--out-dir", str(tmp_path / "together")])
 

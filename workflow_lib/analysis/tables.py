@@ -49,6 +49,11 @@ LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup_indicative", SPEE
                    "calibration.delta", "measured_risk"]
 
 
+def record_path(path: str | Path, results_root: str | Path) -> Path:
+    """A record's path below `results_root` (the grid's `record` column; the point's identity)."""
+    return Path(path).resolve().relative_to(Path(results_root).resolve())
+
+
 def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> dict:
     """Identity of the grid point a record belongs to, from its path below `results_root`.
 
@@ -60,7 +65,7 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
     results/eval/{backbone}/head~{h}/policy~{p}/task~{t}/calibrated~{d}/record.json -> calibrated threshold
                                                                (the threshold is in the record: see record_row)
     """
-    parts = Path(path).resolve().relative_to(Path(results_root).resolve()).parts[:-1]
+    parts = record_path(path, results_root).parts[:-1]
     point = {"backbone": parts[0], "method": "early_exit", "head": None, "policy": None,
              "task": None, "threshold": None, "prune": 0}
     for part in parts[1:]:
@@ -164,7 +169,7 @@ def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "r
     rows, metrics, scores, texts = [], {}, [], []
     for path in record_paths:
         row, names = record_row(path, results_root)
-        row["record"] = Path(path).resolve().relative_to(Path(results_root).resolve()).as_posix()
+        row["record"] = record_path(path, results_root).as_posix()
         rows.append(row)
         metrics.update(dict.fromkeys(names))
         samples = Path(path).with_name("samples.jsonl")
@@ -277,8 +282,7 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
         for metric in HEADLINE_METRICS.get(task, []):
             if metric not in points:
                 continue
-            for pruned in points[points["method"].isin(["prune", "prune_angular"])].itertuples():
-                pruned = points.loc[pruned.Index]
+            for _, pruned in points[points["method"].isin(["prune", "prune_angular"])].iterrows():
                 for (head, policy), series in exits.groupby(["head", "policy"], sort=True):
                     # 1e-3: CRFs of the same blocks differ in the last digits (head cost, token counts)
                     reach = series[series["crf_exact"] >= pruned["crf_exact"] - 1e-3].sort_values("crf_exact")

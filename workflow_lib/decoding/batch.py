@@ -322,7 +322,8 @@ def generate_batch_thresholds(decoder: "ExitDecoder", prompts: Sequence[Sequence
     thresholds = [float(t) for t in thresholds]
     if not thresholds:
         raise ValueError("thresholds must not be empty")
-    if len(thresholds) > 1 and (not decoder.exits_enabled or decoder.oracle_exits or not all(0 <= t <= 1 for t in thresholds)):
+    if len(thresholds) > 1 and (not decoder.exits_enabled or decoder.oracle_exits
+                                or not all(0 <= t <= 1 for t in thresholds)):
         raise ValueError("several thresholds need a decoder with exit heads and thresholds in [0, 1] "
                          f"(got {thresholds}, exits {'on' if decoder.exits_enabled else 'off'})")
     if stop_strings and tokenizer is None:
