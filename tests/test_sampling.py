@@ -42,6 +42,24 @@ def test_triviaqa_cli_on_real_sample(shared_data, tmp_path, triviaqa):
     assert meta["config"]["n"] == 100 and "packages" in meta and meta["stats"]["answer_length_unit"]
 
 
+def test_triviaqa_seeded_selection(shared_data, tmp_path, triviaqa):
+    """The seeded subset: the same questions for the same seed, answers of every length, few-shots outside it."""
+    src = str(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
+    runs = []
+    for i, seed in enumerate((3, 3, 4)):
+        out, fewshot = tmp_path / f"t{i}.jsonl", tmp_path / f"f{i}.jsonl"
+        stats = sample_data.main(["triviaqa", "--source", src, "--out", str(out), "--n", "200", "--selection",
+                                  "seeded", "--seed", str(seed), "--fewshot-out", str(fewshot), "--fewshot-n", "2"])
+        runs.append(schemas.read_triviaqa(out))
+        shots = schemas.read_triviaqa(fewshot)
+        assert not {r["question_id"] for r in shots} & {r["question_id"] for r in runs[-1]}
+    assert runs[0] == runs[1] != runs[2] and stats["selection"] == "seeded" and "ranks" not in stats
+    longest = {r["question_id"] for r in sampling.longest_answers(triviaqa, 200)}
+    assert len(longest & {r["question_id"] for r in runs[0]}) < 50  # not the longest-answer subset again
+    with pytest.raises(ValueError, match="offset ranks the longest answers"):
+        sampling.sample_triviaqa(src, tmp_path / "x.jsonl", n=5, offset=3, selection="seeded")
+
+
 def test_triviaqa_too_few_questions_writes_nothing(tmp_path):
     src = tmp_path / "src.jsonl"
     schemas.write_triviaqa(src, [schemas.triviaqa_record(f"Q{i}?", f"q{i}", "x" * i) for i in range(1, 4)])

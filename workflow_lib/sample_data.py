@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     c.add_argument("--text-field", default="text", help="document field of a hub / .jsonl source")
 
     c = command("triviaqa", "TriviaQA rc.nocontext: the --n questions with the longest answers (characters of "
-                "answer.value; ties by question_id)", sampling.TRIVIAQA, "canonical TriviaQA .jsonl")
+                "answer.value; ties by question_id), or --n drawn with --seed", sampling.TRIVIAQA,
+                "canonical TriviaQA .jsonl")
+    c.add_argument("--selection", choices=sampling.TRIVIAQA_SELECTIONS, default="longest",
+                   help="longest: the paper's longest-answer subset; seeded: --n drawn with --seed (every answer length)")
     c.add_argument("--n", type=int, default=1000)
     c.add_argument("--offset", type=int, default=0, help="skip this many longest first (1000 reproduces the "
                    "authors' ranks 1001-2000)")
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        a.tokenizer, a.text_field, a.valid_out, a.valid_tokens)
     elif a.command == "triviaqa":
         stats = sampling.sample_triviaqa(a.source, a.out, a.n, a.offset, a.seed, a.config, a.split, a.fewshot_out,
-                                         a.fewshot_n, a.fewshot_split)
+                                         a.fewshot_n, a.fewshot_split, a.selection)
     else:
         stats = sampling.sample_eval_set(a.command, a.source, a.out, a.n, a.seed, a.config, a.split)
     print(json.dumps(stats))

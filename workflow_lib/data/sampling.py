@@ -172,21 +172,32 @@ def _seeded_subset(records: list[dict], n: int | None, seed: int) -> list[dict]:
     return [records[i] for i in keep]
 
 
+TRIVIAQA_SELECTIONS = ("longest", "seeded")
+
+
 def sample_triviaqa(source: str, out: str | os.PathLike, n: int = 1000, offset: int = 0, seed: int = 0,
                     config: str | None = TRIVIAQA[1], split: str = TRIVIAQA[2], fewshot_out: str | None = None,
-                    fewshot_n: int = 5, fewshot_split: str = "train") -> dict:
-    """The n questions with the longest answers; optionally `fewshot_n` seeded few-shot examples from the
-    train split (hub) or, for a local file, from the questions not selected (never the evaluated ones)."""
+                    fewshot_n: int = 5, fewshot_split: str = "train", selection: str = "longest") -> dict:
+    """The n questions with the longest answers (`selection="longest"`, the paper's subset) or n drawn with `seed`
+    (`"seeded"`: answers of every length, for a small model that scores nothing on the longest); optionally
+    `fewshot_n` seeded few-shot examples from the train split (hub) or, for a local file, from the questions not
+    selected (never the evaluated ones)."""
     if n < 1 or offset < 0 or fewshot_n < 1:
         raise ValueError(f"need n >= 1 ({n}), offset >= 0 ({offset}), fewshot_n >= 1 ({fewshot_n})")
+    if selection not in TRIVIAQA_SELECTIONS:
+        raise ValueError(f"unknown TriviaQA selection {selection!r}; known: {', '.join(TRIVIAQA_SELECTIONS)}")
+    if selection == "seeded" and offset:
+        raise ValueError("offset ranks the longest answers: it goes with selection 'longest' only")
     _check_out(out, (".jsonl", ".json"))
     if fewshot_out is not None:
         _check_out(fewshot_out, (".jsonl", ".json"))
     records = load_eval_set("triviaqa", source, config, split)
-    chosen = longest_answers(records, n, offset)
-    stats = {"source_questions": len(records), "selected": len(chosen), "ranks": [offset + 1, offset + n],
-             "answer_length_unit": "characters of answer.value",
-             "answer_length_range": [answer_length(chosen[-1]), answer_length(chosen[0])]}
+    chosen = longest_answers(records, n, offset) if selection == "longest" else _seeded_subset(records, n, seed)
+    lengths = [answer_length(r) for r in chosen]
+    stats = {"source_questions": len(records), "selected": len(chosen), "selection": selection,
+             "answer_length_unit": "characters of answer.value", "answer_length_range": [min(lengths), max(lengths)]}
+    if selection == "longest":
+        stats["ranks"] = [offset + 1, offset + n]
     fewshot = None
     if fewshot_out is not None:
         if is_local(source):
@@ -197,7 +208,7 @@ def sample_triviaqa(source: str, out: str | os.PathLike, n: int = 1000, offset: 
         fewshot = _seeded_subset(pool, fewshot_n, seed)
         stats["fewshot"] = len(fewshot)
     cfg = dict(source=source, config=config, split=split, n=n, offset=offset, fewshot_out=fewshot_out,
-               fewshot_n=fewshot_n, fewshot_split=fewshot_split)
+               fewshot_n=fewshot_n, fewshot_split=fewshot_split, selection=selection)
     _write_meta(out, cfg, seed, stats)
     if fewshot is not None:
         schemas.write_triviaqa(fewshot_out, fewshot)
