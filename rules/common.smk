@@ -75,10 +75,17 @@ for task in CALIBRATED_TASKS:
     if task not in TASKS:
         raise WorkflowError(f"invalid config: calibration.tasks: {task} is not among evaluation.tasks")
 # Tasks with calibration questions of their own, apart from the evaluated file: at paper scale the hub's train splits
-# (TruthfulQA has only its validation split); embedded, CoQA stories the world draws apart (world_calibration_pool).
-# Every world TriviaQA / TruthfulQA question is about a held-out fact and all are evaluated: new ones would need new
-# facts stated in the corpus, i.e. another world.
-SEPARATE_POOLS = ["triviaqa", "coqa"] if REAL is not None else ["coqa"]
+# (TruthfulQA has only its validation split; a local file has no train split either, so a task read from one
+# calibrates on its questions beyond the evaluation's limit); embedded, CoQA stories the world draws apart
+# (world_calibration_pool). Every world TriviaQA / TruthfulQA question is about a held-out fact and all are
+# evaluated: new ones would need new facts stated in the corpus, i.e. another world.
+if REAL is not None:
+    # a local file as workflow_lib.data.sampling.is_local tells it (not imported: it loads `datasets`)
+    SEPARATE_POOLS = [t for t in ("triviaqa", "coqa") if t in REAL and not (
+        os.path.splitext(REAL[t]["source"])[1] in (".txt", ".jsonl", ".json", ".csv", ".arrow")
+        or os.path.isfile(REAL[t]["source"]))]
+else:
+    SEPARATE_POOLS = ["coqa"]
 # A task calibrated on its own file needs questions its evaluation leaves out, i.e. a limit: refused here rather
 # than in the calibration_split job.
 for task in CALIBRATED_TASKS:

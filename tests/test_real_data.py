@@ -67,8 +67,7 @@ def real_config(shared_data: Path, folders: dict[str, Path]) -> dict:
     # The oracle series and comparison figures take no other path with real data: left out to keep the run short.
     config["evaluation"]["oracle"] = False
     config["analysis"]["comparisons"] = {}
-    # Calibration at paper scale draws its questions from the hub's train splits (online only); its offline path is
-    # the smoke pipeline's.
+    # Calibration from local files takes each task's questions beyond its limit; that path is the smoke pipeline's.
     config["calibration"] = None
     config["evaluation"]["tasks"] = {"triviaqa": {"shots": 2, "limit": 2}, "coqa": {"shots": 0, "limit": 1},
                                      "truthfulqa": {"shots": 1, "limit": 1}}
