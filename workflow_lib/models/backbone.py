@@ -115,6 +115,9 @@ def architecture(config: PretrainedConfig) -> str:
     """The model type ('mistral', 'llama', 'qwen2' or 'mamba2'); a clear error for any other."""
     model_type = getattr(config, "model_type", None)
     family(model_type)  # refuses any other
+    if len(set(getattr(config, "layer_types", None) or [])) > 1:  # Qwen2 with use_sliding_window: per-block masks
+        raise ValueError(f"unsupported {model_type} config: blocks mix attention types ({sorted(set(config.layer_types))});"
+                         f" the decoder and the accounting assume one mask for every block")
     return model_type
 
 
