@@ -103,7 +103,8 @@ def test_tokenizer_is_the_gguf_one(smollm2, tokenizer):
     assert tokenizer(text).input_ids == gguf(text).input_ids
     assert len(tokenizer) == 49152 and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.decode(tokenizer(text).input_ids) == text
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                         add_generation_prompt=True)
     assert chat.endswith("<|im_start|>assistant\n")
 
 

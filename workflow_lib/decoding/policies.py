@@ -36,7 +36,8 @@ from workflow_lib.models.backbone import ARCHITECTURES, family
 from workflow_lib.models.mamba2_step import advance_state
 
 # keyed by backbone family (models/backbone.py): every Llama-layout transformer shares the transformer policies
-POLICIES: dict[str, tuple[str, ...]] = {"transformer": ("recompute", "copy", "copy_prev"), "mamba2": ("recompute", "skip")}
+POLICIES: dict[str, tuple[str, ...]] = {"transformer": ("recompute", "copy", "copy_prev"),
+                                        "mamba2": ("recompute", "skip")}
 DEFAULT_POLICY: dict[str, str] = {"transformer": "recompute", "mamba2": "recompute"}
 
 # fill(layers, cache, h_exit (R,1,D), exit_layer, skipped block indices, position_embeddings (R,1,hd) or None,
@@ -77,7 +78,8 @@ def _rms_normalized(h: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class StackedKV:
-    """`recompute` for the attention family with the K/V weights (and biases, Qwen2) of every block an exit can skip stacked once.
+    """`recompute` for the attention family with the K/V weights (and biases, Qwen2) of every block an exit can skip
+    stacked once.
 
     Per skipped block the work is tiny (two (kv_dim x D) GEMVs, a rotary) and, done block by block, dispatch-
     bound: on the tiny preset 0.18 ms for 3 blocks against 0.03 ms for `copy`. Stacked, every skipped block's

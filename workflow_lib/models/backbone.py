@@ -1,4 +1,4 @@
-"""Backbones: loading (hub id, local folder or preset), known configs, and a uniform view of the parts.
+"""Backbones: loading (hub id, local folder, GGUF file or preset), known configs, and a uniform view of the parts.
 
 Two families are supported, through transformers' own classes: the Llama-layout transformers (Mistral, Llama and
 Qwen2: pre-norm decoder blocks with rotary, grouped-query attention and a SwiGLU MLP, stepped the same way) and
@@ -28,7 +28,8 @@ ARCHITECTURES: dict[str, type] = {**ATTENTION_ARCHITECTURES, "mamba2": Mamba2For
 def family(arch: str) -> str:
     """'transformer' for the Llama-layout attention models, 'mamba2' for Mamba-2: what policies and costs key on."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {arch!r}: DYNAMAX runs {', '.join(sorted(ARCHITECTURES))} backbones only")
+        raise ValueError(f"unsupported architecture {arch!r}: DYNAMAX runs {', '.join(sorted(ARCHITECTURES))} "
+                         f"backbones only")
     return "transformer" if arch in ATTENTION_ARCHITECTURES else "mamba2"
 
 
@@ -116,8 +117,8 @@ def architecture(config: PretrainedConfig) -> str:
     model_type = getattr(config, "model_type", None)
     family(model_type)  # refuses any other
     if len(set(getattr(config, "layer_types", None) or [])) > 1:  # Qwen2 with use_sliding_window: per-block masks
-        raise ValueError(f"unsupported {model_type} config: blocks mix attention types ({sorted(set(config.layer_types))});"
-                         f" the decoder and the accounting assume one mask for every block")
+        raise ValueError(f"unsupported {model_type} config: blocks mix attention types "
+                         f"({sorted(set(config.layer_types))}); the decoder and the accounting assume one mask for all")
     return model_type
 
 

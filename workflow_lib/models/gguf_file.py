@@ -66,7 +66,8 @@ def gguf_header(path: str) -> dict:
     tensor infos, and data up to the end of the last tensor) and that its architecture is supported; a one-line
     ValueError for anything else. Needs the gguf package."""
     if importlib.util.find_spec("gguf") is None:
-        raise ValueError(f"{path} is a GGUF checkpoint but the gguf package is not installed (pip install gguf==0.19.0)")
+        raise ValueError(f"{path} is a GGUF checkpoint but the gguf package is not installed "
+                         f"(pip install gguf==0.19.0)")
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # numpy only, no torch
 
     if not os.path.isfile(path):
