@@ -61,7 +61,7 @@ def bench_backbone(preset: str, head_types: list[str], args, device, dtype) -> l
     model(input_ids=context, cache=cache, use_cache=True, logits_to_keep=1)  # fills the cache of both blocks
     h_in = p.embed(context[:, -1:])  # (1, 1, D): a block input of the right scale
     kwargs: dict = {"cache": cache}
-    if p.arch == "mistral":
+    if p.is_attention:
         position_ids = torch.full((1, 1), args.context_len, dtype=torch.long, device=device)  # (1, 1)
         pos_emb = p.rotary_emb(h_in, position_ids=position_ids)  # cos, sin: (1, 1, head_dim)
         mask = create_causal_mask(config=config, inputs_embeds=h_in, attention_mask=None, cache=cache,
@@ -71,7 +71,7 @@ def bench_backbone(preset: str, head_types: list[str], args, device, dtype) -> l
 
     def block_call():
         out = block(h_in, **kwargs)  # (1, 1, D)
-        if p.arch == "mistral":
+        if p.is_attention:
             cache.layers[0].crop(-1)  # drop the K/V just appended: the same context for every call
         return out
 

@@ -78,10 +78,11 @@ def bench_backbone(preset: str, args, device, dtype) -> tuple[list[dict], list[d
     config = preset_config(preset, **overrides)
     model = build_backbone(config, seed=args.seed, device=device, dtype=dtype)
     arch, n = parts(model).arch, config.num_hidden_layers
-    policies = args.policies.split(",") if args.policies else list(POLICIES[arch])
-    unknown = [p for p in policies if p not in POLICIES[arch]]
+    known = POLICIES[parts(model).family]
+    policies = args.policies.split(",") if args.policies else list(known)
+    unknown = [p for p in policies if p not in known]
     if unknown:
-        raise SystemExit(f"error: policies {unknown} do not fit {arch}; choose from {', '.join(POLICIES[arch])}")
+        raise SystemExit(f"error: policies {unknown} do not fit {arch}; choose from {', '.join(known)}")
     layers = exit_layers_for(args.exit_layers, n)
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(3, config.vocab_size, (1, args.prompt_len), generator=gen).to(device)  # (1, T)

@@ -11,7 +11,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from workflow_lib.models.names import is_local
+from workflow_lib.models.gguf_file import gguf_header, is_gguf
+from workflow_lib.models.names import PRETRAIN_ARCHS, is_local, resolve_model
 from workflow_lib.training.head_specs import EXIT_LAYERS, TRAINING_KEYS, registry, resolve_specs
 
 min_version("9.0")
@@ -93,15 +94,30 @@ for task in CALIBRATED_TASKS:
         raise WorkflowError(f"invalid config: calibration.tasks: {task} has no calibration questions: every one of its "
                             f"questions is evaluated (evaluation.tasks.{task}.limit: null) and it has no separate "
                             f"pool here (tasks that do: {', '.join(SEPARATE_POOLS)}); set calibration.tasks, or a limit")
-# Blocks of each backbone whose depth is known before any job: trained here, or a local checkpoint (a hub id's is
-# known only once it loads, and its jobs check it then).
+# Blocks of each backbone whose depth is known before any job: trained here, a GGUF file (header only, torch-free),
+# or a local checkpoint (a hub id's is known only once it loads, and its jobs check it then).
 DEPTH = {}
+GGUF_BACKBONES = []  # converted once into results/backbones/{name} (rule convert_backbone)
 for name, spec in BACKBONES.items():
     model = spec["model"]
     if model == "pretrain":
         if WORLD is None:
             raise WorkflowError(f"invalid config: backbones.{name}.model 'pretrain' needs the synthetic world (world: ...)")
+        if spec["arch"] not in PRETRAIN_ARCHS:
+            raise WorkflowError(f"invalid config: backbones.{name}.arch {spec['arch']!r} cannot be pretrained here "
+                                f"(model: pretrain takes {', '.join(PRETRAIN_ARCHS)})")
         DEPTH[name] = spec["pretrain"]["num_layers"]
+    elif model.startswith("package:") or is_gguf(model):
+        try:
+            header = gguf_header(resolve_model(model))
+        except ValueError as e:
+            raise WorkflowError(f"invalid config: backbones.{name}.model: {e}")
+        arch = header["general.architecture"]
+        if arch != spec["arch"]:
+            raise WorkflowError(f"invalid config: backbones.{name}.arch is {spec['arch']!r} but {model} holds a "
+                                f"{arch!r} model")
+        GGUF_BACKBONES.append(name)
+        DEPTH[name] = header.get(f"{arch}.block_count")
     elif is_local(model):
         try:
             with open(os.path.join(model, "config.json")) as f:
@@ -216,13 +232,19 @@ def pretrained_here(backbone):
     return BACKBONES[backbone]["model"] == "pretrain"
 
 
+def made_here(backbone):
+    """Pretrained here or converted here from a GGUF file: a folder under results/backbones."""
+    return pretrained_here(backbone) or backbone in GGUF_BACKBONES
+
+
 def backbone_path(backbone):
-    """What the entry points load: the folder pretrained here, or the configured hub id / folder."""
-    return f"{RESULTS}/backbones/{backbone}" if pretrained_here(backbone) else BACKBONES[backbone]["model"]
+    """What the entry points load: the folder pretrained or converted here, or the configured hub id / folder. A
+    converted folder holds the GGUF file's own tokenizer, which the entry points take by default."""
+    return f"{RESULTS}/backbones/{backbone}" if made_here(backbone) else BACKBONES[backbone]["model"]
 
 
 def backbone_input(wildcards):
-    return [backbone_path(wildcards.backbone)] if pretrained_here(wildcards.backbone) else []
+    return [backbone_path(wildcards.backbone)] if made_here(wildcards.backbone) else []
 
 
 def exit_layers_option(backbone, head=None):

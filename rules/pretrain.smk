@@ -1,5 +1,6 @@
-# Stage 2, embedded setup only: a byte-level BPE tokenizer and the tiny backbones, trained from scratch on the
-# world corpus. Backbones from the hub (paper scale) skip this stage.
+# Stage 2, the backbones made here. Embedded setup: a byte-level BPE tokenizer and the tiny backbones, trained from
+# scratch on the world corpus. A GGUF checkpoint: converted once into a save_pretrained folder with its own tokenizer.
+# Backbones from the hub or a local folder skip this stage.
 
 
 rule tokenizer:
@@ -27,6 +28,8 @@ rule pretrain:
         tokenizer=TOKENIZER,
     output:
         directory(f"{RESULTS}/backbones/{{backbone}}"),
+    wildcard_constraints:
+        backbone=one_of([name for name in BACKBONES if pretrained_here(name)]),
     params:
         world=lambda wc, input: os.path.dirname(input.world),
         seed=SEED,
@@ -42,3 +45,21 @@ rule pretrain:
     shell:
         "python -m workflow_lib.pretrain --world {params.world} --tokenizer {input.tokenizer} --out-dir {output}"
         " --arch {params.arch} --seed {params.seed} --threads {threads} {params.options} > {log} 2>&1"
+
+
+rule convert_backbone:
+    output:
+        directory(f"{RESULTS}/backbones/{{backbone}}"),
+    wildcard_constraints:
+        backbone=one_of(GGUF_BACKBONES),
+    params:
+        model=lambda wc: BACKBONES[wc.backbone]["model"],
+    threads: 1
+    log:
+        f"{LOGS}/convert_backbone/{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/convert_backbone/{{backbone}}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow_lib.convert_backbone --model {params.model:q} --out {output} > {log} 2>&1"

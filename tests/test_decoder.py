@@ -28,24 +28,24 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.mark.parametrize("threshold,with_heads", [(2.0, False), (2.0, True), (1.5, True)])
-def test_exits_disabled_equals_generate(tiny_backbone, threshold, with_heads):
+def test_exits_disabled_equals_generate(tiny_any, threshold, with_heads):
     heads = build_heads("forced", 256, [4, 5]) if with_heads else None
-    ids, logits = greedy(tiny_backbone, PROMPT, 24, eos_token_id=None)
-    res = ExitDecoder(tiny_backbone, heads, threshold=threshold).generate(PROMPT, max_new_tokens=24, eos_token_id=[])
+    ids, logits = greedy(tiny_any, PROMPT, 24, eos_token_id=None)
+    res = ExitDecoder(tiny_any, heads, threshold=threshold).generate(PROMPT, max_new_tokens=24, eos_token_id=[])
     assert res.token_ids == ids
     assert res.exit_layers == [7] * 24
     assert res.stop_reason == "max_new_tokens"
     torch.testing.assert_close(res.last_logits, logits, rtol=1e-5, atol=1e-5)
     assert res.crf_exact == res.crf_paper == 1.0 and len(res.costs) == 23
-    cost_model = CostModel(tiny_backbone.config)  # step i reads the token at position T+i, attending to T+i+1
+    cost_model = CostModel(tiny_any.config)  # step i reads the token at position T+i, attending to T+i+1
     assert [c.macs_full for c in res.costs] == [cost_model.full_token_macs(PROMPT.shape[1] + i + 1) for i in range(23)]
 
 
-def test_eos_stops_like_generate(tiny_backbone):
-    free, _ = greedy(tiny_backbone, PROMPT, 16, eos_token_id=None)
+def test_eos_stops_like_generate(tiny_any):
+    free, _ = greedy(tiny_any, PROMPT, 16, eos_token_id=None)
     eos = free[5]  # a token the model does produce: generation must stop at its first occurrence
-    ids, _ = greedy(tiny_backbone, PROMPT, 16, eos_token_id=eos)
-    res = ExitDecoder(tiny_backbone).generate(PROMPT, max_new_tokens=16, eos_token_id=eos)
+    ids, _ = greedy(tiny_any, PROMPT, 16, eos_token_id=eos)
+    res = ExitDecoder(tiny_any).generate(PROMPT, max_new_tokens=16, eos_token_id=eos)
     assert res.token_ids == ids == free[:free.index(eos) + 1]
     assert res.stop_reason == "eos"
 
@@ -74,9 +74,11 @@ def test_stop_string_spanning_tokens():
         ExitDecoder(model).generate(prompt, stop_strings=["x"])
 
 
+@pytest.mark.parametrize("arch", ["mistral", "llama"])
 @pytest.mark.parametrize("policy", ["recompute", "copy", "copy_prev"])
-def test_forced_exit_records_layer_and_costs(tiny_mistral, policy):
-    res = ExitDecoder(tiny_mistral, build_heads("forced", 256, [3]), threshold=0.5, policy=policy).generate(
+def test_forced_exit_records_layer_and_costs(request, arch, policy):
+    model = request.getfixturevalue(f"tiny_{arch}")
+    res = ExitDecoder(model, build_heads("forced", 256, [3]), threshold=0.5, policy=policy).generate(
         PROMPT, max_new_tokens=6, eos_token_id=[])
     assert res.exit_layers == [7] + [3] * 5  # the prefill token runs full depth
     assert len(res.costs) == 5 and res.crf_exact > 1.0
@@ -120,7 +122,7 @@ def test_mamba_head_state_carried_across_tokens(tiny_backbone):
     p = parts(tiny_backbone)
     with torch.no_grad():
         hs = tiny_backbone(full, output_hidden_states=True).hidden_states
-        h = hs[layer + 1] if p.arch == "mistral" else hs[layer]  # block `layer`'s output (conventions differ)
+        h = hs[layer + 1] if p.is_attention else hs[layer]  # block `layer`'s output (conventions differ)
         parallel = heads[str(layer)](p.final_norm(h))  # (1, T + 7, 2)
     torch.testing.assert_close(stepwise, parallel, rtol=1e-4, atol=1e-4)
 
@@ -170,7 +172,7 @@ def test_zero_parameter_rules_read_the_right_hidden_states(tiny_backbone, rule):
     p = parts(tiny_backbone)
     with torch.no_grad():
         hs = tiny_backbone(torch.cat([PROMPT, torch.tensor([res.token_ids[:1]])], 1), output_hidden_states=True).hidden_states
-        shift = 1 if p.arch == "mistral" else 0  # hidden_states[l + shift] is block l's output (conventions differ)
+        shift = 1 if p.is_attention else 0  # hidden_states[l + shift] is block l's output (conventions differ)
         for layer in exits:
             z, z_in = p.final_norm(hs[layer + shift][:, -1]), p.final_norm(hs[layer + shift - 1][:, -1])  # (1, D)
             if rule == "softmax":
@@ -194,8 +196,8 @@ def _lossless_after(model, first_exit: int, last_scale: float):
     return model
 
 
-@pytest.mark.parametrize("arch,policy", [("mistral", "recompute"), ("mistral", "copy"), ("mamba2", "recompute"),
-                                         ("mamba2", "skip")])
+@pytest.mark.parametrize("arch,policy", [("mistral", "recompute"), ("mistral", "copy"), ("llama", "recompute"),
+                                         ("mamba2", "recompute"), ("mamba2", "skip")])
 def test_oracle_exits_at_the_earliest_agreeing_layer(arch, policy):
     from workflow_lib.training.pretrain import layer_predictions
 

@@ -9,7 +9,8 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 from workflow_lib.decoding import policies_reference
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.decoding.policies import POLICIES, _mamba2_state_step_kernels, make_fill, resolve_policy
-from workflow_lib.models.backbone import parts
+from conftest import TINY
+from workflow_lib.models.backbone import build_backbone, family, parts
 from workflow_lib.models.heads import build_heads
 from workflow_lib.models.mamba2_step import advance_state
 
@@ -44,7 +45,7 @@ def exit_step(model, policy, exit_layer=EXIT):
     for h in hooks:
         h.remove()
     assert got_exit == exit_layer
-    pos_emb = p.rotary_emb(seen["h"], torch.full((1, 1), T)) if p.arch == "mistral" else None
+    pos_emb = p.rotary_emb(seen["h"], torch.full((1, 1), T)) if p.is_attention else None
     return before, seen["cache"], cache, seen["h"], seen["last_in"], pos_emb, tok
 
 
@@ -63,10 +64,12 @@ def mamba_states(cache, j):
     return cache.layers[j].conv_states[0], cache.layers[j].recurrent_states[0]
 
 
-@pytest.mark.parametrize("policy", POLICIES["mistral"])
-def test_mistral_policy_cache_contents(tiny_mistral, policy):
-    p = parts(tiny_mistral)
-    before, _, after, h, last_in, (cos, sin), tok = exit_step(tiny_mistral, policy)
+@pytest.mark.parametrize("arch", ["mistral", "llama"])
+@pytest.mark.parametrize("policy", POLICIES["transformer"])
+def test_attention_policy_cache_contents(request, arch, policy):
+    model = request.getfixturevalue(f"tiny_{arch}")
+    p = parts(model)
+    before, _, after, h, last_in, (cos, sin), tok = exit_step(model, policy)
     assert all(kv(after, j)[0].shape[-2] == T + 1 for j in range(p.n_layers))  # every block has this position
     for j in range(EXIT + 1, p.n_layers - 1):
         k, v = kv(after, j)
@@ -85,7 +88,7 @@ def test_mistral_policy_cache_contents(tiny_mistral, policy):
         else:  # copy_prev: this block's own previous position again
             assert torch.equal(k[:, :, -1], k[:, :, -2]) and torch.equal(v[:, :, -1], v[:, :, -2])
     # blocks 0..e advanced exactly once, as in a full-depth step; the last block ran on the exit hidden state
-    full = full_depth_step(tiny_mistral, before, tok)
+    full = full_depth_step(model, before, tok)
     for j in range(EXIT + 1):
         assert torch.equal(kv(after, j)[0], kv(full, j)[0]) and torch.equal(kv(after, j)[1], kv(full, j)[1])
     assert torch.equal(last_in, h)
@@ -119,28 +122,53 @@ def test_mamba2_policy_cache_contents(tiny_mamba2, policy):
         torch.testing.assert_close(got, ref)
 
 
-@pytest.mark.parametrize("arch,policy", [(a, pol) for a, pols in POLICIES.items() for pol in pols])
+@pytest.mark.parametrize("arch,policy", [(a, pol) for a in TINY for pol in POLICIES[family(a)]])
 @pytest.mark.parametrize("exit_layer", [2, 5, 6])
-def test_fast_path_equals_reference(tiny_mistral, tiny_mamba2, arch, policy, exit_layer):
-    model = tiny_mistral if arch == "mistral" else tiny_mamba2
+def test_fast_path_equals_reference(request, arch, policy, exit_layer):
+    model = request.getfixturevalue(TINY[arch])
     p = parts(model)
     _, at_exit, after, h, _, pos_emb, _ = exit_step(model, policy, exit_layer)
     skipped = list(range(exit_layer + 1, p.n_layers - 1))
     fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
     with torch.no_grad():
         make_fill(arch, policy, p.layers, skipped)(p.layers, fast, h, exit_layer, skipped, pos_emb)
-        policies_reference.FILL[(arch, policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
-    states = kv if arch == "mistral" else mamba_states
+        policies_reference.FILL[(family(arch), policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
+    states = kv if p.is_attention else mamba_states
     for j in range(p.n_layers - 1):
         for a, b, c in zip(states(fast, j), states(ref, j), states(after, j)):
             torch.testing.assert_close(a, b)
             assert torch.equal(a, c)  # and the decoder's own step wrote exactly the fast path's result
 
 
+@pytest.mark.parametrize("policy", POLICIES["transformer"])
+def test_qwen2_biased_kv_fast_path_equals_reference(policy):
+    """Qwen2's K/V projections carry biases: the stacked recompute adds them (the reference uses the modules)."""
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)
+    model = build_backbone(config, seed=0, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        for layer in parts(model).layers:  # non-zero biases, or the test could not tell them apart
+            layer.self_attn.k_proj.bias.normal_()
+            layer.self_attn.v_proj.bias.normal_()
+    p = parts(model)
+    _, at_exit, after, h, _, pos_emb, _ = exit_step(model, policy, 2)
+    skipped = list(range(3, p.n_layers - 1))
+    fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
+    with torch.no_grad():
+        make_fill("qwen2", policy, p.layers, skipped)(p.layers, fast, h, 2, skipped, pos_emb)
+        policies_reference.FILL[("transformer", policy)](p.layers, ref, h, 2, skipped, pos_emb)
+    for j in range(p.n_layers - 1):
+        for a, b, c in zip(kv(fast, j), kv(ref, j), kv(after, j)):
+            torch.testing.assert_close(a, b)
+            assert torch.equal(a, c)
+
+
 def test_policy_names_and_errors():
-    assert resolve_policy("mistral", None) == "recompute" and resolve_policy("mamba2", None) == "recompute"
+    assert all(resolve_policy(arch, None) == "recompute" for arch in ("mistral", "llama", "qwen2", "mamba2"))
     assert set(policies_reference.FILL) == {(a, p) for a, ps in POLICIES.items() for p in ps}
-    for arch, bad in [("mamba2", "copy"), ("mamba2", "copy_prev"), ("mistral", "skip"), ("mistral", "nope")]:
+    for arch, bad in [("mamba2", "copy"), ("mamba2", "copy_prev"), ("mistral", "skip"), ("llama", "nope")]:
         with pytest.raises(ValueError, match=f"does not apply to {arch}") as err:
             resolve_policy(arch, bad)
         assert "\n" not in str(err.value)
@@ -155,7 +183,7 @@ def test_stacked_recompute_serves_every_later_exit(tiny_mistral):
     fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
     with torch.no_grad():
         fill(p.layers, fast, h, 4, skipped, pos_emb)
-        policies_reference.FILL[("mistral", "recompute")](p.layers, ref, h, 4, skipped, pos_emb)
+        policies_reference.FILL[("transformer", "recompute")](p.layers, ref, h, 4, skipped, pos_emb)
     for j in range(p.n_layers - 1):
         for a, b in zip(kv(fast, j), kv(ref, j)):
             torch.testing.assert_close(a, b)

@@ -56,7 +56,8 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     """The options of any run of a task: model, data, generation and lm-eval settings (evaluate and calibrate)."""
     p.add_argument("--backbone", required=True, help="backbone: local save_pretrained folder, hub id, or preset:NAME")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's)")
-    p.add_argument("--policy", help="missing-state policy (mistral: recompute|copy|copy_prev; mamba2: recompute|skip); "
+    p.add_argument("--policy", help="missing-state policy (transformers, i.e. mistral/llama/qwen2: recompute|copy|copy_prev; "
+                                    "mamba2: recompute|skip); "
                                     "default: the architecture's default")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--data", required=True, help="the task's data file (canonical format, or an original release format)")
@@ -100,7 +101,7 @@ def check_task_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -
     if not args.backbone.startswith(PRESET_PREFIX):
         try:
             check_local(args.backbone)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             p.error(f"--backbone: {e}")
 
 

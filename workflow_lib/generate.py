@@ -20,14 +20,12 @@ import math
 import sys
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
 
 from .decoding.decoder import ExitDecoder
 from .decoding.policies import POLICIES, resolve_policy
 from .decoding.pruning import kept_blocks
-from .models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone,
-                              preset_config)
-from .models.names import check_local
+from .models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone, load_config,
+                              load_tokenizer)
 from .models.heads import build_heads, load_heads
 
 DEFAULT_EXIT_THRESHOLD = 0.5
@@ -82,13 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _config(backbone: str):
-    if backbone.startswith(PRESET_PREFIX):
-        return preset_config(backbone[len(PRESET_PREFIX):])
-    check_local(backbone)
-    return AutoConfig.from_pretrained(backbone, trust_remote_code=False)
-
-
 def _cut(text: str, stops: list[str] | None) -> str:
     """The text up to the earliest stop string (the decoder only reports that one occurred)."""
     cuts = [text.find(s) for s in stops or [] if s in text]
@@ -117,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"--prompts-file {args.prompts_file} has no prompt")
     # Everything cheap first: config, architecture, policy, layers, heads, tokenizer; the weights last.
     try:
-        config = _config(args.backbone)
+        config = load_config(args.backbone)
         arch = architecture(config)
         policy = resolve_policy(arch, args.policy)
         n = config.num_hidden_layers
@@ -134,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = None
         if not args.backbone.startswith(PRESET_PREFIX):
             try:
-                tokenizer = AutoTokenizer.from_pretrained(args.backbone)
+                tokenizer = load_tokenizer(args.backbone)
             except (OSError, ValueError) as err:
                 if args.prompt is not None or args.stop:
                     raise ValueError(f"no tokenizer for {args.backbone!r}: {err}") from None

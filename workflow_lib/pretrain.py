@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from workflow_lib.artifacts import atomic_path, provenance
 from workflow_lib.data.schemas import read_corpus, read_triviaqa
 from workflow_lib.models.backbone import default_exit_layers
+from workflow_lib.models.names import PRETRAIN_ARCHS
 from workflow_lib.training.pretrain import (PretrainConfig, answer_token_accuracy, build_model, layer_agreement,
                                             token_stream, train, triviaqa_exact_match)
 
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
-        kw = {"choices": ["mistral", "mamba2"]} if f.name == "arch" else {}
+        kw = {"choices": list(PRETRAIN_ARCHS)} if f.name == "arch" else {}
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})", **kw)
     args = p.parse_args(argv)

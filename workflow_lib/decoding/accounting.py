@@ -1,17 +1,21 @@
 """Compute accounting: multiply-accumulates (MACs) per generated token, and the two CRFs (docs/accounting.md).
 
 exact: MACs counted from the model config for one new token at batch size 1:
-  Mistral block  q, k, v, o projections + attention over the context (scores and weighted sum, every query
-                 head; GQA shares K/V but not the dot products) + SwiGLU MLP (gate, up, down).
+  attention block (Mistral, Llama, Qwen2)
+                 q, k, v, o projections (K/V at num_key_value_heads * head_dim: GQA) + attention over the context,
+                 or over the sliding window where the config has one (scores and weighted sum, every query head;
+                 GQA shares K/V but not the dot products) + SwiGLU MLP (gate, up, down). Biases (Qwen2's q/k/v,
+                 Llama's optional ones) are adds, not MACs.
   Mamba-2 block  in_proj (gate, x, B, C, dt) + depthwise conv1d + SSM state update and readout (+ D skip)
                  + gated RMSNorm + out_proj.
   Not counted (well under 0.1% of a block): the pre-block RMSNorms, rotary, residual adds, activations,
   softmax, embedding lookup (a gather, no MACs).
-  full token     every block + the LM head; the final norm is not counted.
+  full token     every block + the LM head; the final norm is not counted. Tied embeddings (SmolLM2) change
+                 nothing: the LM head product still runs over the whole vocabulary.
   heads          every head a token evaluated, its `macs_per_token` (models/heads.py): the softmax rule pays
                  one LM-head product per exit (0.6 of a Mistral-7B block), the saturation rule a cosine (3 d);
                  the final norm each head's input goes through is not counted.
-  recompute      per skipped block. Mistral: k_proj + v_proj of the exit hidden state (the input norm and
+  recompute      per skipped block. Attention: k_proj + v_proj of the exit hidden state (the input norm and
                  rotary are not counted). Mamba-2: the rows of in_proj that feed the state (x, B, C and dt; not
                  the gate, which only scales the block's output) + conv1d + the SSM state update (no readout,
                  no gated norm, no out_proj). The estimate "about 0.7 of a block" counts the whole in_proj;
@@ -28,15 +32,16 @@ from fractions import Fraction
 
 from transformers import PretrainedConfig
 
-from ..models.backbone import architecture
+from ..models.backbone import architecture, family
 
-# Which missing-state policies do work for a skipped block (True) and which only move or keep state (False).
+# Per backbone family: which missing-state policies do work for a skipped block (True) and which only move or keep
+# state (False).
 POLICY_RECOMPUTES: dict[str, dict[str, bool]] = {
-    "mistral": {"recompute": True, "copy": False, "copy_prev": False},
+    "transformer": {"recompute": True, "copy": False, "copy_prev": False},
     "mamba2": {"recompute": True, "skip": False},
 }
 # The paper's charge for recomputing one skipped block, as a fraction of a block.
-PAPER_RECOMPUTE_FRACTION: dict[str, Fraction] = {"mistral": Fraction(1, 6), "mamba2": Fraction(9, 26)}
+PAPER_RECOMPUTE_FRACTION: dict[str, Fraction] = {"transformer": Fraction(1, 6), "mamba2": Fraction(9, 26)}
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,16 @@ class TokenCost:
 
 
 class CostModel:
-    """MACs of one decode step of a Mistral or Mamba-2 backbone, from its config alone (no weights needed)."""
+    """MACs of one decode step of a transformer or Mamba-2 backbone, from its config alone (no weights needed)."""
 
     def __init__(self, config: PretrainedConfig):
         self.arch = architecture(config)
+        self.family = family(self.arch)
         self.n_layers = config.num_hidden_layers
         d = config.hidden_size
-        self.lm_head_macs = d * config.vocab_size
-        if self.arch == "mistral":
+        self.lm_head_macs = d * config.vocab_size  # tied or not, the product runs
+        self.sliding_window = None
+        if self.family == "transformer":
             head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
             q_dim = config.num_attention_heads * head_dim  # query heads
             kv_dim = config.num_key_value_heads * head_dim  # shared K/V heads (GQA)
@@ -82,7 +89,7 @@ class CostModel:
             self.recompute_block_macs = state_in_proj + conv + ssm_update
 
     def _check_policy(self, policy: str) -> bool:
-        known = POLICY_RECOMPUTES[self.arch]
+        known = POLICY_RECOMPUTES[self.family]
         if policy not in known:
             raise ValueError(f"policy {policy!r} does not fit a {self.arch} backbone; choose from {', '.join(known)}")
         return known[policy]
@@ -91,7 +98,7 @@ class CostModel:
         """One block, one new token that attends to `context_len` positions (itself included)."""
         if context_len < 1:
             raise ValueError(f"context_len must be >= 1 (the new token itself), got {context_len}")
-        attended = min(context_len, self.sliding_window) if self.arch == "mistral" and self.sliding_window else context_len
+        attended = min(context_len, self.sliding_window) if self.sliding_window else context_len
         return self.fixed_block_macs + self.attn_macs_per_position * attended
 
     def full_token_macs(self, context_len: int) -> int:
@@ -116,7 +123,7 @@ class CostModel:
         block = self.block_macs(context_len)
         ran = (exit_layer + 1 if exit_layer < n - 1 else n - 1 - prune) + 1  # blocks up to the exit, + the last
         skipped = n - ran - prune  # blocks e+1 .. n-2 that exist in the (pruned) model
-        recompute_frac = PAPER_RECOMPUTE_FRACTION[self.arch] if recomputes else 0
+        recompute_frac = PAPER_RECOMPUTE_FRACTION[self.family] if recomputes else 0
         return TokenCost(
             macs_spent=ran * block + skipped * self.recompute_macs(policy) + sum(head_macs) + self.lm_head_macs,
             macs_full=self.full_token_macs(context_len),

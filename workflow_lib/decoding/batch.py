@@ -164,7 +164,7 @@ def prefill_batch(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, st
              for layer, head in decoder.heads.items() if decoder.stateful(head)]
     mask = batch.mask  # (B, T), or None without padding: exactly the batch-1 call
     kwargs: dict = {"attention_mask": mask}
-    if p.arch == "mistral" and mask is not None:  # positions count the real tokens only, as generate's
+    if p.is_attention and mask is not None:  # positions count the real tokens only, as generate's
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     try:
         with prune_blocks(decoder.model, decoder.prune, decoder.prune_start):
@@ -203,7 +203,7 @@ class _Step:
         """Block j on the rows `rows` (R,) only, h: (R, 1, D); their cache rows gathered, written back merged."""
         layer = self.cache.layers[j]
         block = self.p.layers[j]
-        if self.p.arch == "mistral":
+        if self.p.is_attention:
             keys, values = layer.keys, layer.values  # (B, kv_heads, L, head_dim)
             layer.keys, layer.values = keys[rows], values[rows]  # (R, kv_heads, L, head_dim): the block appends to these
             try:
@@ -234,7 +234,7 @@ class _Step:
         exited = torch.zeros(self.b, dtype=torch.bool, device=h.device)
         exited[done] = True
         done = torch.tensor(done, device=h.device)  # (E,)
-        if self.p.arch == "mistral":
+        if self.p.is_attention:
             out = self.p.layers[j](h, **kwargs)  # (B, 1, D); appends every row's K, V
             k, v = self.pending.pop(j)  # (B, kv_heads, 1, head_dim): the exited rows' rows are the policy's
             layer.keys[done, :, -1:], layer.values[done, :, -1:] = k[done], v[done]
@@ -253,7 +253,7 @@ class _Step:
         h = p.embed(tok[:, None])  # (B, 1, D)
         kwargs: dict = {"cache": self.cache}
         pos_emb = None
-        if p.arch == "mistral":
+        if p.is_attention:
             pos_emb = p.rotary_emb(h, position_ids=position_ids)  # cos, sin: (B, 1, head_dim)
             mask = d._mask_fn(config=d.model.config, inputs_embeds=h, attention_mask=attention_mask, cache=self.cache,
                               position_ids=position_ids)  # (B, 1, 1, L+1) or None

@@ -242,7 +242,7 @@ class ExitDecoder:
         h = p.embed(tok[:, None])  # (1, 1, D)
         block_kwargs: dict = {"cache": cache}
         pos_emb = None
-        if p.arch == "mistral":
+        if p.is_attention:
             pos_emb = p.rotary_emb(h, position_ids=position_ids)  # cos, sin: (1, 1, head_dim)
             mask = self._mask_fn(config=self.model.config, inputs_embeds=h, attention_mask=None, cache=cache,
                                  position_ids=position_ids)

@@ -4,7 +4,8 @@ After a token exits at block e, blocks e+1 .. n-2 never see it (block n-1, the l
 tokens read their caches. A policy writes the skipped blocks' state for this position from the exit hidden
 state h_e (R, 1, D) of the R batch rows that exit at this step (R = 1 at batch size 1):
 
-  mistral  recompute  K, V from each skipped block's own input norm + k_proj/v_proj + rotary (CALM's propagation),
+  transformer (Mistral, Llama, Qwen2)
+           recompute  K, V from each skipped block's own input norm + k_proj/v_proj + rotary (CALM's propagation),
                       all skipped blocks at once on stacked weights (`StackedKV`)
            copy       the K, V the exit block computed for this position (the paper's proposal)
            copy_prev  each skipped block's own previous-position K, V again (the authors' code)
@@ -16,7 +17,7 @@ state h_e (R, 1, D) of the R batch rows that exit at this step (R = 1 at batch s
 These are the fast paths, which a decoder gets from `make_fill`; `policies_reference.py` holds a minimal,
 literal version of each and the tests check that both write the same cache. Every policy works in place on
 transformers' own `DynamicCache` (one `update` per skipped block for attention, in-place state updates for
-Mamba), with no host sync. In a batch, `rows` names the rows that exit (the cache holds every row) and a Mistral
+Mamba), with no host sync. In a batch, `rows` names the rows that exit (the cache holds every row) and an attention
 policy hands each skipped block's K, V for those rows to `write(j, k, v)`, which the batched decoder merges with
 the rows still climbing (decoding/batch.py); without them the policy updates the cache of a batch-1 decode.
 """
@@ -31,10 +32,13 @@ from torch import nn
 from transformers import Cache
 from transformers.models.mistral.modeling_mistral import rotate_half
 
+from workflow_lib.models.backbone import ARCHITECTURES, family
 from workflow_lib.models.mamba2_step import advance_state
 
-POLICIES: dict[str, tuple[str, ...]] = {"mistral": ("recompute", "copy", "copy_prev"), "mamba2": ("recompute", "skip")}
-DEFAULT_POLICY: dict[str, str] = {"mistral": "recompute", "mamba2": "recompute"}
+# keyed by backbone family (models/backbone.py): every Llama-layout transformer shares the transformer policies
+POLICIES: dict[str, tuple[str, ...]] = {"transformer": ("recompute", "copy", "copy_prev"),
+                                        "mamba2": ("recompute", "skip")}
+DEFAULT_POLICY: dict[str, str] = {"transformer": "recompute", "mamba2": "recompute"}
 
 # fill(layers, cache, h_exit (R,1,D), exit_layer, skipped block indices, position_embeddings (R,1,hd) or None,
 #      rows=None, write=None): rows (R,) are the batch rows h_exit belongs to (None: all of them); write(j, k, v) stores
@@ -54,12 +58,13 @@ def _last(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
 
 def resolve_policy(arch: str, policy: str | None) -> str:
     """The policy name to use on this architecture (its default for None); a one-line error otherwise."""
-    if arch not in POLICIES:
+    if arch not in ARCHITECTURES:
         raise ValueError(f"no missing-state policies for architecture {arch!r}")
+    known = POLICIES[family(arch)]
     if policy is None:
-        return DEFAULT_POLICY[arch]
-    if policy not in POLICIES[arch]:
-        raise ValueError(f"policy {policy!r} does not apply to {arch} backbones; choose one of {', '.join(POLICIES[arch])}")
+        return DEFAULT_POLICY[family(arch)]
+    if policy not in known:
+        raise ValueError(f"policy {policy!r} does not apply to {arch} backbones; choose one of {', '.join(known)}")
     return policy
 
 
@@ -73,7 +78,8 @@ def _rms_normalized(h: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class StackedKV:
-    """`recompute` for Mistral with the K/V weights of every block an exit can skip stacked once.
+    """`recompute` for the attention family with the K/V weights (and biases, Qwen2) of every block an exit can skip
+    stacked once.
 
     Per skipped block the work is tiny (two (kv_dim x D) GEMVs, a rotary) and, done block by block, dispatch-
     bound: on the tiny preset 0.18 ms for 3 blocks against 0.03 ms for `copy`. Stacked, every skipped block's
@@ -87,14 +93,15 @@ class StackedKV:
         if not blocks:  # exits only where nothing is left to skip
             return
         attn = layers[blocks[0]].self_attn
-        if any(layers[j].self_attn.k_proj.bias is not None or layers[j].self_attn.v_proj.bias is not None for j in blocks):
-            raise ValueError("the stacked Mistral recompute assumes K/V projections without bias")
         self.heads, self.head_dim = attn.k_proj.out_features // attn.head_dim, attn.head_dim
         self.eps = layers[blocks[0]].input_layernorm.variance_epsilon
         with torch.no_grad():
             self.norm_w = torch.stack([layers[j].input_layernorm.weight for j in blocks])[:, None]  # (S, 1, D)
             self.kv_w = torch.stack([torch.cat([layers[j].self_attn.k_proj.weight, layers[j].self_attn.v_proj.weight])
                                      for j in blocks])  # (S, 2 * kv_dim, D)
+            biased = layers[blocks[0]].self_attn.k_proj.bias is not None  # Qwen2: q/k/v biases
+            self.kv_b = torch.stack([torch.cat([layers[j].self_attn.k_proj.bias, layers[j].self_attn.v_proj.bias])
+                                     for j in blocks])[:, None] if biased else None  # (S, 1, 2 * kv_dim)
 
     def __call__(self, layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
         if not skipped:
@@ -104,7 +111,8 @@ class StackedKV:
             raise ValueError(f"skipped blocks {list(skipped)} are not a suffix of the stacked blocks {list(self.row)}")
         s, r = len(skipped), h.shape[0]
         x = self.norm_w[first:] * _rms_normalized(h, self.eps)[:, 0]  # (S', R, D): each block's own input norm
-        kv = torch.bmm(x, self.kv_w[first:].transpose(1, 2))  # (S', R, 2 * kv_dim)
+        kv = (torch.bmm(x, self.kv_w[first:].transpose(1, 2)) if self.kv_b is None
+              else torch.baddbmm(self.kv_b[first:], x, self.kv_w[first:].transpose(1, 2)))  # (S', R, 2 * kv_dim)
         kv = kv.view(s, r, 2 * self.heads, 1, self.head_dim)  # (S', R, 2 * kv_heads, 1, head_dim)
         k, v = kv[:, :, :self.heads], kv[:, :, self.heads:]  # (S', R, kv_heads, 1, head_dim) each
         cos, sin = position_embeddings  # (R, 1, head_dim) each
@@ -115,7 +123,7 @@ class StackedKV:
             write(j, k[i], v[i])  # (R, kv_heads, 1, head_dim) each
 
 
-def mistral_copy(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
+def attention_copy(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
     src = cache.layers[exit_layer]
     k, v = _last(src.keys, rows), _last(src.values, rows)  # (R, kv_heads, 1, head_dim): exit block's K, V here
     write = _writer(cache, write)
@@ -123,7 +131,7 @@ def mistral_copy(layers, cache, h, exit_layer, skipped, position_embeddings, row
         write(j, k, v)
 
 
-def mistral_copy_prev(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
+def attention_copy_prev(layers, cache, h, exit_layer, skipped, position_embeddings, rows=None, write=None) -> None:
     write = _writer(cache, write)
     for j in skipped:
         own = cache.layers[j]
@@ -189,9 +197,9 @@ def _as_is(fill: FillFn) -> Callable[[nn.ModuleList, Sequence[int]], FillFn]:
 
 # Each policy is built once per decoder from the layers and the blocks its exits can skip.
 _FACTORIES: dict[tuple[str, str], Callable[[nn.ModuleList, Sequence[int]], FillFn]] = {
-    ("mistral", "recompute"): StackedKV,
-    ("mistral", "copy"): _as_is(mistral_copy),
-    ("mistral", "copy_prev"): _as_is(mistral_copy_prev),
+    ("transformer", "recompute"): StackedKV,
+    ("transformer", "copy"): _as_is(attention_copy),
+    ("transformer", "copy_prev"): _as_is(attention_copy_prev),
     ("mamba2", "recompute"): _as_is(mamba2_recompute),
     ("mamba2", "skip"): _as_is(mamba2_skip),
 }
@@ -199,4 +207,4 @@ _FACTORIES: dict[tuple[str, str], Callable[[nn.ModuleList, Sequence[int]], FillF
 
 def make_fill(arch: str, policy: str, layers: nn.ModuleList, blocks: Sequence[int]) -> FillFn:
     """The fill function of `policy` for a decoder whose exits can skip `blocks` (ascending; a skip is a suffix)."""
-    return _FACTORIES[(arch, resolve_policy(arch, policy))](layers, blocks)
+    return _FACTORIES[(family(arch), resolve_policy(arch, policy))](layers, blocks)

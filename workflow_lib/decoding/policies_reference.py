@@ -1,7 +1,8 @@
 """Minimal reference versions of the missing-state policies, written from docs/policies.md for readability.
 
-Each does the literal thing with the block's own modules (Mistral) or the Mamba-2 recurrence written out in
-plain torch (Mamba), one skipped block at a time. Tests check that `policies.FILL` writes the same cache.
+Each does the literal thing with the block's own modules (attention family) or the Mamba-2 recurrence written out in
+plain torch (Mamba), one skipped block at a time. Tests check that
+`policies.make_fill` writes the same cache. Keyed by backbone family, as `policies.POLICIES`.
 Same signature as the fast path: fill(layers, cache, h_exit (1,1,D), exit_layer, skipped, position_embeddings).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ def _append(cache, j, k, v) -> None:
     layer.values = torch.cat([layer.values, v], dim=-2)  # (1, kv_heads, L+1, head_dim)
 
 
-def mistral_recompute(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def attention_recompute(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
     cos, sin = position_embeddings  # (1, 1, head_dim)
     for j in skipped:
         attn = layers[j].self_attn
@@ -28,12 +29,12 @@ def mistral_recompute(layers, cache, h, exit_layer, skipped, position_embeddings
         _append(cache, j, k, v)
 
 
-def mistral_copy(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def attention_copy(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
     for j in skipped:
         _append(cache, j, cache.layers[exit_layer].keys[:, :, -1:], cache.layers[exit_layer].values[:, :, -1:])
 
 
-def mistral_copy_prev(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
+def attention_copy_prev(layers, cache, h, exit_layer, skipped, position_embeddings) -> None:
     for j in skipped:
         _append(cache, j, cache.layers[j].keys[:, :, -1:], cache.layers[j].values[:, :, -1:])
 
@@ -63,9 +64,9 @@ def mamba2_skip(layers, cache, h, exit_layer, skipped, position_embeddings) -> N
 
 
 FILL = {
-    ("mistral", "recompute"): mistral_recompute,
-    ("mistral", "copy"): mistral_copy,
-    ("mistral", "copy_prev"): mistral_copy_prev,
+    ("transformer", "recompute"): attention_recompute,
+    ("transformer", "copy"): attention_copy,
+    ("transformer", "copy_prev"): attention_copy_prev,
     ("mamba2", "recompute"): mamba2_recompute,
     ("mamba2", "skip"): mamba2_skip,
 }

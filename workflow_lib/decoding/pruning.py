@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..models.backbone import architecture
+from ..models.backbone import architecture, is_attention
 
 
 def kept_blocks(n_layers: int, n: int, start: int | None = None) -> list[int]:
@@ -57,7 +57,7 @@ def angular_distance_start(model: nn.Module, input_ids: list[torch.Tensor], n: i
 
 def _owner(model: nn.Module) -> nn.Module:
     """The module whose `.layers` the model's own forward iterates over."""
-    return model.model if architecture(model.config) == "mistral" else model.backbone
+    return model.model if is_attention(architecture(model.config)) else model.backbone
 
 
 @contextmanager

@@ -28,11 +28,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.decoding.pruning import pruned_logits
-from workflow_lib.models.backbone import load_backbone
+from workflow_lib.models.backbone import load_backbone, load_tokenizer
 from workflow_lib.models.heads import load_heads
 
 eval_logger = logging.getLogger("lm_eval.dynamax")
@@ -68,7 +67,7 @@ class DynamaxLM(HFLM):
             self.heads_meta = None
         tok_source = _none(tokenizer) or str(backbone)
         try:
-            tok = AutoTokenizer.from_pretrained(tok_source)
+            tok = load_tokenizer(tok_source)
         except (OSError, ValueError) as e:
             raise ValueError(f"no tokenizer at {tok_source!r} (pass tokenizer=PATH in model_args): {e}") from None
         super().__init__(pretrained=model, tokenizer=tok, batch_size=batch_size, max_length=max_length, **kwargs)

@@ -37,13 +37,11 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
-from transformers import AutoConfig, AutoTokenizer
 
 from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
-                               parts, preset_config, signature)
-from ..models.names import check_local
+                               load_config, load_tokenizer, parts, signature)
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .labels import DEFAULT_LABEL_RULE, check_label_rule, exit_labels
@@ -350,17 +348,14 @@ def load_checkpoint(path: Path, trainer: HeadTrainer) -> dict:
 
 def _backbone_config(name: str):
     """The backbone's config without loading weights (cheap validation before any real work)."""
-    if name.startswith(PRESET_PREFIX):
-        return preset_config(name[len(PRESET_PREFIX):])
-    check_local(name)
-    return AutoConfig.from_pretrained(name, trust_remote_code=False)
+    return load_config(name)
 
 
 def _load_tokenizer(cfg: TrainConfig, backbone_config):
     source = cfg.tokenizer or cfg.backbone
     if source.startswith(PRESET_PREFIX):
         raise ValueError(f"backbone {cfg.backbone!r} is a random preset without a tokenizer: pass --tokenizer PATH")
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    tokenizer = load_tokenizer(source)
     if len(tokenizer) > backbone_config.vocab_size:
         raise ValueError(f"tokenizer {source!r} has {len(tokenizer)} tokens, more than the backbone's "
                          f"vocab_size {backbone_config.vocab_size}")

@@ -21,11 +21,12 @@ from transformers import PreTrainedTokenizerBase
 
 from workflow_lib.data.world import triviaqa_prompt
 from workflow_lib.models.backbone import build_backbone, parts, preset_config
+from workflow_lib.models.names import PRETRAIN_ARCHS
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    arch: str = "mistral"  # 'mistral' | 'mamba2'
+    arch: str = "mistral"  # 'mistral' | 'llama' | 'mamba2': the tiny-<arch> preset, trained from scratch
     hidden_size: int = 192
     num_layers: int = 6
     state_size: int = 16  # Mamba-2 only: SSM state per head (the preset's 64 makes a CPU step ~40% slower)
@@ -41,8 +42,8 @@ class PretrainConfig:
     time_budget_s: float = 0.0  # > 0: stop early when reached (a safety net; steps make runs reproducible)
 
     def __post_init__(self):
-        if self.arch not in ("mistral", "mamba2"):
-            raise ValueError(f"arch must be 'mistral' or 'mamba2', got {self.arch!r}")
+        if self.arch not in PRETRAIN_ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(PRETRAIN_ARCHS)}, got {self.arch!r}")
         if min(self.hidden_size, self.num_layers, self.seq_len, self.batch_size, self.steps) < 1:
             raise ValueError("hidden_size, num_layers, seq_len, batch_size and steps must all be >= 1")
         if self.lr <= 0:
