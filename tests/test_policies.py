@@ -40,7 +40,7 @@ def exit_step(model, policy, exit_layer=EXIT):
     hooks = [p.layers[exit_layer].register_forward_hook(at_exit, with_kwargs=True),
              p.layers[p.n_layers - 1].register_forward_pre_hook(at_last)]
     with torch.no_grad():
-        _, got_exit, _ = dec.step(tok, torch.full((1, 1), T), cache, {exit_layer: None})
+        _, got_exit, _, _ = dec.step(tok, torch.full((1, 1), T), cache, {exit_layer: None})
     for h in hooks:
         h.remove()
     assert got_exit == exit_layer
