@@ -275,3 +275,47 @@ def test_oracle_refuses_heads_too(tiny_mistral):
         ExitDecoder(tiny_mistral, build_heads("forced", 256, [4]), threshold=0.5, oracle_exits=[4])
     with pytest.raises(ValueError, match="oracle exit layer 7"):
         ExitDecoder(tiny_mistral, oracle_exits=[7])
+
+
+@pytest.mark.parametrize("emission", ["lens", "translator"])
+def test_emission_rules_leave_full_depth_alone_and_read_the_exit_state(tiny_backbone, emission):
+    """Exits off, every rule is plain greedy decoding; an exit emits LM head(final_norm(translate(h_e))) without
+    running the last block, and the translation runs (and is paid) only for a token that exits."""
+    translators = random_translators([3, 5]) if emission == "translator" else None
+    ids, _ = greedy(tiny_backbone, PROMPT, 8, eos_token_id=None)
+    off = ExitDecoder(tiny_backbone, build_heads("forced", 256, [3, 5]), threshold=2.0, emission=emission,
+                      translators=translators).generate(PROMPT, max_new_tokens=8, eos_token_id=[])
+    assert off.token_ids == ids and off.crf_exact == 1.0
+    p = parts(tiny_backbone)
+    seen = {}
+    hooks = [p.layers[3].register_forward_hook(lambda _m, _i, out: seen.__setitem__("h", out)),
+             p.layers[7].register_forward_hook(lambda _m, _i, out: seen.__setitem__("last", True))]
+    try:
+        decoder = ExitDecoder(tiny_backbone, build_heads("forced", 256, [3]), threshold=0.5, emission=emission,
+                              translators=translators)
+        from transformers import DynamicCache
+        cache = DynamicCache(config=tiny_backbone.config)
+        tok = decoder.prefill(PROMPT, cache, {}).argmax(-1)
+        seen.clear()
+        logits, exit_layer, _, translations = decoder.step(tok, torch.full((1, 1), PROMPT.shape[1]), cache, {3: None})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    h = seen["h"] if translators is None else translators(seen["h"], 3)
+    torch.testing.assert_close(logits, p.lm_head(p.final_norm(h))[:, -1].float())
+    assert "last" not in seen and exit_layer == 3 and translations == (emission == "translator")
+
+
+def test_emission_bad_input_refused_at_construction(tiny_mistral):
+    heads = build_heads("calm", 256, [3, 5])
+    for kwargs, message in [(dict(emission="logit"), "unknown emission rule 'logit'"),
+                            (dict(emission="translator"), "needs translators"),
+                            (dict(emission="translator", translators=random_translators([3])),
+                             "no translator for exit layer\\(s\\) \\[5\\]"),
+                            (dict(emission="lens", translators=random_translators([3, 5])), "'translator' rule only"),
+                            (dict(emission="translator", translators=random_translators([3, 5], hidden=64)),
+                             "hidden size 64")]:
+        with pytest.raises(ValueError, match=message):
+            ExitDecoder(tiny_mistral, heads, threshold=0.5, **kwargs)
+    with pytest.raises(ValueError, match="no translator for exit layer"):
+        ExitDecoder(tiny_mistral, oracle_exits=[2, 4], emission="translator", translators=random_translators([4]))
