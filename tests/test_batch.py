@@ -315,3 +315,13 @@ def test_padded_forward_prefill_equals_row_prefill(tiny_backbone):
         for name in ("conv_states", "recurrent_states"):
             torch.testing.assert_close(getattr(states[layer].layers[0], name)[0],
                                        getattr(row_states[layer].layers[0], name)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_imports_run_one_way():
+    """decoder.py -> batch.py -> core.py: importing the batched decoder does not import the batch-1 one."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workflow_lib.decoding.batch; "
+            "assert 'workflow_lib.decoding.decoder' not in sys.modules, 'batch.py imports decoder.py'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,8 +14,8 @@
   on the rows still climbing only (their hidden states and their cache rows gathered, then scattered back; a block no
   row reaches does not run), and only the last block runs on the whole batch (under the `last_block` emission
   rule; under `lens` / `translator` the last block is one more block an exited row skips). For Mistral the new
-  position's K, V of a skipped block come from the policy for the rows that exited and from the block for the rows that ran; both
-  are merged into one cache append per block, so the cache stays one dense tensor per block. With
+  position's K, V of a skipped block come from the policy for the rows that exited and from the block for the rows
+  that ran; both are merged into one cache append per block, so the cache stays one dense tensor per block. With
   `climbing_only=False` (the default on GPU) such a block runs on every row and the exited rows' hidden state,
   K/V entry or SSM state is put back afterwards: no gather, but the exited rows' compute is spent. Which wins
   depends on what a block costs (benchmarks/batched_throughput.py --compare-rows): at 7B in bf16 on an H200 a

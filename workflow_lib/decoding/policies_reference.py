@@ -2,7 +2,8 @@
 
 Each does the literal thing with the block's own modules (Mistral) or the Mamba-2 recurrence written out in
 plain torch (Mamba), one skipped block at a time. Tests check that `policies.FILL` writes the same cache.
-Same signature as the fast path: fill(layers, cache, h_exit (1,1,D), exit_layer, skipped, position_embeddings).
+Same signature as the fast path: fill(layers, cache, h_exit (1,1,D), exit_layer, skipped, position_embeddings);
+`skipped` holds the last block too under the lens / translator emission rules.
 """
 from __future__ import annotations
 
