@@ -209,3 +209,22 @@ def test_records_made_before_the_emission_rule_are_reused_as_last_block():
     assert settings(old) == settings(new)
     assert settings({**new, "emission": "lens"}) != settings(old)
     assert settings({**new, "emission": "translator", "translators": "t"}) != settings({**new, "emission": "translator"})
+
+
+def test_heads_of_another_emission_rule_are_not_a_points_input(tmp_path):
+    """results/heads/B/head~H/emission~lens/ sits inside the last_block heads' folder: retraining it must not make
+    the last_block points look out of date."""
+    import os
+    from argparse import Namespace
+
+    from workflow_lib.evaluate import newest_input
+
+    heads = tmp_path / "head~calm"
+    (heads / "emission~lens").mkdir(parents=True)
+    (heads / "heads.json").write_text("{}")
+    (heads / "emission~lens" / "heads.json").write_text("{}")
+    os.utime(heads / "heads.json", (1000, 1000))
+    os.utime(heads / "emission~lens" / "heads.json", (5000, 5000))
+    args = Namespace(backbone="preset:x", tokenizer=None, heads=str(heads), data=None, fewshot_data=None,
+                     angular_text=None, translators=None)
+    assert newest_input(args) == 1000

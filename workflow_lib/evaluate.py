@@ -225,7 +225,10 @@ def newest_input(args: argparse.Namespace) -> float:
                  args.angular_text, args.translators):
         if path is None or not Path(path).exists():
             continue
-        files = [Path(path)] if Path(path).is_file() else [f for f in Path(path).rglob("*") if f.is_file()]
+        # a heads folder holds the heads of other emission rules in emission~RULE/ below it: not this point's input
+        files = [Path(path)] if Path(path).is_file() else [
+            f for f in Path(path).rglob("*")
+            if f.is_file() and not any(part.startswith("emission~") for part in f.relative_to(path).parts)]
         times.extend(f.stat().st_mtime for f in files)
     return max(times, default=0.0)
 
