@@ -2,7 +2,7 @@
 # questions the evaluation does not use, from a pool of its own where there is one (paper scale: the hub's train
 # splits; embedded: more world stories for CoQA) or else the task's file beyond the evaluation's limit (see
 # SEPARATE_POOLS in common.smk); the full model's answers on it, once per (backbone, task); then one job per
-# (backbone, head, policy, task) tests the threshold grid from the highest down on the calibration set and evaluates
+# (backbone, head key, policy, task; a head key carries its emission rule, common.smk) tests the threshold grid from the highest down on the calibration set and evaluates
 # the calibrated point of each delta on the evaluation set (EXIT_CELL/calibrated~delta/, a series of its own).
 
 if WORLD is not None:
@@ -99,12 +99,14 @@ rule calibrate:
         unpack(calibration_inputs),
         heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.json",
         reference=lambda wc: f"{calibration_reference(wc.backbone, wc.task)}/record.json",
+        translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.head)),
     output:
         calibration=f"{CALIBRATION_CELL}/calibration.json",
         points=[f"{EXIT_CELL}/calibrated~{d}/record.json" for d in DELTAS],
     params:
         common=evaluate_common,
         heads=lambda wc: heads_dir(wc.backbone, wc.head),
+        emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
         reference=lambda wc, input: os.path.dirname(input.reference),
         options=lambda wc: cli(
             {
@@ -126,5 +128,5 @@ rule calibrate:
         "../envs/gpu.yaml"
     shell:
         "python -m workflow_lib.calibrate {params.common} --threads {threads} --heads {params.heads}"
-        " --policy {wildcards.policy} --calibration-data {input.calibration} --reference {params.reference}"
+        " --policy {wildcards.policy} {params.emission} --calibration-data {input.calibration} --reference {params.reference}"
         " {params.options} --calibration-out {output.calibration} --out-dir {params.out_dir} > {log} 2>&1"

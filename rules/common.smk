@@ -154,6 +154,21 @@ for name, spec in BACKBONES.items():
         if any(layer > n - 2 for layer in layers or []):
             raise WorkflowError(f"invalid config: {where}: {layers} for backbone {name!r} of {n} blocks: each "
                                 f"must be a block index in 0..{n - 2} (the last block always runs)")
+# Emission rules (models/translators.py EMISSION_RULES, not imported here: it needs torch): how an exit turns its
+# hidden state into the token. Heads are trained per rule (labels from what the rule emits), so a rule other than the
+# paper's last_block gets heads, evaluation cells, oracle and calibration of its own, under an emission~RULE folder
+# inside the head's (or the oracle's) folder: a head key "calm/emission~lens" stands where the head name "calm"
+# does, and the paths of the default rule stay exactly as they were.
+DEFAULT_EMISSION = "last_block"
+for name, spec in BACKBONES.items():
+    for rule, heads in spec["emission_heads"].items():
+        if rule not in spec["emissions"]:
+            raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{rule}: {rule!r} is not among "
+                                f"backbones.{name}.emissions {spec['emissions']}")
+        for i, head in enumerate(heads):
+            if head not in HEAD_SPECS:
+                raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{rule}[{i}]: no head named "
+                                    f"{head!r} (heads: {', '.join(HEAD_SPECS)})")
 COMPARISONS = config["analysis"]["comparisons"]
 for name, heads in COMPARISONS.items():
     for i, head in enumerate(heads):
@@ -163,7 +178,8 @@ for name, heads in COMPARISONS.items():
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
-    head=r"[A-Za-z0-9_]+",
+    head=r"[A-Za-z0-9_]+(/emission~(lens|translator))?",  # a head key: the spec's name, emission~RULE if not default
+    oracle=r"oracle(/emission~(lens|translator))?",
     comparison=r"[A-Za-z0-9_]+",
     policy=r"[a-z_]+",
     task="|".join(TASKS),
@@ -250,12 +266,57 @@ def backbone_input(wildcards):
 def exit_layers_option(backbone, head=None):
     """The head's own exit layers, else the backbone's (else the entry points' default); head None: the backbone's
     (the oracle bound's)."""
-    layers = (head and HEAD_SPECS[head]["training"][EXIT_LAYERS]) or BACKBONES[backbone]["exit_layers"]
+    layers = (head and HEAD_SPECS[spec_name(head)]["training"][EXIT_LAYERS]) or BACKBONES[backbone]["exit_layers"]
     return shlex.join(["--exit-layers", ",".join(map(str, layers))]) if layers else ""
 
 
 def heads_dir(backbone, head):
+    """The heads of a head key: results/heads/B/head~NAME, plus /emission~RULE for a rule other than last_block."""
     return f"{RESULTS}/heads/{backbone}/head~{head}"
+
+
+def emission_segment(rule):
+    return "" if rule == DEFAULT_EMISSION else f"/emission~{rule}"
+
+
+def head_key(head, rule):
+    """calm, last_block -> calm; calm, lens -> calm/emission~lens (the heads', cells' and logs' folders)."""
+    return head + emission_segment(rule)
+
+
+def spec_name(key):
+    """The head spec's name of a head key."""
+    return key.split("/", 1)[0]
+
+
+def key_emission(key):
+    """The emission rule of a head key (or of an oracle folder)."""
+    return key.split("/emission~", 1)[1] if "/emission~" in key else DEFAULT_EMISSION
+
+
+def head_keys(backbone, heads=HEADS):
+    """Every (head, rule) this backbone runs among `heads`: each of its emission rules, on the heads listed for it
+    under emission_heads (every head when the rule is not listed there)."""
+    spec = BACKBONES[backbone]
+    return [head_key(h, rule) for rule in spec["emissions"] for h in heads
+            if h in (spec["emission_heads"].get(rule) or HEADS)]
+
+
+def translators_dir(backbone):
+    """The backbone's tuned-lens translators (the translators job, rules/translators.smk)."""
+    return f"{RESULTS}/translators/{backbone}"
+
+
+def emission_flags(backbone, rule):
+    """--emission (and --translators) for a rule other than last_block; nothing for it (commands stay as they were)."""
+    if rule == DEFAULT_EMISSION:
+        return ""
+    words = ["--emission", rule] + (["--translators", translators_dir(backbone)] if rule == "translator" else [])
+    return shlex.join(words)
+
+
+def emission_inputs(backbone, rule):
+    return [f"{translators_dir(backbone)}/translators.json"] if rule == "translator" else []
 
 
 def one_of(names):
@@ -263,9 +324,14 @@ def one_of(names):
     return "|".join(map(re.escape, names)) or "(?!)"
 
 
+def keys_of(names):
+    """A wildcard constraint matching the head keys of these head names, under any emission rule."""
+    return f"({one_of(names)})(/emission~(lens|translator))?"
+
+
 def head_options(wildcards):
     """The head spec's constructor options as train_heads' --head-options (sorted: the same spec, the same command)."""
-    options = HEAD_SPECS[wildcards.head]["options"]
+    options = HEAD_SPECS[spec_name(wildcards.head)]["options"]
     return shlex.join(["--head-options", json.dumps(options, sort_keys=True)]) if options else ""
 
 
@@ -279,7 +345,7 @@ def exit_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
     return [
         f"{EXIT_CELL}/threshold~{x}/record.json".format(backbone=b, head=h, policy=p, task=t)
         for b in backbones
-        for h in heads
+        for h in head_keys(b, heads)
         for p in BACKBONES[b]["policies"]
         for t in tasks
         for x in THRESHOLDS
@@ -291,11 +357,11 @@ def baseline_records(backbones=BACKBONES, tasks=TASKS):
 
 
 def oracle_records(backbones=BACKBONES, tasks=TASKS):
-    """The oracle bound per (backbone, policy, task) at the heads' exit layers (evaluation.oracle)."""
+    """The oracle bound per (backbone, emission rule, policy, task) at the heads' exit layers (evaluation.oracle)."""
     if not EVAL["oracle"]:
         return []
-    return [f"{EVAL_ROOT}/{b}/oracle/policy~{p}/task~{t}/record.json"
-            for b in backbones for p in BACKBONES[b]["policies"] for t in tasks]
+    return [f"{EVAL_ROOT}/{b}/oracle{emission_segment(e)}/policy~{p}/task~{t}/record.json"
+            for b in backbones for e in BACKBONES[b]["emissions"] for p in BACKBONES[b]["policies"] for t in tasks]
 
 
 # Layer pruning: which n blocks are dropped -> the folder of its points. deepest: the n before the last (the paper);
@@ -340,7 +406,7 @@ def calibrated_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
     return [
         f"{EXIT_CELL}/calibrated~{d}/record.json".format(backbone=b, head=h, policy=p, task=t)
         for b in backbones
-        for h in heads
+        for h in head_keys(b, heads)
         for p in BACKBONES[b]["policies"]
         for t in tasks
         if t in CALIBRATED_TASKS
@@ -387,6 +453,13 @@ def evaluate_inputs(wildcards):
     files["backbone"] = backbone_input(wildcards)
     if pretrained_here(wildcards.backbone):
         files["tokenizer"] = TOKENIZER
+    return files
+
+
+def exit_inputs(wildcards):
+    """evaluate_inputs, and the translators for a head key under the translator rule."""
+    files = evaluate_inputs(wildcards)
+    files["translators"] = emission_inputs(wildcards.backbone, key_emission(wildcards.head))
     return files
 
 

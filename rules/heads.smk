@@ -2,15 +2,18 @@
 # settings at every exit of the frozen backbone, in one backbone pass (knowledge distillation from the full
 # model). A job's command holds only its own spec, so adding a spec leaves every other head as it is. A
 # zero-parameter exit rule (type softmax, saturation) has nothing to train: rule_heads writes its folder, heads.json
-# only, from the backbone's config.
+# only, from the backbone's config. The head wildcard is a head key: under an emission rule other than last_block
+# (backbones.B.emissions) the heads train on labels from what that rule emits (train_heads --emission RULE, with the
+# backbone's translators for the translator rule) into head~NAME/emission~RULE/.
 
 
 rule train_heads:
     wildcard_constraints:
-        head=one_of(TRAINED_HEADS),
+        head=keys_of(TRAINED_HEADS),
     input:
         backbone=backbone_input,
         tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
+        translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.head)),
         train=corpus_file("train"),
         valid=corpus_file("valid"),
     output:
@@ -22,10 +25,12 @@ rule train_heads:
         seed=SEED,
         backbone=lambda wc: backbone_path(wc.backbone),
         tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        head_type=lambda wc: HEAD_SPECS[wc.head]["type"],
+        name=lambda wc: spec_name(wc.head),
+        head_type=lambda wc: HEAD_SPECS[spec_name(wc.head)]["type"],
         exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
         head_options=head_options,
-        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[wc.head]["training"].items() if k != EXIT_LAYERS}),
+        emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
+        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[spec_name(wc.head)]["training"].items() if k != EXIT_LAYERS}),
     threads: 1
     log:
         f"{LOGS}/train_heads/{{backbone}}/{{head}}.log",
@@ -34,14 +39,14 @@ rule train_heads:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --name {wildcards.head}"
+        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --name {params.name}"
         " --head {params.head_type} {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
-        " --out {params.out} --seed {params.seed} --threads {threads} {params.options} > {log} 2>&1"
+        " --out {params.out} --seed {params.seed} --threads {threads} {params.emission} {params.options} > {log} 2>&1"
 
 
 rule rule_heads:
     wildcard_constraints:
-        head=one_of(RULE_HEADS),
+        head=keys_of(RULE_HEADS),
     input:
         backbone=backbone_input,
     output:
@@ -49,7 +54,8 @@ rule rule_heads:
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         backbone=lambda wc: backbone_path(wc.backbone),
-        head_type=lambda wc: HEAD_SPECS[wc.head]["type"],
+        name=lambda wc: spec_name(wc.head),
+        head_type=lambda wc: HEAD_SPECS[spec_name(wc.head)]["type"],
         exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
         head_options=head_options,
     log:
@@ -59,5 +65,5 @@ rule rule_heads:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} --name {wildcards.head} --head {params.head_type}"
+        "python -m workflow_lib.train_heads --backbone {params.backbone} --name {params.name} --head {params.head_type}"
         " {params.head_options} {params.exit_layers} --out {params.out} > {log} 2>&1"

@@ -97,6 +97,33 @@ def test_paper_count_skips_blocks_after_the_exit(mistral, codestral):
     assert crf_paper([mistral.token_cost(15, 10, "copy", [])]) == pytest.approx(32 / 17)
 
 
+def test_lens_and_translator_skip_the_last_block_too(mistral, codestral):
+    """Under lens / translator an exit at e skips n-1-e blocks (the last included), the policy's recompute covers
+    them, a translation costs one d x d product; full-depth tokens cost what they cost under last_block."""
+    block = mistral.block_macs(10)
+    kv = 2 * 4096 * 1024
+    heads = [4096 * 2, 4096 * 2]
+    lens = mistral.token_cost(15, 10, "recompute", heads, 0, "lens")
+    assert lens.macs_spent == 16 * block + 16 * kv + 2 * 4096 * 2 + 4096 * 32768  # blocks 0..15 run, 16..31 filled
+    assert lens.blocks_spent_paper == pytest.approx(16 + 16 / 6)
+    translator = mistral.token_cost(15, 10, "recompute", heads, 0, "translator", 1)
+    assert translator.macs_spent == lens.macs_spent + 4096 * 4096
+    assert translator.blocks_spent_paper == lens.blocks_spent_paper  # the paper count ignores heads and translators
+    assert mistral.token_cost(15, 10, "copy", [], 0, "lens").blocks_spent_paper == 16
+    assert codestral.token_cost(40, 10, "recompute", [], 0, "lens").blocks_spent_paper == pytest.approx(41 + 23 * 9 / 26)
+    assert codestral.token_cost(40, 10, "skip", [], 0, "translator", 1).macs_spent == (
+        41 * CODESTRAL_BLOCK + 4096 * 4096 + 4096 * 32768)
+    for emission in ("lens", "translator"):  # a full-depth token: every block runs, no translation
+        assert mistral.token_cost(31, 10, "recompute", heads, 0, emission) == mistral.token_cost(31, 10, "recompute", heads)
+    # pruned: 8 blocks dropped before the last; an exit at 15 skips the 8 kept blocks 16..23 and the last
+    pruned = mistral.token_cost(15, 10, "recompute", [], 8, "lens")
+    assert pruned.macs_spent == 16 * block + 8 * kv + 4096 * 32768 and pruned.blocks_spent_paper == pytest.approx(16 + 8 / 6)
+    for call, message in [(lambda: mistral.token_cost(15, 10, "copy", [], 0, "logit"), "unknown emission rule"),
+                          (lambda: mistral.token_cost(15, 10, "copy", [], 0, "lens", 1), "do not fit the 'lens'")]:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_exact_count_of_an_exit(mistral):
     heads = [4096 * 2, 4096 * 2]  # two calm heads evaluated before exiting
     cost = mistral.token_cost(15, 10, "recompute", head_macs=heads)

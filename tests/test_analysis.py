@@ -46,7 +46,13 @@ def test_grid_point_reads_identity_from_path(tmp_path):
     root = tmp_path / "eval"
     exit_point = grid_point(root / "m/head~ffn/policy~copy_prev/task~coqa/threshold~0.45/record.json", root)
     assert exit_point == {"backbone": "m", "method": "early_exit", "head": "ffn", "policy": "copy_prev",
-                          "task": "coqa", "threshold": 0.45, "prune": 0}
+                          "emission": "last_block", "task": "coqa", "threshold": 0.45, "prune": 0}
+    lens = grid_point(root / "m/head~ffn/emission~lens/policy~copy/task~coqa/threshold~0.45/record.json", root)
+    assert (lens["head"], lens["emission"], lens["policy"]) == ("ffn", "lens", "copy")
+    assert series_name(pd.Series({**lens, "method": "early_exit"})) == "ffn / copy / lens"
+    assert series_name(pd.Series(exit_point)) == "ffn / copy_prev"  # the default rule's names stay as they were
+    translated = grid_point(root / "m/oracle/emission~translator/policy~skip/task~coqa/record.json", root)
+    assert series_name(pd.Series(translated)) == "oracle / skip / translator"
     assert grid_point(root / "m/prune~3/task~coqa/record.json", root)["prune"] == 3
     angular = grid_point(root / "m/prune_angular~3/task~coqa/record.json", root)
     assert angular["method"] == "prune_angular" and angular["prune"] == 3

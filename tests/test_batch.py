@@ -53,6 +53,52 @@ def test_forced_exits_equal_batch1(request, arch, policy, exit_layer):
         assert b.exit_layers == [7] + [exit_layer] * 9
 
 
+@pytest.mark.parametrize("arch,policy", ARCH_POLICIES)
+@pytest.mark.parametrize("emission", ["lens", "translator"])
+@pytest.mark.parametrize("climbing_only", [True, False])
+def test_emission_rules_batched_equal_batch1(request, arch, policy, emission, climbing_only):
+    """Under lens / translator an exited row skips the last block too (its state filled by the policy, merged with
+    the climbing rows'): forced exits, and calm heads whose rows exit at different layers, equal batch 1."""
+    from test_decoder import random_translators
+
+    model = model_for(request, arch)
+    translators = random_translators([3, 4, 5, 6]) if emission == "translator" else None
+    kw = dict(max_new_tokens=8, eos_token_id=[])
+    forced = ExitDecoder(model, build_heads("forced", 256, [5]), threshold=0.5, policy=policy, emission=emission,
+                         translators=translators)
+    got = forced.generate_batch(PROMPTS, climbing_only=climbing_only, **kw)
+    assert all(same(a, b) for a, b in zip(batch1(forced, PROMPTS, **kw), got))
+    assert all(r.exit_layers == [7] + [5] * 7 for r in got)
+    decoder = ExitDecoder(model, build_heads("calm", 256, [3, 4, 5, 6], seed=11), threshold=0.5, policy=policy,
+                          emission=emission, translators=translators)
+    got = decoder.generate_batch(PROMPTS, climbing_only=climbing_only, **kw)
+    ref = batch1(decoder, PROMPTS, **kw)
+    for prompt, a, b in zip(PROMPTS, ref, got):
+        if not same(a, b):
+            assert explained(decoder, prompt, a, b, **kw) is not None, (prompt, a.exit_layers, b.exit_layers)
+    assert sum(len({r.exit_layers[s] for r in ref}) > 1 for s in range(1, 8)) >= 3  # rows exit at different layers
+
+
+@pytest.mark.parametrize("arch", ["mistral", "mamba2"])
+def test_softmax_rule_through_the_translator_batched_equals_batch1(request, arch):
+    """Under the translator rule the softmax rule reads final_norm(translate(h)); each evaluated exit runs one
+    translation, which the exit reuses: batched equals batch 1, costs included."""
+    from test_decoder import random_translators
+
+    model = model_for(request, arch)
+    kw = dict(max_new_tokens=6, eos_token_id=[])
+    decoder = ExitDecoder(model, build_heads("softmax", 256, [3, 5]), threshold=0.0, emission="translator",
+                          translators=random_translators([3, 5]))
+    got = decoder.generate_batch(PROMPTS, **kw)
+    ref = batch1(decoder, PROMPTS, **kw)
+    assert all(same(a, b) for a, b in zip(ref, got))
+    d = model.config.hidden_size
+    assert all(r.exit_layers[1:] == [3] * 5 for r in got)  # threshold 0: the first exit always exits
+    lm_head = model.config.vocab_size * d
+    cost = decoder.cost_model.token_cost(3, len(PROMPTS[0]) + 1, decoder.policy, [lm_head], 0, "translator", 1)
+    assert got[0].costs[0] == cost
+
+
 class Trace:
     """Per decode step of a batch-1 run: every p_exit a head gave, and the top-2 logit gap of the chosen token."""
 
@@ -270,3 +316,13 @@ def test_padded_forward_prefill_equals_row_prefill(tiny_any):
         for name in ("conv_states", "recurrent_states"):
             torch.testing.assert_close(getattr(states[layer].layers[0], name)[0],
                                        getattr(row_states[layer].layers[0], name)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_imports_run_one_way():
+    """decoder.py -> batch.py -> core.py: importing the batched decoder does not import the batch-1 one."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workflow_lib.decoding.batch; "
+            "assert 'workflow_lib.decoding.decoder' not in sys.modules, 'batch.py imports decoder.py'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -196,28 +196,81 @@ def _lossless_after(model, first_exit: int, last_scale: float):
     return model
 
 
-@pytest.mark.parametrize("arch,policy", [("mistral", "recompute"), ("mistral", "copy"), ("llama", "recompute"),
-                                         ("mamba2", "recompute"), ("mamba2", "skip")])
-def test_oracle_exits_at_the_earliest_agreeing_layer(arch, policy):
+@pytest.mark.parametrize("arch,policy,emission", [
+    ("mistral", "recompute", "last_block"), ("mistral", "copy", "last_block"), ("llama", "recompute", "last_block"),
+    ("mamba2", "recompute", "last_block"), ("mamba2", "skip", "last_block"), ("mistral", "recompute", "lens"),
+    ("llama", "recompute", "lens"), ("mamba2", "recompute", "lens")])
+def test_oracle_exits_at_the_earliest_agreeing_layer(arch, policy, emission):
     from workflow_lib.training.pretrain import layer_predictions
 
     model = _lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
                                            dtype=torch.float32), 3, 0.3)
     exits = [3, 4, 5, 6]
     full, _ = greedy(model, PROMPT, 20, eos_token_id=None)
-    res = ExitDecoder(model, policy=policy, oracle_exits=exits).generate(PROMPT, max_new_tokens=20, eos_token_id=[])
-    # Skipping identity blocks loses nothing, so the oracle's tokens are the full model's (its look-ahead leaves
-    # the cache as it found it) ...
+    res = ExitDecoder(model, policy=policy, oracle_exits=exits, emission=emission).generate(
+        PROMPT, max_new_tokens=20, eos_token_id=[])
+    # Skipping identity blocks loses nothing (under lens, recompute fills the last block's state as running it
+    # would), so the oracle's tokens are the full model's (its look-ahead leaves the cache as it found it) ...
     assert res.token_ids == full
-    # ... and each step exits at the first exit whose intermediate top-1 is the full model's top-1.
-    seq = torch.cat([PROMPT, torch.tensor([full])], dim=1)  # (1, T + 20)
-    preds = layer_predictions(model, seq)[:, 0]  # (layers, T + 20)
     start = PROMPT.shape[1]
-    expected = [next((e for e in exits if preds[e, pos] == preds[-1, pos]), 7) for pos in range(start, start + 19)]
+    if emission == "last_block":
+        # ... and the last block run on h_3 is the full model's computation: every step exits at the first exit
+        expected = [3] * 19
+    else:
+        # ... and each step exits at the first exit whose logit-lens top-1 is the full model's top-1.
+        seq = torch.cat([PROMPT, torch.tensor([full])], dim=1)  # (1, T + 20)
+        preds = layer_predictions(model, seq)[:, 0]  # (layers, T + 20)
+        expected = [next((e for e in exits if preds[e, pos] == preds[-1, pos]), 7) for pos in range(start, start + 19)]
+        assert 3 in expected and 7 in expected  # exits and non-exits
     assert res.exit_layers[1:] == expected
-    assert 3 in expected and 7 in expected and res.crf_exact > 1.0  # exits and non-exits; no head cost counted
+    assert res.crf_exact > 1.0  # no head cost counted
     cost_model = CostModel(model.config)
-    assert res.costs == [cost_model.token_cost(e, start + i + 1, policy, [], 0) for i, e in enumerate(expected)]
+    assert res.costs == [cost_model.token_cost(e, start + i + 1, policy, [], 0, emission) for i, e in enumerate(expected)]
+
+
+@pytest.mark.parametrize("arch,policy", [("mistral", "recompute"), ("mistral", "copy_prev"), ("mamba2", "recompute"),
+                                         ("mamba2", "skip")])
+@pytest.mark.parametrize("emission", ["last_block", "lens", "translator"])
+def test_oracle_compares_what_an_exit_would_emit(request, arch, policy, emission):
+    """At each step the oracle exits at the earliest exit where a decoder forced to exit there emits the full-depth
+    token (both run on copies of the same cache): the definition, checked on a random model (exits disagree)."""
+    import copy
+
+    from transformers import DynamicCache
+
+    model = request.getfixturevalue(f"tiny_{arch}")
+    exits = [2, 4, 6]
+    translators = random_translators(exits) if emission == "translator" else None
+    oracle = ExitDecoder(model, policy=policy, oracle_exits=exits, emission=emission, translators=translators)
+    full_depth = ExitDecoder(model)
+    forced = {e: ExitDecoder(model, build_heads("forced", 256, [e]), threshold=0.5, policy=policy, emission=emission,
+                             translators=translators) for e in exits}
+    cache = DynamicCache(config=model.config)
+    tok = oracle.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
+    seen = set()
+    for s in range(6):
+        pos = torch.full((1, 1), PROMPT.shape[1] + s)
+        want, _, _, _ = full_depth.step(tok, pos, copy.deepcopy(cache), {})
+        agree = [e for e in exits if torch.equal(forced[e].step(tok, pos, copy.deepcopy(cache), {e: None})[0].argmax(-1),
+                                                 want.argmax(-1))]
+        logits, exit_layer, _, translations = oracle.step(tok, pos, cache, {})
+        assert exit_layer == (agree[0] if agree else 7)
+        assert torch.equal(logits.argmax(-1), want.argmax(-1)) or not agree
+        assert translations == (emission == "translator" and exit_layer < 7)
+        seen.add(exit_layer)
+        tok = logits.argmax(-1)
+
+
+def random_translators(exits, hidden=256, seed=0):
+    from workflow_lib.models.translators import Translators
+
+    torch.manual_seed(seed)
+    translators = Translators(hidden, exits)
+    with torch.no_grad():
+        for linear in translators.linears.values():
+            linear.weight.normal_(0, 0.05)
+            linear.bias.normal_(0, 0.05)
+    return translators.eval()
 
 
 def test_oracle_refuses_heads_too(tiny_mistral):
@@ -225,3 +278,47 @@ def test_oracle_refuses_heads_too(tiny_mistral):
         ExitDecoder(tiny_mistral, build_heads("forced", 256, [4]), threshold=0.5, oracle_exits=[4])
     with pytest.raises(ValueError, match="oracle exit layer 7"):
         ExitDecoder(tiny_mistral, oracle_exits=[7])
+
+
+@pytest.mark.parametrize("emission", ["lens", "translator"])
+def test_emission_rules_leave_full_depth_alone_and_read_the_exit_state(tiny_backbone, emission):
+    """Exits off, every rule is plain greedy decoding; an exit emits LM head(final_norm(translate(h_e))) without
+    running the last block, and the translation runs (and is paid) only for a token that exits."""
+    translators = random_translators([3, 5]) if emission == "translator" else None
+    ids, _ = greedy(tiny_backbone, PROMPT, 8, eos_token_id=None)
+    off = ExitDecoder(tiny_backbone, build_heads("forced", 256, [3, 5]), threshold=2.0, emission=emission,
+                      translators=translators).generate(PROMPT, max_new_tokens=8, eos_token_id=[])
+    assert off.token_ids == ids and off.crf_exact == 1.0
+    p = parts(tiny_backbone)
+    seen = {}
+    hooks = [p.layers[3].register_forward_hook(lambda _m, _i, out: seen.__setitem__("h", out)),
+             p.layers[7].register_forward_hook(lambda _m, _i, out: seen.__setitem__("last", True))]
+    try:
+        decoder = ExitDecoder(tiny_backbone, build_heads("forced", 256, [3]), threshold=0.5, emission=emission,
+                              translators=translators)
+        from transformers import DynamicCache
+        cache = DynamicCache(config=tiny_backbone.config)
+        tok = decoder.prefill(PROMPT, cache, {}).argmax(-1)
+        seen.clear()
+        logits, exit_layer, _, translations = decoder.step(tok, torch.full((1, 1), PROMPT.shape[1]), cache, {3: None})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    h = seen["h"] if translators is None else translators(seen["h"], 3)
+    torch.testing.assert_close(logits, p.lm_head(p.final_norm(h))[:, -1].float())
+    assert "last" not in seen and exit_layer == 3 and translations == (emission == "translator")
+
+
+def test_emission_bad_input_refused_at_construction(tiny_mistral):
+    heads = build_heads("calm", 256, [3, 5])
+    for kwargs, message in [(dict(emission="logit"), "unknown emission rule 'logit'"),
+                            (dict(emission="translator"), "needs translators"),
+                            (dict(emission="translator", translators=random_translators([3])),
+                             "no translator for exit layer\\(s\\) \\[5\\]"),
+                            (dict(emission="lens", translators=random_translators([3, 5])), "'translator' rule only"),
+                            (dict(emission="translator", translators=random_translators([3, 5], hidden=64)),
+                             "hidden size 64")]:
+        with pytest.raises(ValueError, match=message):
+            ExitDecoder(tiny_mistral, heads, threshold=0.5, **kwargs)
+    with pytest.raises(ValueError, match="no translator for exit layer"):
+        ExitDecoder(tiny_mistral, oracle_exits=[2, 4], emission="translator", translators=random_translators([4]))

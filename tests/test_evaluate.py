@@ -136,8 +136,10 @@ def test_angular_pruning_points(mistral_dir, task_files, tmp_path):
         assert record["crf_paper"] == pytest.approx(4 / (4 - n))
 
 
-def test_oracle_point(task_files, tmp_path):
-    """Blocks 2 and 3 made identities: block 1's top-1 is the full model's, so the oracle exits there every step."""
+@pytest.mark.parametrize("emission", ["last_block", "lens"])
+def test_oracle_point(task_files, tmp_path, emission):
+    """Blocks 2 and 3 made identities: block 1's top-1 is the full model's, and so is the last block run on h_1, so
+    the oracle exits there every step under either rule; the record carries the rule."""
     from transformers import AutoModelForCausalLM
 
     backbone = save_tiny_backbone(tmp_path / "identity", "tiny-mistral")
@@ -148,9 +150,11 @@ def test_oracle_point(task_files, tmp_path):
             layer.mlp.down_proj.weight.zero_()
     model.save_pretrained(backbone)
     common = ["--backbone", str(backbone), "--task", "triviaqa", "--data", str(task_files["triviaqa"])]
-    _run(tmp_path, *common, "--oracle", "--exit-layers", "1,2", "--policy", "copy", "--batch-size", "2")
+    _run(tmp_path, *common, "--oracle", "--exit-layers", "1,2", "--policy", "copy", "--batch-size", "2",
+         "--emission", emission)
     record = json.loads((tmp_path / "out" / "record.json").read_text())
     assert record["exits_enabled"] and record["oracle_exits"] == [1, 2] and record["policy"] == "copy"
+    assert record["emission"] == emission
     assert set(record["exit_histogram"]) == {"1"} and record["n_samples"] == 3
     with pytest.raises(SystemExit):  # exit layers belong to the oracle; heads carry their own
         main(["--out-dir", str(tmp_path / "x"), *common, "--no-heads", "--exit-layers", "1"])
@@ -162,6 +166,10 @@ def test_oracle_point(task_files, tmp_path):
     (["--thresholds", "0.5,high"], "'high' in '0.5,high' is not a number"),
     (["--thresholds", "0.5,nan"], "not a finite non-negative number"),
     (["--prune-rule", "angular"], "--prune-rule angular needs --prune N or --prune-series"),
+    (["--emission", "logit"], "invalid choice: 'logit'"),
+    (["--emission", "translator"], "--emission translator needs --translators DIR"),
+    (["--translators", "/nonexistent"], "--translators is for --emission translator"),
+    (["--emission", "translator", "--translators", "/nonexistent"], "--translators: folder not found"),
 ])
 def test_bad_arguments_are_refused_before_loading(bad, message, task_files, tmp_path, capsys):
     args = {"--backbone": "preset:tiny-mistral", "--task": "triviaqa", "--data": str(task_files["triviaqa"]),
@@ -189,3 +197,34 @@ def test_heads_for_another_backbone_are_refused(mistral_dir, task_files, tmp_pat
         _run(tmp_path, "--backbone", str(mistral_dir), "--heads", str(tmp_path / "heads"), "--task", "triviaqa",
              "--data", str(task_files["triviaqa"]), "--thresholds", "0.5")
     assert not (tmp_path / "out").exists()
+
+
+def test_records_made_before_the_emission_rule_are_reused_as_last_block():
+    """A record whose config predates --emission / --translators was made under last_block: same settings; a record
+    under another rule is not."""
+    from workflow_lib.evaluate import settings
+
+    old = {"backbone": "b", "policy": "copy", "thresholds": [("0.5", 0.5)]}
+    new = {**old, "emission": "last_block", "translators": None, "thresholds": [("0.9", 0.9)]}
+    assert settings(old) == settings(new)
+    assert settings({**new, "emission": "lens"}) != settings(old)
+    assert settings({**new, "emission": "translator", "translators": "t"}) != settings({**new, "emission": "translator"})
+
+
+def test_heads_of_another_emission_rule_are_not_a_points_input(tmp_path):
+    """results/heads/B/head~H/emission~lens/ sits inside the last_block heads' folder: retraining it must not make
+    the last_block points look out of date."""
+    import os
+    from argparse import Namespace
+
+    from workflow_lib.evaluate import newest_input
+
+    heads = tmp_path / "head~calm"
+    (heads / "emission~lens").mkdir(parents=True)
+    (heads / "heads.json").write_text("{}")
+    (heads / "emission~lens" / "heads.json").write_text("{}")
+    os.utime(heads / "heads.json", (1000, 1000))
+    os.utime(heads / "emission~lens" / "heads.json", (5000, 5000))
+    args = Namespace(backbone="preset:x", tokenizer=None, heads=str(heads), data=None, fewshot_data=None,
+                     angular_text=None, translators=None)
+    assert newest_input(args) == 1000

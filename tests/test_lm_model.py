@@ -119,3 +119,29 @@ def test_lm_eval_command_line(task_files, tmp_path):
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
     assert "exact_match,remove_whitespace" in results["results"]["dynamax_triviaqa"]
     assert results["config"]["model"] == "dynamax"
+
+
+def test_translator_emission_from_model_args(saved_backbone, task_files, tmp_path):
+    """emission=translator,translators=DIR in model_args: every decode step exits at the first exit and pays one
+    translation; translators lacking an exit layer, or missing, are refused when the model is built."""
+    from transformers import AutoConfig
+
+    from workflow_lib.models.translators import Translators, save_translators
+
+    heads = save_calm_heads(tmp_path / "heads", saved_backbone, exit_layers=(1, 2))
+    config = AutoConfig.from_pretrained(saved_backbone)
+    save_translators(tmp_path / "tr", Translators(config.hidden_size, [1, 2]), config)
+    save_translators(tmp_path / "tr1", Translators(config.hidden_size, [1]), config)
+    lm = get_model("dynamax").create_from_arg_string(
+        f"backbone={saved_backbone},heads={heads},threshold=0.0,emission=translator,translators={tmp_path / 'tr'}",
+        {"device": "cpu"})
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=task_metadata(task_files))
+    lm_eval.simple_evaluate(model=lm, tasks=["dynamax_triviaqa"], task_manager=tm, limit=2, gen_kwargs="max_gen_toks=4")
+    assert lm.get_model_info()["emission"] == "translator"
+    for g in lm.generations:
+        assert g["exit_layers"][1:] == [1] * (len(g["token_ids"]) - 1) and g["crf_exact"] > 1.0
+    with pytest.raises(ValueError, match=r"no translator for exit layer\(s\) \[2\]"):
+        DynamaxLM(backbone=str(saved_backbone), heads=str(heads), threshold=0.5, device="cpu", emission="translator",
+                  translators=str(tmp_path / "tr1"))
+    with pytest.raises(ValueError, match="needs translators"):
+        DynamaxLM(backbone=str(saved_backbone), heads=str(heads), threshold=0.5, device="cpu", emission="translator")

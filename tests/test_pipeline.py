@@ -41,6 +41,24 @@ def test_dry_run_offline(configfile, tmp_path):
     assert "evaluate_exits" in result.stdout and "figure" in result.stdout
 
 
+def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
+    """A rule besides last_block on one head: its heads, cells, oracle and calibration under emission~RULE, with
+    --emission on their commands; the default rule's jobs and paths as they were."""
+    config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    base = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(REPO / "configs" / "smoke.yaml"))
+    config["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_heads={"lens": ["calm"]})
+    (tmp_path / "lens.yaml").write_text(yaml.safe_dump(config))
+    lens = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "lens.yaml"))
+    assert base.returncode == 0 and lens.returncode == 0, lens.stdout + lens.stderr
+    before, after = job_stats(base.stdout), job_stats(lens.stdout)
+    assert after["train_heads"] == before["train_heads"] + 1 and after.get("rule_heads") == before.get("rule_heads")
+    assert after["evaluate_oracle"] > before["evaluate_oracle"] and after["evaluate_exits"] > before["evaluate_exits"]
+    assert "results/heads/mamba2/head~calm/emission~lens" in lens.stdout and "--emission lens" in lens.stdout
+    assert "head~saturation/emission~lens" not in lens.stdout  # the rule runs on its listed heads only
+    assert "results/eval/mamba2/oracle/emission~lens/policy~skip" in lens.stdout
+    assert "emission" not in base.stdout  # the default rule's commands and paths stay as they were
+
+
 def test_slurm_profile_resolves_from_project_root():
     result = snakemake("-n", "--cores", "all", "--profile", "slurm", "-q")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -65,6 +83,12 @@ def test_slurm_profile_resolves_from_project_root():
      "heads.c.exit_layers: [1, 3] for backbone 'mamba2' of 4 blocks"),
     (lambda c: c["analysis"].update(comparisons={"k": ["calm", "calm_k15"]}),
      "analysis.comparisons.k[1]: no head named 'calm_k15'"),
+    # emission rules: an unknown one, a head list for a rule not run, a head list naming no head
+    (lambda c: c["backbones"]["mamba2"].update(emissions=["logit"]), "backbones.mamba2.emissions[0]"),
+    (lambda c: c["backbones"]["mamba2"].update(emission_heads={"lens": ["calm"]}),
+     "backbones.mamba2.emission_heads.lens: 'lens' is not among backbones.mamba2.emissions"),
+    (lambda c: c["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_heads={"lens": ["cal"]}),
+     "backbones.mamba2.emission_heads.lens[0]: no head named 'cal'"),
     # calibration on a task whose every question is evaluated, with no pool of its own (embedded TriviaQA)
     (lambda c: c["evaluation"]["tasks"]["triviaqa"].update(limit=None),
      "calibration.tasks: triviaqa has no calibration questions"),

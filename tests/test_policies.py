@@ -19,14 +19,14 @@ T = PROMPT.shape[1]
 EXIT = 3  # blocks 4..6 are skipped, block 7 (the last) runs
 
 
-def exit_step(model, policy, exit_layer=EXIT):
+def exit_step(model, policy, exit_layer=EXIT, emission="last_block"):
     """Prefill, then one decode step forced to exit at `exit_layer`, recording what the policy saw and did.
 
     Returns (cache before the step, cache at the exit (block e done, policy not yet run), cache after the step,
     exit hidden state h_e (1,1,D), the last block's input, position embeddings or None, the step's input token).
     """
     p = parts(model)
-    dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy)
+    dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy, emission=emission)
     cache = DynamicCache(config=model.config)
     tok = dec.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
     before = copy.deepcopy(cache)
@@ -40,8 +40,9 @@ def exit_step(model, policy, exit_layer=EXIT):
 
     hooks = [p.layers[exit_layer].register_forward_hook(at_exit, with_kwargs=True),
              p.layers[p.n_layers - 1].register_forward_pre_hook(at_last)]
+    seen["last_in"] = None  # stays None when the last block does not run (lens / translator)
     with torch.no_grad():
-        _, got_exit, _ = dec.step(tok, torch.full((1, 1), T), cache, {exit_layer: None})
+        _, got_exit, _, _ = dec.step(tok, torch.full((1, 1), T), cache, {exit_layer: None})
     for h in hooks:
         h.remove()
     assert got_exit == exit_layer
@@ -207,3 +208,35 @@ def test_mamba2_recompute_kernel_path_equals_cpu_step(tiny_mamba2):
         for a, b, old in zip(mamba_states(kernels, j), mamba_states(cpu, j), mamba_states(at_exit, j)):
             torch.testing.assert_close(a, b)
             assert not torch.equal(a, old)
+
+
+@pytest.mark.parametrize("arch,policy", [(a, pol) for a, pols in POLICIES.items() for pol in pols])
+@pytest.mark.parametrize("exit_layer", [2, 6])
+def test_lens_fills_the_last_block_too_fast_path_equals_reference(tiny_mistral, tiny_mamba2, arch, policy, exit_layer):
+    """Under lens (and translator, the same fill) the last block does not run: the policy fills blocks e+1 .. n-1,
+    the last one included, and the stacked recompute covers it; fast path == reference == what the decoder wrote,
+    and the token is LM head(final_norm(h_e))."""
+    model = tiny_mistral if arch == "mistral" else tiny_mamba2
+    p = parts(model)
+    before, at_exit, after, h, last_in, pos_emb, tok = exit_step(model, policy, exit_layer, emission="lens")
+    assert last_in is None  # the last block never ran
+    skipped = list(range(exit_layer + 1, p.n_layers))
+    fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
+    with torch.no_grad():
+        make_fill(arch, policy, p.layers, skipped)(p.layers, fast, h, exit_layer, skipped, pos_emb)
+        policies_reference.FILL[(arch, policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
+    states = kv if arch == "mistral" else mamba_states
+    for j in range(p.n_layers):
+        for a, b, c in zip(states(fast, j), states(ref, j), states(after, j)):
+            torch.testing.assert_close(a, b)
+            assert torch.equal(a, c)
+    last = p.n_layers - 1
+    if policy in ("recompute", "copy", "copy_prev"):  # the last block's state moved for this position
+        assert arch == "mamba2" or kv(after, last)[0].shape[-2] == T + 1
+        assert not all(torch.equal(a, b) for a, b in zip(states(after, last), states(before, last))) or arch == "mistral"
+    if policy == "skip":
+        assert all(torch.equal(a, b) for a, b in zip(states(after, last), states(before, last)))
+    dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy, emission="lens")
+    with torch.no_grad():
+        logits, _, _, _ = dec.step(tok, torch.full((1, 1), T), copy.deepcopy(before), {exit_layer: None})
+        torch.testing.assert_close(logits, p.lm_head(p.final_norm(h))[:, -1].float())

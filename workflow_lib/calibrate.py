@@ -12,7 +12,9 @@ calibration set decoded at each threshold only while some delta is still being t
   metric       the drop of the task's metric (--metric, default its headline one) against the full model on that
                question, max(0, full - early), in [0, 1] (0/1 for exact match; hoeffding_bentkus for F1)
 The full model's answers on the calibration set come from --reference, the folder `evaluate --no-heads` wrote on
-the same calibration data with the same settings (checked), so every head and policy shares one such run.
+the same calibration data with the same settings (checked), so every head, policy and emission rule shares one such
+run (exits off, every rule is the full model). --emission / --translators as for evaluate: the heads should be
+the ones trained for that rule.
 
 Outputs:
   --calibration-out       JSON: per delta the chosen threshold (null: none certified) and every test run
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             point = {"threshold": t, "prune": 0, "calibration": calibration, "setup_seconds": setup_seconds}
             save_point(args.out_dir / f"calibrated~{deltas[delta]}", lm, results, wall, point, args, config)
     write_json(args.calibration_out, {
-        "backbone": args.backbone, "heads": args.heads, "policy": lm.decoder.policy, "task": args.task,
+        "backbone": args.backbone, "heads": args.heads, "policy": lm.decoder.policy,
+        "emission": lm.decoder.emission, "task": args.task,
         "calibration_data": args.calibration_data, "n": len(reference), "risk": args.risk, "metric": metric,
         "bound": args.bound, "epsilon": args.epsilon,
         "deltas": {deltas[d]: {"delta": d, "threshold": t,

@@ -9,7 +9,10 @@ Grid points and where their records go (each folder: record.json + samples.jsonl
   --no-heads --prune-series 0,1,2      OUT/prune~N/      (layer-pruning baseline)
   ... --prune-rule angular             OUT/prune_angular~N/  (the dropped blocks chosen by angular distance)
   --oracle [--exit-layers 2,3,4]       OUT/              (the oracle bound: each token exits at the earliest exit
-                                                          whose intermediate top-1 is the full model's; no head)
+                                                          whose emitted token is the full model's; no head)
+--emission RULE (last_block, the default | lens | translator with --translators DIR) says how an exit turns its
+hidden state into the token (docs/policies.md); the pipeline puts a non-default rule's records under a folder of
+their own (emission~RULE), this command writes where --out-dir says. The rule is in every record.
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
 
@@ -31,6 +34,7 @@ from pathlib import Path
 from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
 from workflow_lib.models.names import PRESET_PREFIX, check_local
+from workflow_lib.models.translators import EMISSION_RULES
 
 
 def number_list(text: str, kind=float) -> list[tuple[str, float | int]]:
@@ -59,6 +63,11 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="missing-state policy (transformers, i.e. mistral/llama/qwen2: recompute|copy|copy_prev; "
                                     "mamba2: recompute|skip); "
                                     "default: the architecture's default")
+    p.add_argument("--emission", choices=EMISSION_RULES, default="last_block",
+                   help="how an exit emits its token: last_block (the paper's: the last block runs on the exit state), "
+                        "lens (final norm and LM head on it), translator (on its tuned-lens translation; needs "
+                        "--translators)")
+    p.add_argument("--translators", help="folder of tuned-lens translators (save_translators), for --emission translator")
     p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--data", required=True, help="the task's data file (canonical format, or an original release format)")
     p.add_argument("--fewshot-data", help="triviaqa only: few-shot pool file (default: questions outside the subset)")
@@ -96,6 +105,12 @@ def check_task_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -
             p.error(f"{flag}: file not found: {path}")
     if args.fewshot_data and args.task != "triviaqa":
         p.error("--fewshot-data is for --task triviaqa")
+    if args.emission == "translator" and args.translators is None:
+        p.error("--emission translator needs --translators DIR")
+    if args.translators is not None and args.emission != "translator":
+        p.error("--translators is for --emission translator")
+    if args.translators is not None and not Path(args.translators).is_dir():
+        p.error(f"--translators: folder not found: {args.translators}")
     if getattr(args, "heads", None) is not None and not Path(args.heads).is_dir():
         p.error(f"--heads: folder not found: {args.heads}")
     if not args.backbone.startswith(PRESET_PREFIX):
@@ -195,18 +210,26 @@ def grid_points(args: argparse.Namespace) -> list[tuple[Path, dict]]:
 NOT_SETTINGS = ("thresholds", "prune_series", "threads", "batch_size", "reuse", "out_dir")
 
 
+# Options added later, with the value a record made before them was made with: such a record is still reusable.
+IMPLICIT_SETTINGS = {"emission": "last_block", "translators": None}
+
+
 def settings(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+    return {k: v for k, v in config.items() if k not in NOT_SETTINGS
+            and not (k in IMPLICIT_SETTINGS and v == IMPLICIT_SETTINGS[k])}
 
 
 def newest_input(args: argparse.Namespace) -> float:
     """Latest modification time among the local files a point depends on (hub ids have none here)."""
     times = []
     for path in (args.backbone, args.tokenizer, args.heads, args.data, args.fewshot_data,
-                 args.angular_text):
+                 args.angular_text, args.translators):
         if path is None or not Path(path).exists():
             continue
-        files = [Path(path)] if Path(path).is_file() else [f for f in Path(path).rglob("*") if f.is_file()]
+        # a heads folder holds the heads of other emission rules in emission~RULE/ below it: not this point's input
+        files = [Path(path)] if Path(path).is_file() else [
+            f for f in Path(path).rglob("*")
+            if f.is_file() and not any(part.startswith("emission~") for part in f.relative_to(path).parts)]
         times.extend(f.stat().st_mtime for f in files)
     return max(times, default=0.0)
 
@@ -273,8 +296,9 @@ def load_model(args: argparse.Namespace, prog: str, prune: int = 0, oracle: list
     try:
         return DynamaxLM(backbone=args.backbone, heads=args.heads, threshold=2.0, policy=args.policy, prune=prune,
                          tokenizer=args.tokenizer, repetition_penalty=args.repetition_penalty, device=args.device,
-                         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, oracle_exits=oracle)
-    except (ValueError, FileNotFoundError) as e:  # heads for another backbone, unknown policy, no tokenizer ...
+                         dtype=args.dtype, seed=args.seed, batch_size=args.batch_size, oracle_exits=oracle,
+                         emission=args.emission, translators=args.translators)
+    except (ValueError, FileNotFoundError) as e:  # heads / translators for another backbone, unknown policy ...
         sys.exit(f"{prog}: error: {e}")
 
 
@@ -295,7 +319,8 @@ def save_point(out_dir: Path, lm, results: dict, wall: float, point: dict, args:
                config: dict) -> dict:
     """The point's record and samples, written atomically into out_dir; one summary line printed."""
     lm_task = TASKS[args.task][0]
-    point = {**point, "policy": lm.decoder.policy, "exits_enabled": lm.decoder.exits_enabled,
+    point = {**point, "policy": lm.decoder.policy, "emission": lm.decoder.emission,
+             "exits_enabled": lm.decoder.exits_enabled,
              "oracle_exits": lm.decoder.oracle_exits or None, "heads": args.heads, "backbone": args.backbone,
              "n_layers": lm.decoder.parts.n_layers}
     if lm.heads_meta is not None:  # the head spec (name, type, options, training) that train_heads recorded

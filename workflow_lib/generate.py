@@ -1,8 +1,9 @@
 """Generate text with the exit-aware decoder (greedy).
 
   python -m workflow_lib.generate --backbone PATH_OR_ID [--heads DIR | --exit-at LAYER] [--threshold T]
-      [--policy NAME] [--prune N] (--prompt TEXT | --prompt-ids 1,2,3 | --prompts-file FILE [--batch-size B])
-      [--max-new-tokens N] [--stop STR ...] [--json]
+      [--policy NAME] [--emission RULE [--translators DIR]] [--prune N]
+      (--prompt TEXT | --prompt-ids 1,2,3 | --prompts-file FILE [--batch-size B]) [--max-new-tokens N] [--stop STR ...]
+      [--json]
 
 --prompts-file decodes one prompt per line (token ids "1,2,3" per line for a preset: backbone), B at a time, each
 row exiting on its own decision with the answer batch size 1 gives it; --json then prints a list, one object per
@@ -27,6 +28,7 @@ from .decoding.pruning import kept_blocks
 from .models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone, load_config,
                               load_tokenizer)
 from .models.heads import build_heads, load_heads
+from .models.translators import EMISSION_RULES, load_translators
 
 DEFAULT_EXIT_THRESHOLD = 0.5
 
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--policy", default=None,
                     help="missing-state policy: " + "; ".join(f"{a}: {', '.join(p)}" for a, p in POLICIES.items())
                     + " (default: recompute)")
+    ap.add_argument("--emission", choices=EMISSION_RULES, default="last_block",
+                    help="how an exit emits its token: last_block (the paper's), lens, translator (needs --translators)")
+    ap.add_argument("--translators", help="folder of tuned-lens translators (save_translators), for --emission translator")
     ap.add_argument("--prune", type=int, default=0, help="drop this many blocks just before the last (default 0)")
     ap.add_argument("--prune-start", type=int, default=None,
                     help="first dropped block (default: the --prune blocks just before the last)")
@@ -122,6 +127,15 @@ def main(argv: list[str] | None = None) -> None:
             heads, _meta = load_heads(args.heads, backbone_config=config, device=device, dtype=dtype)
         elif args.exit_at is not None:
             heads = build_heads("forced", config.hidden_size, [args.exit_at]).to(device=device, dtype=dtype)
+        if (args.emission == "translator") != (args.translators is not None):
+            raise ValueError("--emission translator needs --translators DIR, and --translators is for it only")
+        translators = None
+        if args.translators:
+            translators, _meta = load_translators(args.translators, backbone_config=config, device=device, dtype=dtype)
+            exits = sorted(int(k) for k in heads) if heads is not None else []
+            missing = sorted(set(exits) - set(translators.exit_layers))
+            if missing:
+                raise ValueError(f"--translators {args.translators} has no translator for exit layer(s) {missing}")
         tokenizer = None
         if not args.backbone.startswith(PRESET_PREFIX):
             try:
@@ -160,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = load_backbone(args.backbone, device=device, dtype=dtype, seed=args.seed)
     decoder = ExitDecoder(model, heads, threshold=threshold, policy=policy, prune=args.prune,
-                          repetition_penalty=args.repetition_penalty, prune_start=args.prune_start)
+                          repetition_penalty=args.repetition_penalty, prune_start=args.prune_start,
+                          emission=args.emission, translators=translators)
     if lines is None:
         results = [decoder.generate(torch.tensor([prompt_ids[0]]), max_new_tokens=args.max_new_tokens,
                                     stop_strings=args.stop, tokenizer=tokenizer)]
@@ -177,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             "tokens_per_second": result.tokens_per_second, "stop_reason": result.stop_reason,
             "prefill_seconds": result.prefill_seconds, "decode_seconds": result.decode_seconds,
             "batch_size": result.batch_size, "prompt_tokens": len(ids), "backbone": args.backbone, "arch": arch,
-            "policy": policy, "threshold": threshold, "exits_enabled": decoder.exits_enabled,
+            "policy": policy, "emission": args.emission, "threshold": threshold, "exits_enabled": decoder.exits_enabled,
             "exit_heads": sorted(decoder.heads), "prune": args.prune,
             "prune_start": decoder.prune_start if args.prune else None, "seed": args.seed,
         })

@@ -4,7 +4,9 @@ One panel per (headline metric, head): rows are the task's metrics, columns the 
 more than a handful of series. In a head's panel each missing-state policy is one colour, a line through its
 thresholds with the 95% bootstrap interval as a vertical bar; the oracle bound of the same policy is a diamond
 of the same colour, and a calibrated threshold (python -m workflow_lib.calibrate) is a large marker of its policy's
-colour, one shape per calibration delta. Zero-parameter exit rules (softmax, saturation) are heads: their own
+colour, one shape per calibration delta. Emission rules other than the paper's last_block (lens, translator) are
+series of their own beside it: the policy's colour, a dashed (lens) or dotted (translator) line, the rule in the
+label ("recompute / translator"). Zero-parameter exit rules (softmax, saturation) are heads: their own
 columns. Every panel repeats the references: the full model (red star at CRF 1, its interval as a grey band across
 the panel) and layer pruning (black squares on a dashed line, with intervals); any other head-free series (pruning
 (angular): the blocks chosen by angular distance) gets its own grey style. Invalid points (too many degenerate
@@ -20,10 +22,12 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from workflow_lib.analysis.tables import HEADLINE_METRICS, series_name  # noqa: E402
+from workflow_lib.analysis.tables import HEADLINE_METRICS, emission_suffix, series_name  # noqa: E402
 from workflow_lib.artifacts import atomic_path  # noqa: E402
 
 POLICY_COLOURS = {"recompute": "tab:blue", "copy": "tab:orange", "copy_prev": "tab:green", "skip": "tab:purple"}
+EMISSION_LINES = {"last_block": "-", "lens": "--", "translator": ":"}  # emission rules: line style, marker
+EMISSION_MARKERS = {"last_block": "o", "lens": "^", "translator": "s"}
 OTHER_STYLES = [("0.45", "v", ":"), ("0.3", "^", "-."), ("0.6", "P", (0, (3, 1, 1, 1)))]  # extra head-free series
 CALIBRATED_MARKERS = ["h", "X", "p", "*"]  # one per calibration delta
 CRF_LABELS = {"crf_exact": "CRF (exact MAC count)", "crf_paper": "CRF (paper block count)"}
@@ -100,17 +104,19 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
             for i, (name, series) in enumerate(shared):
                 colour, marker, line = ("black", "s", "--") if name == "layer pruning" else OTHER_STYLES[i % 3]
                 _series(ax, series, crf, metric, colour, marker, line, name)
-            for policy, series in exits[exits["head"] == head].groupby("policy", sort=True):
-                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), "o", "-",
-                        f"early exit, {policy} (thresholds)")
+            # emission rules side by side: a policy's colour, the rule's line style and marker
+            for (policy, rule), series in exits[exits["head"] == head].groupby(["policy", "emission"], sort=True):
+                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), EMISSION_MARKERS.get(rule, "o"),
+                        EMISSION_LINES.get(rule, "-"), f"early exit, {policy}{emission_suffix(rule)} (thresholds)")
             mine = calibrated[calibrated["head"] == head]  # no calibrated point: no calibration.delta column either
-            for (policy, delta), series in (mine.groupby(["policy", "calibration.delta"], sort=True) if len(mine) else []):
+            for (policy, rule, delta), series in (mine.groupby(["policy", "emission", "calibration.delta"], sort=True)
+                                                  if len(mine) else []):
                 _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"),
                         CALIBRATED_MARKERS[deltas.index(delta) % len(CALIBRATED_MARKERS)], None,
-                        f"calibrated, {policy}, delta={delta:g}", size=10)
-            for policy, series in oracle.groupby("policy", sort=True):
+                        f"calibrated, {policy}{emission_suffix(rule)}, delta={delta:g}", size=10)
+            for (policy, rule), series in oracle.groupby(["policy", "emission"], sort=True):
                 _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), "D", None,
-                        f"oracle, {policy}", size=7)
+                        f"oracle, {policy}{emission_suffix(rule)}", size=7)
             ax.set_title(f"head: {head}" if head else task, fontsize=10)
             ax.grid(alpha=0.3)
             if r == len(metrics) - 1:

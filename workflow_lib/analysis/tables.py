@@ -27,7 +27,8 @@ import pandas as pd
 
 from workflow_lib.analysis.intervals import bootstrap_mean, paired_difference, per_question_scores
 
-ID_COLUMNS = ["backbone", "method", "head", "policy", "task", "threshold", "prune"]
+ID_COLUMNS = ["backbone", "method", "head", "policy", "emission", "task", "threshold", "prune"]
+DEFAULT_EMISSION = "last_block"  # the paper's emission rule; series under another rule carry its name
 # Series of the methods that are not a head / policy (the path component names the method, see grid_point).
 SERIES_NAMES = {"prune": "layer pruning", "prune_angular": "pruning (angular)", "baseline": "full model"}
 
@@ -42,7 +43,7 @@ HEADLINE_METRICS = {
 # its folder, head~NAME: the series label).
 # `cost` repeats crf_exact / crf_paper; `metrics` become their own columns (see record_row).
 _SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_histogram", "heads", "head_spec",
-                   "backbone", "task", "threshold", "prune", "policy", "head"}
+                   "backbone", "task", "threshold", "prune", "policy", "head", "emission"}
 SPEED = "speed.decode_tokens_per_second"
 INTERVAL_SUFFIXES = ["_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high"]
 LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup_indicative", SPEED, "n_samples", "inconsistency",
@@ -64,10 +65,12 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
     results/eval/{backbone}/oracle/policy~{p}/task~{t}/record.json                -> the oracle bound
     results/eval/{backbone}/head~{h}/policy~{p}/task~{t}/calibrated~{d}/record.json -> calibrated threshold
                                                                (the threshold is in the record: see record_row)
+    An emission rule other than last_block adds emission~{rule} after head~{h} (or after oracle); without it the
+    rule is last_block.
     """
     parts = record_path(path, results_root).parts[:-1]
     point = {"backbone": parts[0], "method": "early_exit", "head": None, "policy": None,
-             "task": None, "threshold": None, "prune": 0}
+             "emission": DEFAULT_EMISSION, "task": None, "threshold": None, "prune": 0}
     for part in parts[1:]:
         key, sep, value = part.partition("~")
         if not sep:
@@ -80,7 +83,7 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
             point["threshold"] = float(value)
         elif key == "calibrated":
             point["method"] = "calibrated"
-        elif key in ("head", "policy", "task"):
+        elif key in ("head", "policy", "emission", "task"):
             point[key] = value
         else:
             raise ValueError(f"unexpected path component {part!r} in {path}")
@@ -196,14 +199,20 @@ def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "r
     return table[order].sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
 
 
+def emission_suffix(emission) -> str:
+    """' / lens' for a rule other than the default; '' for last_block (series names stay as they were)."""
+    return "" if pd.isna(emission) or emission == DEFAULT_EMISSION else f" / {emission}"
+
+
 def series_name(row: pd.Series) -> str:
-    """The figure series a grid point belongs to."""
+    """The figure series a grid point belongs to, e.g. 'calm / recompute', 'calm / recompute / translator'."""
+    rule = emission_suffix(row.get("emission"))
     if row["method"] == "early_exit":
-        return f"{row['head']} / {row['policy']}"
+        return f"{row['head']} / {row['policy']}{rule}"
     if row["method"] == "calibrated":
-        return f"{row['head']} / {row['policy']} calibrated delta={row['calibration.delta']:g}"
+        return f"{row['head']} / {row['policy']}{rule} calibrated delta={row['calibration.delta']:g}"
     if row["method"] == "oracle":
-        return f"oracle / {row['policy']}"
+        return f"oracle / {row['policy']}{rule}"
     return SERIES_NAMES[row["method"]]
 
 
@@ -283,7 +292,7 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
             if metric not in points:
                 continue
             for _, pruned in points[points["method"].isin(["prune", "prune_angular"])].iterrows():
-                for (head, policy), series in exits.groupby(["head", "policy"], sort=True):
+                for (head, policy, emission), series in exits.groupby(["head", "policy", "emission"], sort=True):
                     # 1e-3: CRFs of the same blocks differ in the last digits (head cost, token counts)
                     reach = series[series["crf_exact"] >= pruned["crf_exact"] - 1e-3].sort_values("crf_exact")
                     if reach.empty:
@@ -297,7 +306,8 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
                     rows.append({"backbone": backbone, "task": task, "metric": metric,
                                  "prune_method": pruned["method"], "prune": pruned["prune"],
                                  "prune_crf_exact": pruned["crf_exact"], "prune_value": pruned[metric],
-                                 "series": f"{head} / {policy}", "threshold": point["threshold"],
+                                 "series": f"{head} / {policy}{emission_suffix(emission)}",
+                                 "threshold": point["threshold"],
                                  "crf_exact": point["crf_exact"], "value": point[metric], "difference": diff,
                                  "ci_low": low, "ci_high": high, "n": n})
     return pd.DataFrame(rows, columns=columns)

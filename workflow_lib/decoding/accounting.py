@@ -20,10 +20,17 @@ exact: MACs counted from the model config for one new token at batch size 1:
                  the gate, which only scales the block's output) + conv1d + the SSM state update (no readout,
                  no gated norm, no out_proj). The estimate "about 0.7 of a block" counts the whole in_proj;
                  the rows actually needed make it ~0.40 of a Codestral block.
-paper: blocks counted, recompute charged 1/6 of a block (Transformer) or 9/26 (Mamba), heads ignored.
+  translations   the `translator` emission rule: one d x d product (the bias add is no MAC) per translation that
+                 ran: once per token that exits, or once per evaluated exit for a head that reads the emitted
+                 distribution through the translator (the softmax rule), the exit then reusing it.
+paper: blocks counted, recompute charged 1/6 of a block (Transformer) or 9/26 (Mamba), heads and translations
+ignored.
 
-Exit at block e (0-based) of n: blocks 0..e run, e+1..n-2 are skipped (filled by the policy), block n-1 runs.
-exit_layer == n-1 is a full-depth token. CRF = sum(full cost) / sum(spent cost) over the decode steps.
+Exit at block e (0-based) of n, by emission rule (models/translators.py):
+  last_block  blocks 0..e run, e+1..n-2 are skipped (filled by the policy), block n-1 runs.
+  lens, translator  blocks 0..e run, e+1..n-1 are skipped, the last one included (the policy fills them all).
+exit_layer == n-1 is a full-depth token (every block runs under every rule). The final norm and LM head run once
+per token under every rule. CRF = sum(full cost) / sum(spent cost) over the decode steps.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from fractions import Fraction
 from transformers import PretrainedConfig
 
 from ..models.backbone import architecture, family
+from ..models.translators import EMISSION_RULES
 
 # Per backbone family: which missing-state policies do work for a skipped block (True) and which only move or keep
 # state (False).
@@ -63,6 +71,7 @@ class CostModel:
         self.n_layers = config.num_hidden_layers
         d = config.hidden_size
         self.lm_head_macs = d * config.vocab_size  # tied or not, the product runs
+        self.translation_macs = d * d  # one tuned-lens translator (models/translators.py)
         self.sliding_window = None
         if self.family == "transformer":
             head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
@@ -110,22 +119,30 @@ class CostModel:
         return self.recompute_block_macs if self._check_policy(policy) else 0
 
     def token_cost(self, exit_layer: int, context_len: int, policy: str, head_macs: list[int],
-                   prune: int = 0) -> TokenCost:
+                   prune: int = 0, emission: str = "last_block", translations: int = 0) -> TokenCost:
         """Cost of one generated token that stopped at block `exit_layer` (n-1 = full depth), having evaluated
-        heads costing `head_macs`, in a model with `prune` blocks dropped before the last."""
+        heads costing `head_macs`, in a model with `prune` blocks dropped before the last, emitted under `emission`
+        with `translations` translator products run."""
         n = self.n_layers
         if not 0 <= prune <= n - 1:
             raise ValueError(f"prune must be in 0..{n - 1} for {n} layers, got {prune}")
         if not (0 <= exit_layer < n - 1 - prune or exit_layer == n - 1):
             raise ValueError(f"exit_layer {exit_layer} out of range: an exit runs at blocks 0..{n - 2 - prune} "
                              f"(with {prune} pruned), or n-1 = {n - 1} for a full-depth token")
+        if emission not in EMISSION_RULES:
+            raise ValueError(f"unknown emission rule {emission!r}; choose one of {', '.join(EMISSION_RULES)}")
+        if translations < 0 or (translations and emission != "translator"):
+            raise ValueError(f"{translations} translations do not fit the {emission!r} emission rule")
         recomputes = self._check_policy(policy)
         block = self.block_macs(context_len)
-        ran = (exit_layer + 1 if exit_layer < n - 1 else n - 1 - prune) + 1  # blocks up to the exit, + the last
-        skipped = n - ran - prune  # blocks e+1 .. n-2 that exist in the (pruned) model
+        exits = exit_layer < n - 1
+        # blocks up to the exit, + the last one where it runs (at full depth, and on an exit under last_block)
+        ran = (exit_layer + 1 if exits else n - 1 - prune) + (not exits or emission == "last_block")
+        skipped = n - ran - prune  # skipped blocks that exist in the (pruned) model, filled by the policy
         recompute_frac = PAPER_RECOMPUTE_FRACTION[self.family] if recomputes else 0
         return TokenCost(
-            macs_spent=ran * block + skipped * self.recompute_macs(policy) + sum(head_macs) + self.lm_head_macs,
+            macs_spent=(ran * block + skipped * self.recompute_macs(policy) + sum(head_macs)
+                        + translations * self.translation_macs + self.lm_head_macs),
             macs_full=self.full_token_macs(context_len),
             blocks_spent_paper=float(ran + skipped * recompute_frac),
             blocks_full_paper=float(n),

@@ -12,9 +12,10 @@
   heads keep one state row per batch row and step only the rows that reach them.
 - Rows that exited stop costing compute (`climbing_only=True`, the default on CPU): the blocks after an exit run
   on the rows still climbing only (their hidden states and their cache rows gathered, then scattered back; a block no
-  row reaches does not run), and only the last block runs on the whole batch. For Mistral the new position's K, V
-  of a skipped block come from the policy for the rows that exited and from the block for the rows that ran; both
-  are merged into one cache append per block, so the cache stays one dense tensor per block. With
+  row reaches does not run), and only the last block runs on the whole batch (under the `last_block` emission
+  rule; under `lens` / `translator` the last block is one more block an exited row skips). For Mistral the new
+  position's K, V of a skipped block come from the policy for the rows that exited and from the block for the rows
+  that ran; both are merged into one cache append per block, so the cache stays one dense tensor per block. With
   `climbing_only=False` (the default on GPU) such a block runs on every row and the exited rows' hidden state,
   K/V entry or SSM state is put back afterwards: no gather, but the exited rows' compute is spent. Which wins
   depends on what a block costs (benchmarks/batched_throughput.py --compare-rows): at 7B in bf16 on an H200 a
@@ -33,20 +34,18 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .accounting import crf_exact, crf_paper
+from .core import DecodeResult, DecoderCore
 from .pruning import prune_blocks
 
-if TYPE_CHECKING:
-    from .decoder import DecodeResult, ExitDecoder
 
-
-def _pad_id(decoder: "ExitDecoder") -> int:
+def _pad_id(decoder: DecoderCore) -> int:
     config = decoder.model.config
     for pad in (config.pad_token_id, config.eos_token_id, 0):
         if isinstance(pad, int):
@@ -56,7 +55,7 @@ def _pad_id(decoder: "ExitDecoder") -> int:
     return 0
 
 
-def validate_prompts(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+def validate_prompts(decoder: DecoderCore, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
     """The prompts as lists of ids; a clear error for an empty list, an empty prompt, or one past the context."""
     if isinstance(prompts, torch.Tensor) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of token-id lists")
@@ -81,7 +80,7 @@ def validate_prompts(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], m
 class _Batch:
     """The rows still decoding and their per-row tensors; `keep` drops finished rows from all of them."""
 
-    def __init__(self, decoder: "ExitDecoder", prompts: list[list[int]], max_new_tokens: int):
+    def __init__(self, decoder: DecoderCore, prompts: list[list[int]], max_new_tokens: int):
         device = decoder.parts.lm_head.weight.device
         self.device = device
         lengths = [len(p) for p in prompts]
@@ -133,7 +132,7 @@ def _stack(caches: list[DynamicCache], width: int) -> DynamicCache:
 
 
 @torch.no_grad()
-def prefill_rows(decoder: "ExitDecoder", prompts: list[list[int]], width: int) -> tuple[torch.Tensor, DynamicCache, dict]:
+def prefill_rows(decoder: DecoderCore, prompts: list[list[int]], width: int) -> tuple[torch.Tensor, DynamicCache, dict]:
     """Each prompt through the batch-1 prefill, the caches and head states then stacked into one batch.
 
     Used for padded batches on CPU: there, a padding mask sends transformers' SDPA attention down its math path,
@@ -156,7 +155,7 @@ def prefill_rows(decoder: "ExitDecoder", prompts: list[list[int]], width: int) -
 
 
 @torch.no_grad()
-def prefill_batch(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, states: dict) -> torch.Tensor:
+def prefill_batch(decoder: DecoderCore, batch: _Batch, cache: DynamicCache, states: dict) -> torch.Tensor:
     """The padded prompts through the (pruned) model's own forward; stateful heads primed on their layer's z."""
     p = decoder.parts
     captured: dict[int, torch.Tensor] = {}
@@ -181,7 +180,7 @@ def prefill_batch(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, st
 class _Step:
     """One decode step of a batch: blocks on the rows still climbing, exits per row, K/V merges (Mistral)."""
 
-    def __init__(self, decoder: "ExitDecoder", cache: DynamicCache, batch: _Batch, climbing_only: bool = True):
+    def __init__(self, decoder: DecoderCore, cache: DynamicCache, batch: _Batch, climbing_only: bool = True):
         self.d, self.cache, self.p, self.climbing_only = decoder, cache, decoder.parts, climbing_only
         self.b = len(batch.rows)
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # Mistral: block -> this position's K, V (B,...)
@@ -247,8 +246,9 @@ class _Step:
 
     @torch.no_grad()
     def __call__(self, tok: torch.Tensor, position_ids: torch.Tensor, states: dict,
-                 attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, list[int], list[list[int]]]:
-        """Tokens `tok` (B,) at `position_ids` (B, 1): fp32 logits (B, V), each row's exit block and head MACs."""
+                 attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, list[int], list[list[int]], list[int]]:
+        """Tokens `tok` (B,) at `position_ids` (B, 1): fp32 logits (B, V), each row's exit block, head MACs and
+        translations run (see `ExitDecoder.step`)."""
         d, p, b = self.d, self.p, self.b
         h = p.embed(tok[:, None])  # (B, 1, D)
         kwargs: dict = {"cache": self.cache}
@@ -260,10 +260,13 @@ class _Step:
             kwargs.update(attention_mask=mask, position_ids=position_ids, use_cache=True, position_embeddings=pos_emb)
         exit_layers = [p.n_layers - 1] * b
         head_macs: list[list[int]] = [[] for _ in range(b)]
+        translations = [0] * b
         climbing = None  # (R,) rows still climbing; None: every row
         climbing_rows: list[int] = list(range(b))  # the same on the host: no device sync to read it
         body = d.kept[:-1]
-        for idx, i in enumerate(body):
+        # under lens / translator the last block is one more block an exited row skips; under last_block it runs
+        # on every row after the loop
+        for idx, i in enumerate(body + d.tail):
             h_in = h  # (B, 1, D): block i's input (each branch below makes a new tensor)
             if climbing is None:
                 h = p.layers[i](h, **kwargs)  # (B, 1, D)
@@ -278,7 +281,11 @@ class _Step:
             head = d.heads.get(i)
             if head is None:
                 continue
-            z = p.final_norm(h if climbing is None else h[climbing])[:, 0].to(d.dtype)  # (R, D)
+            h_r = h if climbing is None else h[climbing]  # (R, 1, D)
+            emitted = None  # (R, 1, D): translate(h_r, i) once computed
+            if d.reads_emission(head):
+                emitted = d.translate(h_r, i)  # (R, 1, D)
+            z = p.final_norm(h_r if emitted is None else emitted)[:, 0].to(d.dtype)  # (R, D)
             z_in = (p.final_norm(h_in if climbing is None else h_in[climbing])[:, 0].to(d.dtype)
                     if head.reads_block_input else None)  # (R, D)
             exit_logits, states[i] = head.step_rows(z, states[i], climbing, z_in)  # (R, 2)
@@ -286,28 +293,38 @@ class _Step:
             reached = climbing_rows
             for r in reached:
                 head_macs[r].append(d.head_macs[i])
+                translations[r] += emitted is not None
             flags = exits.tolist()  # the one host sync per exit layer
             if not any(flags):
                 continue
             rows = torch.tensor([r for r, e in zip(reached, flags) if e], device=h.device)  # (E,) exiting rows
             for r in rows.tolist():
                 exit_layers[r] = i
-            d._fill(p.layers, self.cache, h[rows], i, body[idx + 1:],
+            d._fill(p.layers, self.cache, h[rows], i, body[idx + 1:] + d.tail,
                     None if pos_emb is None else (pos_emb[0][rows], pos_emb[1][rows]), rows=rows,
                     write=self.write(rows))
+            if d.tail:  # lens / translator: the exited rows' h becomes what the final norm reads
+                if emitted is None:
+                    h = h.index_copy(0, rows, d.translate(h[rows], i))  # (B, 1, D)
+                    for r in rows.tolist():
+                        translations[r] += d.emission == "translator"
+                else:
+                    picked = torch.tensor([k for k, e in enumerate(flags) if e], device=h.device)  # (E,) of R
+                    h = h.index_copy(0, rows, emitted[picked])  # (B, 1, D)
             climbing_rows = [r for r, e in zip(reached, flags) if not e]
             climbing = torch.tensor(climbing_rows, dtype=torch.long, device=h.device)
         for j in sorted(self.pending):  # blocks no row reached after the last exit
             self.commit(j)
-        h = p.layers[d.kept[-1]](h, **kwargs)  # (B, 1, D): the last block always runs, on every row
-        logits = p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[:, -1, :].float()  # (B, V)
-        return logits, exit_layers, head_macs
+        if not d.tail:
+            h = p.layers[d.kept[-1]](h, **kwargs)  # (B, 1, D): under last_block the last block runs on every row
+        logits = d.logits(h)  # (B, V)
+        return logits, exit_layers, head_macs, translations
 
 
 @torch.no_grad()
-def generate_batch_thresholds(decoder: "ExitDecoder", prompts: Sequence[Sequence[int]], thresholds: Sequence[float],
+def generate_batch_thresholds(decoder: DecoderCore, prompts: Sequence[Sequence[int]], thresholds: Sequence[float],
                               max_new_tokens: int = 64, stop_strings: list[str] | None = None, tokenizer=None,
-                              eos_token_id=None, climbing_only: bool | None = None) -> list[list["DecodeResult"]]:
+                              eos_token_id=None, climbing_only: bool | None = None) -> list[list[DecodeResult]]:
     """Greedy-decode every prompt (a list of token-id lists, any lengths) together at each of `thresholds`, from one
     prefill: result i holds one `DecodeResult` per prompt, equal to what `decoder.generate` gives that prompt alone
     with the decoder's threshold set to thresholds[i] (see the module docstring for `climbing_only`; None: True on a
@@ -357,13 +374,11 @@ def generate_batch_thresholds(decoder: "ExitDecoder", prompts: Sequence[Sequence
     return results
 
 
-def _decode(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, states: dict, logits: torch.Tensor,
+def _decode(decoder: DecoderCore, batch: _Batch, cache: DynamicCache, states: dict, logits: torch.Tensor,
             max_new_tokens: int, stop_strings, tokenizer, eos_token_id, climbing_only: bool,
-            prefill_seconds: float) -> list["DecodeResult"]:
+            prefill_seconds: float) -> list[DecodeResult]:
     """Decode a prefilled batch (`logits` (B, V): the prefill's last position) at the decoder's threshold; consumes
     `batch`, `cache` and `states`."""
-    from .decoder import DecodeResult
-
     p = decoder.parts
     eos = decoder._eos_ids(eos_token_id)
     last = p.n_layers - 1
@@ -400,15 +415,15 @@ def _decode(decoder: "ExitDecoder", batch: _Batch, cache: DynamicCache, states: 
             batch.seq[:, pos_in_seq] = tok
         if batch.mask is not None:
             batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=-1)  # (B, L+1)
-        logits, exits, macs = _Step(decoder, cache, batch, climbing_only)(tok, batch.positions, states, batch.mask)
+        logits, exits, macs, translations = _Step(decoder, cache, batch, climbing_only)(tok, batch.positions, states,
+                                                                                         batch.mask)
         tok = decoder._next_token(logits, None if batch.seq is None else batch.seq[:, :pos_in_seq + 1])  # (B,)
         positions = batch.positions[:, 0].tolist()  # one host read per step, not one per row
         for i, (row, t) in enumerate(zip(batch.rows, tok.tolist())):
             token_ids[row].append(t)
             exit_layers[row].append(exits[i])
             pos = positions[i]  # the position this step read; it attended to pos + 1 positions
-            costs[row].append(decoder.cost_model.token_cost(decoder._cost_layer[exits[i]], pos + 1, decoder.policy,
-                                                            macs[i], decoder.prune))
+            costs[row].append(decoder.token_cost(exits[i], pos + 1, macs[i], translations[i]))
         batch.positions = batch.positions + 1
         step_no += 1
     decoder._sync(device)

@@ -1,7 +1,8 @@
 """Missing-state policies: what the blocks skipped by an early exit store for this position (docs/policies.md).
 
-After a token exits at block e, blocks e+1 .. n-2 never see it (block n-1, the last, runs anyway), yet later
-tokens read their caches. A policy writes the skipped blocks' state for this position from the exit hidden
+After a token exits at block e, blocks e+1 .. n-2 never see it (under the emission rule last_block block n-1, the
+last, runs anyway; under lens / translator it is skipped too and filled like the others), yet later tokens read
+their caches. A policy writes the skipped blocks' state for this position from the exit hidden
 state h_e (R, 1, D) of the R batch rows that exit at this step (R = 1 at batch size 1):
 
   transformer (Mistral, Llama, Qwen2)

@@ -1,9 +1,10 @@
 """Minimal reference versions of the missing-state policies, written from docs/policies.md for readability.
 
 Each does the literal thing with the block's own modules (attention family) or the Mamba-2 recurrence written out in
-plain torch (Mamba), one skipped block at a time. Tests check that
-`policies.make_fill` writes the same cache. Keyed by backbone family, as `policies.POLICIES`.
-Same signature as the fast path: fill(layers, cache, h_exit (1,1,D), exit_layer, skipped, position_embeddings).
+plain torch (Mamba), one skipped block at a time. Tests check that `policies.make_fill` writes the same cache.
+Keyed by backbone family, as `policies.POLICIES`.
+Same signature as the fast path: fill(layers, cache, h_exit (1,1,D), exit_layer, skipped, position_embeddings);
+`skipped` holds the last block too under the lens / translator emission rules.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ loglikelihood paths are lm-eval's, unchanged. What differs:
   exactly as HFLM does; it keeps one statistics entry per request (tokens, exit layers, stop reason, costs,
   timings, its batch) in `self.generations` for the run record; `batch_size` covers loglikelihood and generation;
 - `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0;
+- `emission` (last_block | lens | translator, decoding/core.py) says how an exit turns its hidden state into the
+  token; the `translator` rule reads the tuned-lens translators in the folder `translators` (save_translators);
 - `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded one request at a time;
 - `share_thresholds(ts)`: a job that evaluates several thresholds decodes each batch of requests at all of them
   from one prefill (`generate_batch_thresholds`); a later point at one of them replays its stored generations.
@@ -15,7 +17,7 @@ lm-eval 0.4.13 does not read package entry points for models: the class register
 module is imported. From the command line use `python -m workflow_lib.lm_eval_cli` (lm-eval's own CLI
 with this module imported), e.g.
     python -m workflow_lib.lm_eval_cli --model dynamax \
-        --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0,prune_start=none \
+        --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0,prune_start=none,emission=lens \
         --tasks dynamax_triviaqa --metadata '{"triviaqa_file": "triviaqa.jsonl"}'
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.decoding.pruning import pruned_logits
 from workflow_lib.models.backbone import load_backbone, load_tokenizer
 from workflow_lib.models.heads import load_heads
+from workflow_lib.models.translators import load_translators
 
 eval_logger = logging.getLogger("lm_eval.dynamax")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,7 +52,8 @@ class DynamaxLM(HFLM):
                  prune: int = 0, prune_start: int | None = None, tokenizer: str | None = None,
                  repetition_penalty: float = 1.0,
                  device: str | None = None, dtype: str | None = None, seed: int = 0, batch_size: int | str = 1,
-                 max_length: int | None = None, oracle_exits: str | list[int] | None = None, **kwargs):
+                 max_length: int | None = None, oracle_exits: str | list[int] | None = None,
+                 emission: str = "last_block", translators: str | None = None, **kwargs):
         dtype = _none(dtype)
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -65,6 +69,11 @@ class DynamaxLM(HFLM):
             head_modules.eval()
         else:
             self.heads_meta = None
+        self.emission = _none(emission) or "last_block"
+        self.translators, self.translators_meta = None, None
+        if _none(translators) is not None:  # refuses translators of another backbone; the decoder checks the rule
+            self.translators, self.translators_meta = load_translators(translators, backbone_config=model.config,
+                                                                       device=model.device, dtype=model.dtype)
         tok_source = _none(tokenizer) or str(backbone)
         try:
             tok = load_tokenizer(tok_source)
@@ -92,7 +101,8 @@ class DynamaxLM(HFLM):
         self._batches = 0
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
                                    repetition_penalty=self.repetition_penalty, prune_start=prune_start,
-                                   oracle_exits=self.oracle_exits)
+                                   oracle_exits=self.oracle_exits, emission=self.emission,
+                                   translators=self.translators)
         self.prune_start = self.decoder.prune_start
         self.generations = []
 
@@ -177,4 +187,5 @@ class DynamaxLM(HFLM):
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "threshold": self.threshold, "prune": self.prune,
                 "prune_start": self.prune_start,
-                "policy": self.decoder.policy, "exits_enabled": self.decoder.exits_enabled}
+                "policy": self.decoder.policy, "emission": self.decoder.emission,
+                "exits_enabled": self.decoder.exits_enabled}

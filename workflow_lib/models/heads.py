@@ -220,7 +220,14 @@ class ExitRule(ExitHead):
 class SoftmaxRule(ExitRule):
     """CALM's softmax response: p_exit = top-1 minus top-2 probability of the intermediate prediction
     softmax(lm_head(z)). It costs one LM-head product per evaluated exit (hidden x vocab MACs, 0.6 of a block at
-    Mistral-7B's 32768 x 4096), which `macs_per_token` reports for the exact CRF."""
+    Mistral-7B's 32768 x 4096), which `macs_per_token` reports for the exact CRF.
+
+    It reads the distribution the exit would emit where h alone gives it: under the `translator` emission rule the
+    decoder hands it z = final_norm(translate(h_l)) (decoding/core.py), under `lens` z is already the emitted
+    input; under `last_block` the emission is the last block run on h_l, which is the emission itself and needs the
+    cache, so the rule keeps the logit lens there."""
+
+    reads_emitted_distribution = True
 
     def attach(self, backbone_parts):
         # A plain reference, not a submodule: the weights stay the backbone's (neither saved with the heads nor

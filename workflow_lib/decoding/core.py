@@ -1,0 +1,202 @@
+"""What the batch-1 decoder (decoder.py) and the batched one (batch.py) share: the decoder's configuration and its
+checks, the emission rule, the prefill, the greedy choice, the stop test and the per-row result.
+
+Imports run one way: decoder.py -> batch.py -> core.py (and decoder.py -> core.py).
+
+The emission rule (models/translators.py, docs/policies.md) says how an exit at block e turns h_e into the token:
+  last_block  blocks e+1 .. n-2 skipped (the policy fills them), the last block runs on h_e, final norm, LM head
+  lens        blocks e+1 .. n-1 skipped, the last one included (the policy fills them all); final norm, LM head on h_e
+  translator  as lens, on translate(h_e, e) (the tuned lens); the translation runs only for a token that exits
+A full-depth token is the same under every rule.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from ..models.backbone import parts
+from ..models.heads import ExitHead
+from ..models.translators import EMISSION_RULES, Translators
+from .accounting import CostModel, TokenCost
+from .policies import make_fill, resolve_policy
+from .pruning import kept_blocks, prune_blocks
+
+
+@dataclass
+class DecodeResult:
+    token_ids: list[int]  # generated tokens only (the stopping EOS / stop-string token included)
+    exit_layers: list[int]  # per generated token: the block it stopped at (n_layers-1 = full depth)
+    stop_reason: str  # 'eos' | 'stop_string' | 'max_new_tokens'
+    costs: list[TokenCost] = field(default_factory=list)  # one per decode step (token_ids[1:]; the first comes from prefill)
+    crf_exact: float = 1.0
+    crf_paper: float = 1.0
+    decode_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    last_logits: torch.Tensor | None = None  # (1, V) fp32 logits of the last step, before any penalty (batch 1)
+    batch_size: int = 1  # rows decoded together (generate_batch); decode_seconds is then this row's latency
+    batch_decode_seconds: float | None = None  # the whole batch's decode time (None at batch size 1: decode_seconds)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode throughput: tokens produced by decode steps per second of decoding (0 when none ran)."""
+        steps = len(self.token_ids) - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+
+def stateful(head: ExitHead) -> bool:
+    """Whether the head carries a recurrent state that must see the prompt (the `mamba` head)."""
+    return type(head).prefill is not ExitHead.prefill
+
+
+def check_emission(emission: str, translators: Translators | None, exit_layers: list[int], hidden_size: int) -> None:
+    """A clear error for an unknown rule, a translator rule without translators or without one of the exit layers."""
+    if emission not in EMISSION_RULES:
+        raise ValueError(f"unknown emission rule {emission!r}; choose one of {', '.join(EMISSION_RULES)}")
+    if emission != "translator":
+        if translators is not None:
+            raise ValueError(f"translators were given but the emission rule is {emission!r}: they are used by the "
+                             "'translator' rule only")
+        return
+    if translators is None:
+        raise ValueError("the 'translator' emission rule needs translators (models/translators.py); none were given")
+    if translators.hidden_size != hidden_size:
+        raise ValueError(f"translators map hidden size {translators.hidden_size}, the backbone has {hidden_size}")
+    missing = sorted(set(exit_layers) - set(translators.exit_layers))
+    if missing:
+        raise ValueError(f"translators have no translator for exit layer(s) {missing} "
+                         f"(they cover {translators.exit_layers})")
+
+
+class DecoderCore:
+    """The decoder's configuration (checked at construction) and the pieces both decoders run.
+
+    Build it once the model sits on its device in its dtype: the Mistral `recompute` policy stacks the skippable
+    blocks' K/V weights at construction (policies.StackedKV).
+    """
+
+    def __init__(self, model: nn.Module, heads: nn.ModuleDict | None = None, threshold: float = 2.0,
+                 policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0,
+                 prune_start: int | None = None, oracle_exits: list[int] | None = None,
+                 emission: str = "last_block", translators: Translators | None = None):
+        self.model = model
+        self.parts = parts(model)
+        n = self.parts.n_layers
+        self.policy = resolve_policy(self.parts.arch, policy)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+            raise ValueError(f"threshold must be a number, got {threshold!r}")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
+        self.threshold = float(threshold)
+        self.kept = kept_blocks(n, prune, prune_start)
+        self.prune, self.prune_start = prune, n - 1 - prune if prune_start is None else prune_start
+        # Costs depend on block counts only: an exit at the k-th kept block costs what an exit at block k does
+        # when the pruned blocks are the ones before the last, which is the form accounting takes.
+        self._cost_layer = {b: k for k, b in enumerate(self.kept[:-1])} | {n - 1: n - 1}
+        heads = heads if heads is not None else nn.ModuleDict()
+        if oracle_exits is not None and (len(heads) or not oracle_exits):
+            raise ValueError("the oracle decides the exits itself: give oracle_exits (a non-empty list) or heads, not both")
+        for key in oracle_exits or []:
+            if not 0 <= key <= n - 2 or key not in self.kept:
+                raise ValueError(f"oracle exit layer {key} out of range: exits sit at kept blocks 0..{n - 2}")
+        for key, head in heads.items():
+            layer = int(key)
+            if not 0 <= layer <= n - 2:
+                raise ValueError(f"exit layer {layer} out of range: exits sit at blocks 0..{n - 2} of this {n}-block backbone")
+            if layer not in self.kept:
+                raise ValueError(f"exit layer {layer} is among the {prune} pruned blocks")
+            if head.hidden_size != model.config.hidden_size:
+                raise ValueError(f"head at layer {layer} reads hidden size {head.hidden_size}, the backbone has "
+                                 f"{model.config.hidden_size}")
+        check_emission(emission, translators, sorted(oracle_exits or [int(k) for k in heads]), model.config.hidden_size)
+        self.emission, self.translators = emission, translators
+        # Under lens / translator an exit skips the last block too: the policy fills it like any skipped block.
+        self.tail = [] if emission == "last_block" else [self.kept[-1]]
+        # Oracle: at each step the token exits at the earliest of these layers whose emitted token equals the full
+        # model's (known by looking ahead, at no counted cost): the bound of any head at these exits.
+        self.oracle_exits = sorted(oracle_exits) if oracle_exits else []
+        self.exits_enabled = bool(self.oracle_exits) or (len(heads) > 0 and self.threshold <= 1.0)
+        self.heads = {int(k): h for k, h in heads.items()} if self.exits_enabled else {}
+        for head in self.heads.values():
+            head.attach(self.parts)  # what a head reads of the backbone (the softmax rule: its LM head)
+        self.head_macs = {layer: head.macs_per_token() for layer, head in self.heads.items()}
+        body = self.kept[:-1]  # an exit at a body block skips the body blocks after it (and the tail)
+        first = min(self.heads or self.oracle_exits or [n])
+        skippable = body[body.index(first) + 1:] + self.tail if first < n else []
+        self._fill = make_fill(self.parts.arch, self.policy, self.parts.layers, skippable)
+        self.cost_model = CostModel(model.config)
+        self.dtype = self.parts.final_norm.weight.dtype  # heads read z in the model's dtype (Mamba keeps h in fp32)
+        self.penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
+        config = model.config
+        self._mask_fn = (create_causal_mask if getattr(config, "sliding_window", None) is None
+                         else create_sliding_window_causal_mask)
+
+    stateful = staticmethod(stateful)
+
+    def translate(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """h (R, 1, D) after block `layer` -> what the final norm reads under this rule (translated or as is)."""
+        return self.translators(h, layer) if self.emission == "translator" else h  # (R, 1, D)
+
+    def reads_emission(self, head: ExitHead) -> bool:
+        """Whether this head reads z through the translator: a rule on the emitted distribution (the softmax rule)
+        under the translator rule. Under lens its z is already the emitted one; under last_block the emission is the
+        last block itself, which the rule cannot read from h alone (it keeps the logit lens)."""
+        return self.emission == "translator" and getattr(head, "reads_emitted_distribution", False)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: h (R, 1, D) -> fp32 logits (R, V)."""
+        p = self.parts
+        return p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[:, -1, :].float()  # (R, V)
+
+    def token_cost(self, exit_layer: int, context_len: int, head_macs: list[int], translations: int) -> TokenCost:
+        return self.cost_model.token_cost(self._cost_layer[exit_layer], context_len, self.policy, head_macs,
+                                          self.prune, self.emission, translations)
+
+    def _eos_ids(self, eos_token_id) -> set[int]:
+        if eos_token_id is None:
+            eos_token_id = self.model.generation_config.eos_token_id
+        if eos_token_id is None:
+            return set()
+        return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+
+    def _sync(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _next_token(self, logits: torch.Tensor, seq: torch.Tensor | None) -> torch.Tensor:
+        """Greedy choice from fp32 logits (B, V), after the optional repetition penalty; stays on device."""
+        if self.penalty is not None:
+            logits = self.penalty(seq, logits)  # (B, V)
+        return logits.argmax(-1)  # (B,)
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
+        """Run the prompt through the (pruned) model's own forward; prime stateful heads on their layer's z."""
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [self.parts.layers[layer].register_forward_hook(
+                     lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
+                 for layer, head in self.heads.items() if stateful(head)]
+        try:
+            with prune_blocks(self.model, self.prune, self.prune_start):
+                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, h in captured.items():
+            states[layer] = self.heads[layer].prefill(self.parts.final_norm(h).to(self.dtype), states[layer])  # z: (1, T, D)
+        return out.logits[:, -1, :].float()  # (1, V)
+
+    @staticmethod
+    def _stop_reason(token_ids: list[int], eos: set[int], stop_strings: list[str] | None, tokenizer) -> str | None:
+        if token_ids[-1] in eos:
+            return "eos"
+        # Like transformers' StopStringCriteria, match on decoded text (a stop string may span tokens); only the
+        # generated text counts, and the caller cuts it at the stop string.
+        if stop_strings and any(s in tokenizer.decode(token_ids) for s in stop_strings):
+            return "stop_string"
+        return None
