@@ -210,13 +210,13 @@ def test_mamba2_recompute_kernel_path_equals_cpu_step(tiny_mamba2):
             assert not torch.equal(a, old)
 
 
-@pytest.mark.parametrize("arch,policy", [(a, pol) for a, pols in POLICIES.items() for pol in pols])
+@pytest.mark.parametrize("arch,policy", [(a, pol) for a in TINY for pol in POLICIES[family(a)]])
 @pytest.mark.parametrize("exit_layer", [2, 6])
-def test_lens_fills_the_last_block_too_fast_path_equals_reference(tiny_mistral, tiny_mamba2, arch, policy, exit_layer):
+def test_lens_fills_the_last_block_too_fast_path_equals_reference(request, arch, policy, exit_layer):
     """Under lens (and translator, the same fill) the last block does not run: the policy fills blocks e+1 .. n-1,
     the last one included, and the stacked recompute covers it; fast path == reference == what the decoder wrote,
     and the token is LM head(final_norm(h_e))."""
-    model = tiny_mistral if arch == "mistral" else tiny_mamba2
+    model = request.getfixturevalue(TINY[arch])
     p = parts(model)
     before, at_exit, after, h, last_in, pos_emb, tok = exit_step(model, policy, exit_layer, emission="lens")
     assert last_in is None  # the last block never ran
@@ -224,16 +224,16 @@ def test_lens_fills_the_last_block_too_fast_path_equals_reference(tiny_mistral, 
     fast, ref = copy.deepcopy(at_exit), copy.deepcopy(at_exit)
     with torch.no_grad():
         make_fill(arch, policy, p.layers, skipped)(p.layers, fast, h, exit_layer, skipped, pos_emb)
-        policies_reference.FILL[(arch, policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
-    states = kv if arch == "mistral" else mamba_states
+        policies_reference.FILL[(family(arch), policy)](p.layers, ref, h, exit_layer, skipped, pos_emb)
+    states = kv if p.is_attention else mamba_states
     for j in range(p.n_layers):
         for a, b, c in zip(states(fast, j), states(ref, j), states(after, j)):
             torch.testing.assert_close(a, b)
             assert torch.equal(a, c)
     last = p.n_layers - 1
     if policy in ("recompute", "copy", "copy_prev"):  # the last block's state moved for this position
-        assert arch == "mamba2" or kv(after, last)[0].shape[-2] == T + 1
-        assert not all(torch.equal(a, b) for a, b in zip(states(after, last), states(before, last))) or arch == "mistral"
+        assert not p.is_attention or kv(after, last)[0].shape[-2] == T + 1
+        assert not all(torch.equal(a, b) for a, b in zip(states(after, last), states(before, last))) or p.is_attention
     if policy == "skip":
         assert all(torch.equal(a, b) for a, b in zip(states(after, last), states(before, last)))
     dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy, emission="lens")
