@@ -17,7 +17,7 @@ import sys
 import torch
 
 from .train_heads import _layers
-from .training.translators import TranslatorConfig, train_translators
+from .training.translators import INITS, TranslatorConfig, train_translators
 
 
 def parse_args(argv=None) -> TranslatorConfig:
@@ -32,6 +32,9 @@ def parse_args(argv=None) -> TranslatorConfig:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", choices=INITS, default="identity",
+                   help="identity (the tuned lens' zero init) or least_squares (ridge fit of the final hidden state)")
+    p.add_argument("--init-batches", type=int, default=16, help="batches the least-squares start is fitted on")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--max-train-tokens", type=int, help="cap on training tokens read (default: steps*batch*seq_len)")
@@ -45,7 +48,7 @@ def parse_args(argv=None) -> TranslatorConfig:
         torch.set_num_threads(a.threads)
     return TranslatorConfig(
         backbone=a.model, train_text=a.train_text, out=a.out, exit_layers=a.exit_layers, tokenizer=a.tokenizer,
-        steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, weight_decay=a.weight_decay,
+        steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, init=a.init, init_batches=a.init_batches, weight_decay=a.weight_decay,
         grad_clip=a.grad_clip, max_train_tokens=a.max_train_tokens, seed=a.seed, device=a.device)
 
 
