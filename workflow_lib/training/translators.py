@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +24,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..artifacts import provenance
+from ..data.schemas import read_corpus
 from ..models.backbone import default_device, load_backbone, parts
 from ..models.emission import exit_states
 from ..models.translators import Translators, save_translators
 from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, pack, read_tokens,
                       resolve_exit_layers)
-from ..data.schemas import read_corpus
 
 
 @dataclass
