@@ -2,7 +2,7 @@
 #   snakemake --cores all                                   embedded default (config.yaml), offline, CPU
 #   snakemake --cores all --profile slurm --configfile configs/paper.yaml    paper scale on a SLURM GPU cluster
 #   snakemake --report results/report.html                  the HTML report (figures and tables, with captions)
-# Stages, in order: data -> tokenizer and pretraining (embedded only) -> heads -> evaluation, pruning and
+# Stages, in order: data -> tokenizer and pretraining (embedded only) -> heads and translators -> evaluation, pruning and
 # calibrated thresholds -> tables -> figures -> report. Helpers and config validation live in rules/common.smk.
 
 
@@ -10,6 +10,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/heads.smk"
+include: "rules/translators.smk"
 include: "rules/evaluate.smk"
 include: "rules/prune.smk"
 include: "rules/calibrate.smk"
@@ -25,4 +26,5 @@ rule all:
         PARETO_TABLE,
         NO_LOSS_TABLE,
         VERSUS_PRUNING_TABLE,
+        [agreement_table(b) for b in BACKBONES],
         figure_files(),

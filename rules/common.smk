@@ -335,6 +335,28 @@ def head_options(wildcards):
     return shlex.join(["--head-options", json.dumps(options, sort_keys=True)]) if options else ""
 
 
+# ---- translators and the agreement table (rules/translators.smk) -------------------------------------------
+# `emissions:` (per backbone; how an exit emits its token) is read with .get: default the paper's last_block.
+TRANSLATORS = config["translators"]
+AGREEMENT = config["agreement"]
+
+
+def emissions(backbone):
+    return BACKBONES[backbone].get("emissions", ["last_block"])
+
+
+def translators_dir(backbone):
+    return f"{RESULTS}/translators/{backbone}"
+
+
+def agreement_table(backbone):
+    return f"{RESULTS}/tables/agreement_{backbone}.csv"
+
+
+def translators_input(wildcards):
+    return [f"{translators_dir(wildcards.backbone)}/translators.json"] if "translator" in emissions(wildcards.backbone) else []
+
+
 # ---- the evaluation grid -----------------------------------------------------------------------------------
 EVAL_ROOT = f"{RESULTS}/eval"
 # One evaluation job's folder (wildcards backbone, head, policy, task); its points are threshold~X/ inside.

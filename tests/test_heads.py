@@ -7,7 +7,8 @@ from workflow_lib.models.heads import HEAD_TYPES, build_heads, load_heads, save_
 from workflow_lib.training.head_specs import HeadType, registry, resolve_specs
 
 # head_training as the pipeline fills it in
-DEFAULTS = {"label_rule": "intermediate_in_oracle_topk", "k": 1, "mode": "joint_decay", "class_balance": False,
+DEFAULTS = {"label_rule": "intermediate_in_oracle_topk", "k": 1, "label_source": "emitted", "mode": "joint_decay",
+            "class_balance": False,
             "seq_len": 64, "batch_size": 8, "steps": 10, "lr": 0.001}
 
 

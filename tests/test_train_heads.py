@@ -17,7 +17,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from workflow_lib.models.backbone import build_backbone, load_backbone, parts, preset_config, signature
+from workflow_lib.models.emission import emitted_logits, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
+from workflow_lib.models.translators import Translators
 from workflow_lib.train_heads import main
 from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, TrainConfig, batch_indices,
                                            exit_metrics, loss_weights, save_checkpoint, train_heads)
@@ -74,11 +76,13 @@ def test_outputs_metadata_and_metrics(workdir):
     assert sorted(heads) == ["1", "2"] and meta["exit_layers"] == [1, 2]  # default exits of a 4-block backbone
     # the spec: its name, type, constructor options and training settings, each apart
     assert meta["spec"] == {"name": "ffn_x2_k3", "type": "ffn", "options": {"expansion": 2}, "training": {
-        "label_rule": "oracle_in_intermediate_topk", "k": 3, "mode": "joint_decay", "class_balance": True,
+        "label_rule": "oracle_in_intermediate_topk", "k": 3, "label_source": "emitted", "mode": "joint_decay",
+        "class_balance": True,
         "seq_len": 32, "batch_size": 8, "steps": 30, "lr": 3e-3, "exit_layers": [1, 2]}}
     assert meta["head"] == {"head_type": "ffn", "hidden_size": 64, "expansion": 2} and meta["seed"] == 0
     assert heads["1"].up.out_features == 2 * 64  # the option reached the constructor
     assert meta["backbone_id"] == cfg.backbone and meta["data"]["train_text"].endswith("train.txt")
+    assert (meta["emission"], meta["label_source"], meta["translators"]) == ("last_block", "emitted", None)
     assert {"packages", "git_commit", "config"} <= set(meta["provenance"])
     # each exit saved with its own weights (the authors' code saved the first head four times)
     tensors = load_file(str(out / "heads.safetensors"))
@@ -89,7 +93,9 @@ def test_outputs_metadata_and_metrics(workdir):
         for layer in ("1", "2"):
             m = saved[which][layer]
             assert {"loss", "accuracy", "precision", "recall", "f1", "auroc", "positive_ratio"} <= set(m)
-            assert 0 <= m["f1"] <= 1 and 0 < m["positive_ratio"] < 1
+            assert 0 <= m["f1"] <= 1
+        # last_block labels: at block n-2 the last block's input is its full-depth input, every token agrees
+        assert 0 < saved[which]["1"]["positive_ratio"] < 1 and saved[which]["2"]["positive_ratio"] == 1
     assert saved["class_weights"] is not None and saved["throughput"]["tokens_per_second"] > 0
     other = preset_config("tiny-mistral", vocab_size=320, hidden_size=64, num_hidden_layers=6)
     with pytest.raises(ValueError, match="built for backbone"):
@@ -102,7 +108,8 @@ def test_one_backbone_pass_per_batch_for_all_exits(workdir, preset):
     calls = [0] * 4
     hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
              for i, block in enumerate(parts(model).layers)]
-    cfg = _cfg(workdir, "unused", preset, head="mamba", mode="individual")
+    # lens labels: the last_block emission reruns the last block (Mamba-2: per position), timed in docs/training.md
+    cfg = _cfg(workdir, "unused", preset, head="mamba", mode="individual", label_source="lens")
     heads = build_heads("mamba", 64, [0, 1, 2], seed=0)
     before = {k: v.clone() for k, v in heads.state_dict().items()}
     trainer = HeadTrainer(model, heads, cfg)
@@ -120,7 +127,7 @@ def test_one_backbone_pass_per_batch_for_all_exits(workdir, preset):
 
 def test_captured_hidden_states_are_the_exit_block_outputs(workdir):
     model = load_backbone(str(workdir / "tiny-mistral"), device="cpu")
-    trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), _cfg(workdir, "unused"))
+    trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), _cfg(workdir, "unused", label_source="lens"))
     ids = torch.randint(3, 300, (2, 16))  # (B, T)
     z, labels = trainer.backbone_pass(ids)  # (E, B, T, D), (E, B, T)
     with torch.no_grad():
@@ -130,6 +137,38 @@ def test_captured_hidden_states_are_the_exit_block_outputs(workdir):
         torch.testing.assert_close(z[i], p.final_norm(hidden[layer + 1]))
         want = (p.lm_head(z[i]).argmax(-1) == model(ids).logits.argmax(-1)).long()  # k=1: argmaxes agree
         assert torch.equal(labels[i], want)
+
+
+@pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
+@pytest.mark.parametrize("emission", ["last_block", "translator"])
+def test_emitted_labels_follow_the_emission_rule(workdir, preset, emission):
+    """label_source emitted: the labels compare the full model with what the exit emits under the rule
+    (models/emission.py), which differs from the logit lens' labels."""
+    model = load_backbone(str(workdir / preset), device="cpu")
+    translators = Translators(64, [0, 2])
+    torch.manual_seed(0)
+    for linear in translators.linears.values():
+        torch.nn.init.normal_(linear.weight, std=0.2)
+    cfg = _cfg(workdir, "unused", preset, emission=emission)
+    trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), cfg, translators=translators)
+    lens = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), _cfg(workdir, "unused", preset,
+                                                                              label_source="lens"))
+    ids = torch.randint(3, 300, (2, 16))  # (B, T)
+    _, labels = trainer.backbone_pass(ids)  # (E, B, T)
+    _, lens_labels = lens.backbone_pass(ids)
+    states = exit_states(model, ids, [0, 2])
+    emitted = emitted_logits(model, states, emission, translators)
+    for i, layer in enumerate([0, 2]):
+        assert torch.equal(labels[i], (emitted[layer].argmax(-1) == states.logits.argmax(-1)).long())
+    assert not torch.equal(labels, lens_labels)
+
+
+def test_translator_labels_need_translators(workdir, tmp_path):
+    with pytest.raises(ValueError, match="--translators DIR"):
+        train_heads(_cfg(workdir, str(tmp_path / "o"), emission="translator"))
+    with pytest.raises(FileNotFoundError, match="translators folder"):
+        train_heads(_cfg(workdir, str(tmp_path / "o"), emission="translator", translators=str(tmp_path / "none")))
+    assert not (tmp_path / "o").exists()
 
 
 def test_exit_metrics_on_hand_made_predictions():

@@ -23,7 +23,8 @@ import torch
 
 from .models.heads import HEAD_TYPES
 from .training.distill import TRAIN_MODES, TrainConfig, train_heads, write_rule_heads
-from .training.labels import DEFAULT_LABEL_RULE, LABEL_RULES
+from .models.translators import EMISSION_RULES
+from .training.labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_RULES, LABEL_SOURCES
 
 
 def _layers(text: str) -> list[int]:
@@ -52,6 +53,12 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--out", required=True, help="output folder (heads, metrics.json; checkpoint/ while running)")
     p.add_argument("--label-rule", choices=LABEL_RULES, default=DEFAULT_LABEL_RULE,
                    help="top-k relaxation direction (default: the paper's wording)")
+    p.add_argument("--emission", choices=EMISSION_RULES, default="last_block",
+                   help="how an exit emits its token (the decoder's rule): labels follow it (default: last_block)")
+    p.add_argument("--translators", help="translators folder (train_translators), needed by --emission translator")
+    p.add_argument("--label-source", choices=LABEL_SOURCES, default=DEFAULT_LABEL_SOURCE,
+                   help="emitted: label the token the exit emits under --emission; lens: the logit lens LM "
+                        "head(final_norm(h_l)) whatever the rule (the authors' label, the paper's ablation)")
     p.add_argument("--k", type=int, default=1, help="top-k relaxation (k=1: CALM's consistency oracle)")
     p.add_argument("--mode", choices=TRAIN_MODES, default="joint_decay",
                    help="joint_decay: weights E..1 from the earliest exit (paper); uniform; individual optimizers")
@@ -84,6 +91,7 @@ def parse_args(argv=None) -> TrainConfig:
         seq_len=a.seq_len, lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
         max_train_tokens=a.max_train_tokens, valid_tokens=a.valid_tokens, seed=a.seed,
         checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options, name=a.name,
+        emission=a.emission, translators=a.translators, label_source=a.label_source,
     )
 
 

@@ -1,8 +1,10 @@
 """Distillation training of exit heads on a frozen backbone (docs/training.md).
 
 One backbone pass per batch: forward hooks on the exit blocks capture h_l for every exit while the model
-computes the oracle logits, so all exits of one head type train from that single pass. Heads read
-z = final_norm(h_l); labels come from `labels.exit_labels` (top-k relaxation). The `mamba` head sees whole
+computes the oracle logits (models/emission.exit_states), so all exits of one head type train from that single
+pass. Heads read z = final_norm(h_l); labels come from `labels.exit_labels` (top-k relaxation) applied to the
+token each exit would emit under the backbone's emission rule (`emission`: last_block runs the last block on h_l
+against the full-depth prefix, translator needs `translators`), or to the logit lens (`label_source: lens`). The `mamba` head sees whole
 sequences through its parallel (chunked scan) forward.
 
 Loss: 2-class cross-entropy per exit, combined by `mode`:
@@ -42,9 +44,11 @@ from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                load_config, load_tokenizer, parts, signature)
+from ..models.emission import check_emission, emitted_logits, exit_states
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
+from ..models.translators import EMISSION_RULES, load_translators
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
-from .labels import DEFAULT_LABEL_RULE, check_label_rule, exit_labels
+from .labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, check_label_rule, exit_labels
 
 TRAIN_MODES = ("joint_decay", "uniform", "individual")
 CHECKPOINT_DIR = "checkpoint"
@@ -81,6 +85,9 @@ class TrainConfig:
     device: str | None = None
     head_options: dict = field(default_factory=dict)
     name: str | None = None  # the head spec's name (None: the head type), recorded with the heads
+    emission: str = "last_block"  # how an exit emits its token (models/translators.EMISSION_RULES)
+    translators: str | None = None  # translators folder, needed by the translator emission's labels
+    label_source: str = DEFAULT_LABEL_SOURCE  # emitted: labels from the emission rule's token; lens: the logit lens
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -162,30 +169,13 @@ def balanced_class_weights(pos_ratio: torch.Tensor) -> torch.Tensor:
     return torch.stack([0.5 / (1 - p), 0.5 / p], dim=-1)  # (E, 2)
 
 
-@contextlib.contextmanager
-def _capture_blocks(layers: nn.ModuleList, exit_layers: list[int]):
-    """Record the output hidden state of each exit block during one forward pass."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook(layer):
-        def fn(module, args, output):
-            captured[layer] = output[0] if isinstance(output, tuple) else output  # (B, T, D)
-        return fn
-
-    handles = [layers[layer].register_forward_hook(hook(layer)) for layer in exit_layers]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 class HeadTrainer:
     """Frozen backbone + one head per exit; `train_step` and `evaluate` each run the backbone once per batch."""
 
     def __init__(self, model: nn.Module, heads: nn.ModuleDict, cfg: TrainConfig,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, translators: nn.Module | None = None):
         self.model, self.heads, self.cfg = model.eval().requires_grad_(False), heads, cfg
+        self.translators = translators
         self.parts = parts(model)
         self.exit_layers = sorted(int(k) for k in heads)
         self.device = next(model.parameters()).device
@@ -205,11 +195,19 @@ class HeadTrainer:
 
     @torch.no_grad()
     def backbone_pass(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T)."""
-        with _capture_blocks(self.parts.layers, self.exit_layers) as captured, self._autocast():
-            oracle = self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
-            z = torch.stack([self.parts.final_norm(captured[layer]) for layer in self.exit_layers])  # (E, B, T, D)
-            labels = exit_labels(self.parts.lm_head(z), oracle, self.cfg.label_rule, self.cfg.k)  # (E, B, T)
+        """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T).
+
+        The labels compare the full model's logits with the token the exit would emit (label_source emitted: the
+        emission rule's, models/emission.py) or with the logit lens (label_source lens, the authors' label)."""
+        with self._autocast():
+            states = exit_states(self.model, input_ids, self.exit_layers)  # one full-depth pass
+            z = torch.stack([self.parts.final_norm(states.hidden[layer]) for layer in self.exit_layers])  # (E, B, T, D)
+            if self.cfg.label_source == "lens":
+                intermediate = self.parts.lm_head(z)  # (E, B, T, V)
+            else:
+                emitted = emitted_logits(self.model, states, self.cfg.emission, self.translators)
+                intermediate = torch.stack([emitted[layer] for layer in self.exit_layers])  # (E, B, T, V)
+            labels = exit_labels(intermediate, states.logits, self.cfg.label_rule, self.cfg.k)  # (E, B, T)
         return z, labels
 
     def _exit_losses(self, heads: nn.ModuleDict, z: torch.Tensor, labels: torch.Tensor,
@@ -372,6 +370,14 @@ def validate(cfg: TrainConfig):
     except TypeError as e:
         raise ValueError(f"head type {cfg.head!r} with options {cfg.head_options}: {e}") from None
     check_label_rule(cfg.label_rule, cfg.k)
+    if cfg.label_source not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {cfg.label_source!r}; known: {', '.join(LABEL_SOURCES)}")
+    if cfg.emission not in EMISSION_RULES:
+        raise ValueError(f"unknown emission rule {cfg.emission!r}; known: {', '.join(EMISSION_RULES)}")
+    if cfg.emission == "translator" and cfg.label_source == "emitted" and cfg.translators is None:
+        raise ValueError("labels from the translator emission need the trained translators: pass --translators DIR")
+    if cfg.translators is not None and not os.path.isdir(cfg.translators):
+        raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
     if cfg.mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
     for name in ("steps", "batch_size", "balance_batches", "valid_tokens"):
@@ -457,7 +463,12 @@ def train_heads(cfg: TrainConfig) -> dict:
     d = model.config.hidden_size
     heads = build_heads(cfg.head, d, exit_layers, seed=cfg.seed, **cfg.head_options).float()
     initial = build_heads(cfg.head, d, exit_layers, seed=cfg.seed, **cfg.head_options).float()  # baseline
-    trainer = HeadTrainer(model, heads, cfg)
+    translators = None
+    if cfg.translators is not None:
+        translators, _ = load_translators(cfg.translators, model.config, device=device,
+                                          dtype=parts(model).final_norm.weight.dtype)
+        check_emission(cfg.emission, translators, exit_layers)
+    trainer = HeadTrainer(model, heads, cfg, translators=translators)
 
     def batch(step: int) -> torch.Tensor:
         return train[batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # (B, L)
@@ -512,6 +523,9 @@ def train_heads(cfg: TrainConfig) -> dict:
         "spec": {"name": cfg.name or cfg.head, "type": cfg.head, "options": cfg.head_options,
                  "training": {**{k: getattr(cfg, k) for k in TRAINING_KEYS}, EXIT_LAYERS: exit_layers}},
         "backbone_id": cfg.backbone, "loss_weights": trainer.weights.cpu().tolist(),
+        # The emission rule the labels follow (the decoder must emit by the same rule) and where they came from.
+        "emission": cfg.emission, "label_source": cfg.label_source,
+        "translators": os.path.abspath(cfg.translators) if cfg.translators else None,
         "data": {"train_text": os.path.abspath(cfg.train_text), "valid_text": os.path.abspath(cfg.valid_text),
                  "tokenizer": cfg.tokenizer or cfg.backbone},
         "seed": cfg.seed, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),

@@ -1,7 +1,8 @@
 """Exit labels for head distillation: the top-k relaxation of "the exit's prediction matches the full model".
 
-For a position t and an exit after block l, the intermediate prediction is lm_head(final_norm(h_l[t])) and the
-oracle is the full model's logits at t. Label 1 means "safe to exit here". Two directions of the relaxation:
+For a position t and an exit after block l, the intermediate prediction is the token the exit would emit at t
+(label source `emitted`, under the backbone's emission rule) or lm_head(final_norm(h_l[t])) (label source `lens`),
+and the oracle is the full model's logits at t. Label 1 means "safe to exit here". Two directions of the relaxation:
 
   intermediate_in_oracle_topk   (paper wording, default) the intermediate top-1 token is among the oracle's
                                 top-k tokens; k = 1 is CALM's consistency oracle (argmaxes agree).
@@ -17,6 +18,11 @@ import torch
 
 LABEL_RULES = ("intermediate_in_oracle_topk", "oracle_in_intermediate_topk")
 DEFAULT_LABEL_RULE = LABEL_RULES[0]
+# Which intermediate prediction is labelled: `emitted`, the token the exit really emits under the backbone's emission
+# rule (models/emission.py), or `lens`, the logit lens LM head(final_norm(h_l)) whatever the rule (the authors' label,
+# kept for the paper's ablation). Under the lens emission rule both are the same.
+LABEL_SOURCES = ("emitted", "lens")
+DEFAULT_LABEL_SOURCE = LABEL_SOURCES[0]
 
 
 def check_label_rule(rule: str, k: int) -> None:

@@ -1,0 +1,93 @@
+"""Translator training (training/translators.py, train_translators) and the agreement table (agreement.py)."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from eval_setup import TEXT, save_tiny_backbone, task_files  # noqa: F401  (fixture)
+
+from workflow_lib.agreement import main as agreement_main
+from workflow_lib.models.backbone import load_backbone
+from workflow_lib.models.translators import load_translators
+from workflow_lib.train_translators import main
+from workflow_lib.training.distill import pack, read_tokens
+from workflow_lib.training.translators import TranslatorConfig, fit_translators, kl_full_to_translated
+
+
+@pytest.fixture(scope="module", params=["tiny-mistral", "tiny-mamba2"])
+def setup(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    backbone = save_tiny_backbone(root / "backbone", request.param)
+    (root / "train.txt").write_text(TEXT.replace(". ", ".\n"))
+    (root / "valid.txt").write_text(TEXT[::-1].replace(". ", ".\n"))
+    return root, backbone
+
+
+@pytest.mark.parametrize("init", ["identity", "least_squares"])
+def test_training_lowers_held_out_kl_and_is_seeded(setup, init):
+    root, backbone = setup
+    model = load_backbone(str(backbone), device="cpu")
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(backbone)
+    windows = pack(read_tokens(str(root / "train.txt"), tok, None, "t"), 32, "t", "t")  # (N, 32)
+    train, valid = windows[:-8], windows[-8:]  # held out: the last 8 windows
+    cfg = TranslatorConfig(backbone=str(backbone), train_text="", out="", steps=20, batch_size=4, seq_len=32,
+                           lr=1e-3, init=init, init_batches=4)
+    translators, record = fit_translators(model, train, [1, 2], cfg, progress=False)
+    again, _ = fit_translators(model, train, [1, 2], cfg, progress=False)
+    for k, v in translators.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])  # seeded: the same run gives the same weights
+    identity, _ = fit_translators(model, train, [1, 2], TranslatorConfig(**{**cfg.__dict__, "steps": 1, "lr": 1e-12,
+                                                                            "init": "identity"}), progress=False)
+    with torch.no_grad():
+        trained, lens = kl_full_to_translated(model, translators, valid), kl_full_to_translated(model, identity, valid)
+    assert (trained < lens).all(), (trained, lens)  # every exit closer to the full model than the logit lens
+    assert record["seconds"] > 0 and set(record["train_kl_last_step"]) == {"1", "2"}
+
+
+def test_entry_point_writes_translators_with_provenance(setup, tmp_path, capsys):
+    root, backbone = setup
+    out = tmp_path / "translators"
+    main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
+          "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--device", "cpu"])
+    translators, meta = load_translators(out, load_backbone(str(backbone), device="cpu").config)
+    assert translators.exit_layers == [1, 2]
+    assert meta["training"]["steps"] == 3 and meta["training"]["objective"].startswith("KL")
+    assert {"packages", "git_commit", "config"} <= set(meta["provenance"]) and meta["run"]["seconds"] > 0
+    assert "seconds" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_entry_point_bad_input(setup, tmp_path):
+    root, backbone = setup
+    with pytest.raises(SystemExit, match="exit layers"):
+        main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "3",
+              "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--model", str(backbone), "--train-text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    for module in ("train_translators", "agreement"):
+        help_text = subprocess.run([sys.executable, "-m", f"workflow_lib.{module}", "--help"], capture_output=True,
+                                   text=True, check=True).stdout
+        assert "--out" in help_text
+
+
+def test_agreement_table(setup, task_files, tmp_path):  # noqa: F811
+    root, backbone = setup
+    translators = tmp_path / "translators"
+    main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2",
+          "--out", str(translators), "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu"])
+    out = tmp_path / "agreement.csv"
+    agreement_main(["--backbone", str(backbone), "--exit-layers", "1,2", "--translators", str(translators),
+                    "--text", str(root / "valid.txt"), "--seq-len", "32", "--text-tokens", "256",
+                    "--task", f"truthfulqa:{task_files['truthfulqa']}", "--limit", "2", "--max-new-tokens", "6",
+                    "--resamples", "200", "--device", "cpu", "--out", str(out)])
+    table = pd.read_csv(out)
+    assert set(table.source) == {"text", "truthfulqa"} and set(table.rule) == {"last_block", "lens", "translator"}
+    assert len(table) == 2 * 2 * 3
+    assert ((table.top1_low <= table.top1) & (table.top1 <= table.top1_high)).all()
+    assert ((0 <= table.top1) & (table.top1 <= 1) & (table.kl >= -1e-5)).all()
+    last = table[(table.exit_layer == 2) & (table.rule == "last_block")]  # block n-2 + the last block: the full model
+    assert (last.top1 == 1).all() and (last.kl.abs() < 1e-3).all()
+    assert (table[table.source == "text"].tokens == 256).all()

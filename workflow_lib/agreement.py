@@ -1,0 +1,172 @@
+"""Agreement of each exit's emitted token with the full model, per exit layer and emission rule (docs/evaluation.md).
+
+  python -m workflow_lib.agreement --backbone results/backbones/mistral --tokenizer results/tokenizer \
+      --text results/world/corpus_valid.jsonl --task triviaqa:results/world/triviaqa.jsonl \
+      --fewshot-data results/world/triviaqa_train.jsonl --translators results/translators/mistral \
+      --out results/tables/agreement_mistral.csv
+
+For every exit layer l and rule (last_block, lens, translator where --translators is given): top-1 agreement with
+the full model and mean KL(full || emitted) when a token leaves at l with everything before it at full depth
+(models/emission.py), each with a seeded 95% percentile-bootstrap interval over tokens, on two sources:
+  text        held-out text, packed into --seq-len windows (every position)
+  TASK        the full model's greedy answers to the task's prompts (built by lm-eval as evaluate builds them, with
+              the task's shots): the positions that read a generated token, i.e. the decode steps where an exit
+              decides
+One CSV row per (source, exit layer, rule).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+COLUMNS = ["source", "exit_layer", "rule", "tokens", "top1", "top1_low", "top1_high", "kl", "kl_low", "kl_high"]
+DEFAULT_SHOTS = {"triviaqa": 2, "coqa": 0, "truthfulqa": 0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from .evaluation.tasks import TASKS
+    from .train_heads import _layers
+
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.agreement", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's)")
+    p.add_argument("--exit-layers", type=_layers, help="0-based block indices (default: 4 in the second half)")
+    p.add_argument("--translators", help="translators folder: adds the translator rule")
+    p.add_argument("--text", help="held-out text (.txt a document per line, .jsonl 'text')")
+    p.add_argument("--text-tokens", type=int, default=16384, help="held-out tokens read")
+    p.add_argument("--seq-len", type=int, default=256, help="held-out window length")
+    p.add_argument("--task", action="append", default=[], metavar="NAME:DATA[:SHOTS]",
+                   help=f"a task's prompts ({', '.join(sorted(TASKS))}), its data file, optionally its shots "
+                        f"(default {DEFAULT_SHOTS}); repeatable")
+    p.add_argument("--fewshot-data", help="triviaqa's few-shot pool (as evaluate's)")
+    p.add_argument("--limit", type=int, default=32, help="prompts per task")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8, help="held-out windows per backbone pass")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--out", required=True, help="the CSV table")
+    a = p.parse_args(argv)
+    if a.text is None and not a.task:
+        p.error("give --text, --task or both: there is nothing to measure")
+    tasks = []
+    for spec in a.task:
+        name, _, rest = spec.partition(":")
+        data, _, shots = rest.partition(":")
+        if name not in TASKS or not data:
+            p.error(f"--task {spec!r}: expected NAME:DATA[:SHOTS] with NAME one of {', '.join(sorted(TASKS))}")
+        if not Path(data).is_file():
+            p.error(f"--task {spec!r}: no file {data!r}")
+        tasks.append((name, data, int(shots) if shots else DEFAULT_SHOTS[name]))
+    a.task = tasks
+    if a.text is not None and not Path(a.text).is_file():
+        p.error(f"--text: no file {a.text!r}")
+    for name in ("text_tokens", "seq_len", "limit", "max_new_tokens", "batch_size", "resamples"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    return a
+
+
+def task_prompts(task: str, data: str, shots: int, limit: int, fewshot_data: str | None, seed: int) -> list[str]:
+    """The task's first `limit` prompts as lm-eval builds them for evaluate (the same task files and shots)."""
+    from lm_eval.tasks import get_task_dict
+
+    from .evaluate import task_manager
+    from .evaluation.tasks import TASKS
+
+    args = argparse.Namespace(task=task, triviaqa_n=1000, fewshot_data=fewshot_data)
+    name = TASKS[task][0]
+    obj = get_task_dict([name], task_manager(args, data))[name]
+    obj.set_config(key="num_fewshot", value=shots)
+    obj.set_fewshot_seed(seed)
+    obj.build_all_requests(limit=limit, rank=0, world_size=1)
+    return [instance.args[0] for instance in obj.instances]
+
+
+@torch.no_grad()
+def measure(model, sequences, exit_layers: list[int], rules: list[str], translators=None) -> dict:
+    """sequences: list of ((1 or B), T) id tensors with the positions to count (a bool mask of the same shape) ->
+    {(layer, rule): (agree (N,), kl (N,))} over every counted position."""
+    from .models.emission import emitted_logits, exit_states
+
+    out: dict = {}
+    for ids, counted in sequences:
+        states = exit_states(model, ids, exit_layers)
+        full = states.logits.log_softmax(-1)  # (B, T, V)
+        top = states.logits.argmax(-1)  # (B, T)
+        for rule in rules:
+            for layer, logits in emitted_logits(model, states, rule, translators).items():
+                agree = (logits.argmax(-1) == top)[counted].float()  # (N,)
+                kl = (full.exp() * (full - logits.log_softmax(-1))).sum(-1)[counted]  # (N,)
+                a, k = out.setdefault((layer, rule), ([], []))
+                a.append(agree.cpu())
+                k.append(kl.cpu())
+    return {key: (torch.cat(a), torch.cat(k)) for key, (a, k) in out.items()}
+
+
+def rows(source: str, measured: dict, seed: int, resamples: int) -> list[dict]:
+    from .analysis.intervals import bootstrap_mean
+
+    table = []
+    for (layer, rule), (agree, kl) in sorted(measured.items()):
+        if agree.numel() == 0:
+            continue
+        top1 = bootstrap_mean(agree.numpy(), seed, resamples)
+        mean_kl = bootstrap_mean(kl.double().numpy(), seed, resamples)
+        table.append(dict(zip(COLUMNS, [source, layer, rule, agree.numel(), *top1, *mean_kl])))
+    return table
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from .artifacts import atomic_path
+    from .models.backbone import default_device, load_backbone
+    from .models.translators import load_translators
+    from .training.distill import _backbone_config, pack, read_tokens, resolve_exit_layers
+
+    try:
+        config = _backbone_config(a.backbone)
+        layers = resolve_exit_layers(config, a.exit_layers)
+        prompts = {task: task_prompts(task, data, shots, a.limit, a.fewshot_data, a.seed)
+                   for task, data, shots in a.task}
+        tokenizer = AutoTokenizer.from_pretrained(a.tokenizer or a.backbone)
+        device = torch.device(a.device) if a.device else default_device()
+        model = load_backbone(a.backbone, device=device, seed=a.seed)
+        translators = None
+        if a.translators:
+            translators, _ = load_translators(a.translators, model.config, device=device)
+        rules = ["last_block", "lens"] + (["translator"] if translators is not None else [])
+        table = []
+        if a.text:
+            windows = pack(read_tokens(a.text, tokenizer, a.text_tokens, "held-out text"), a.seq_len, a.text,
+                           "held-out text").to(device)  # (N, L)
+            batches = [(w, torch.ones_like(w, dtype=torch.bool)) for w in windows.split(a.batch_size)]
+            table += rows("text", measure(model, batches, layers, rules, translators), a.seed, a.resamples)
+        for task, texts in prompts.items():
+            sequences = []
+            for text in texts:
+                ids = tokenizer(text, return_tensors="pt").input_ids.to(device)  # (1, T)
+                seq = model.generate(ids, do_sample=False, max_new_tokens=a.max_new_tokens)  # (1, T + G)
+                counted = torch.zeros_like(seq, dtype=torch.bool)  # (1, T + G)
+                counted[:, ids.shape[1]:seq.shape[1] - 1] = True  # decode steps: read a generated token, emit the next
+                sequences.append((seq, counted))
+            table += rows(task, measure(model, sequences, layers, rules, translators), a.seed, a.resamples)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"agreement: error: {e}")
+    with atomic_path(a.out) as tmp:
+        pd.DataFrame(table, columns=COLUMNS).to_csv(tmp, index=False, float_format="%.4f")
+    print(pd.DataFrame(table, columns=COLUMNS).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

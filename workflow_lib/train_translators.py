@@ -1,0 +1,66 @@
+"""Train tuned-lens translators at every exit of a frozen backbone (docs/training.md, "Translators").
+
+  python -m workflow_lib.train_translators --model results/backbones/tiny-mistral --tokenizer results/tokenizer \
+      --train-text corpus_train.jsonl --exit-layers 2,3,4 --out results/translators/tiny-mistral
+
+Writes <out>/translators.safetensors + translators.json (load with workflow_lib.models.translators.load_translators;
+the json records the training settings, the per-exit training KL at the first and last steps, the time taken and
+the provenance). The text is read as head training reads it (distill.read_tokens: .txt a document per line,
+.jsonl "text").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .train_heads import _layers
+from .training.translators import INITS, TranslatorConfig, train_translators
+
+
+def parse_args(argv=None) -> TranslatorConfig:
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.train_translators", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the model's; required for presets)")
+    p.add_argument("--train-text", required=True, help="training corpus: .txt (a document per line) or .jsonl ('text')")
+    p.add_argument("--exit-layers", type=_layers, help="0-based block indices (default: 4 in the second half)")
+    p.add_argument("--out", required=True, help="output folder (translators.safetensors, translators.json)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", choices=INITS, default="identity",
+                   help="identity (the tuned lens' zero init) or least_squares (ridge fit of the final hidden state)")
+    p.add_argument("--init-batches", type=int, default=16, help="batches the least-squares start is fitted on")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    p.add_argument("--max-train-tokens", type=int, help="cap on training tokens read (default: steps*batch*seq_len)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    a = p.parse_args(argv)
+    if a.threads is not None:
+        if a.threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(a.threads)
+    return TranslatorConfig(
+        backbone=a.model, train_text=a.train_text, out=a.out, exit_layers=a.exit_layers, tokenizer=a.tokenizer,
+        steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, init=a.init, init_batches=a.init_batches, weight_decay=a.weight_decay,
+        grad_clip=a.grad_clip, max_train_tokens=a.max_train_tokens, seed=a.seed, device=a.device)
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    try:
+        record = train_translators(cfg)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, nothing written
+        sys.exit(f"train_translators: error: {e}")
+    print(json.dumps({"train_kl_last_step": {k: round(v, 4) for k, v in record["train_kl_last_step"].items()},
+                      "seconds": round(record["seconds"], 1)}))
+
+
+if __name__ == "__main__":
+    main()
