@@ -38,10 +38,14 @@ def config_error(config, schema_path):
     return f"invalid config: {where or '(top level)'}: {error.message}"
 
 
-# Checked before any job (dry runs included); snakemake's validate then fills in the schema's defaults.
-if message := config_error(config, CONFIG_SCHEMA):
-    raise WorkflowError(message)
-validate(config, CONFIG_SCHEMA)
+# Checked before any job (dry runs included); snakemake's validate also fills in the schema's defaults. One pass when
+# the config is valid (parse time is every run's, no-op reruns included); on failure, the one-line message.
+try:
+    validate(config, CONFIG_SCHEMA)
+except WorkflowError:
+    if (message := config_error(config, CONFIG_SCHEMA)) is None:
+        raise
+    raise WorkflowError(message) from None
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"

@@ -64,6 +64,19 @@ def test_same_seed_same_losses(world):
     assert first[-1] < first[0]  # it learns
 
 
+def test_mamba2_chunk_size_is_the_same_function():
+    """--chunk-size reaches the saved config and only reorders the SSD scan's sums: the same logits up to rounding."""
+    ids = torch.randint(3, 300, (2, 40), generator=torch.Generator().manual_seed(0))  # (2, 40): 2.5 chunks of 16
+    logits = {}
+    for chunk in (16, 64):
+        model = build_model(PretrainConfig(arch="mamba2", hidden_size=32, num_layers=2, chunk_size=chunk), 300)
+        assert model.config.chunk_size == chunk
+        logits[chunk] = model(input_ids=ids).logits  # (2, 40, V)
+    torch.testing.assert_close(logits[16], logits[64], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="chunk_size"):
+        PretrainConfig(arch="mamba2", chunk_size=0)
+
+
 def test_token_stream_wraps_documents(world):
     tok = AutoTokenizer.from_pretrained(world / "tok")
     stream = token_stream(["a b", "c"], tok).tolist()

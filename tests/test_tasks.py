@@ -1,5 +1,7 @@
 """The project's lm-eval tasks: the paper's TriviaQA subset, lm-eval's prompts and metrics on the real data
 samples in ../shared/data, CoQA's official scorer, and a clear error when the data file is missing."""
+import ast
+
 import pytest
 from eval_setup import task_files, task_metadata  # noqa: F401  (fixture)
 from lm_eval.tasks import TaskManager
@@ -53,6 +55,33 @@ def test_triviaqa_prompt_is_lm_evals(real_triviaqa):
     assert real_triviaqa.doc_to_text(doc) == f"Question: {doc['question']}?\nAnswer:"
     assert real_triviaqa.config.num_fewshot == 2
     assert real_triviaqa.config.generation_kwargs["until"] == ["\n", ".", ","]
+
+
+@pytest.mark.parametrize("question, aliases", [
+    ("Who is X", ["X"]), ("What's \"it\" {{ here }}", ["it's", 'say "b"', "back\\slash", "é ü 1,000"]),
+    ("Line\nbreak and trailing space ", ["a", "a"]),
+])
+def test_prompt_functions_render_as_lm_evals_templates(question, aliases):
+    """The triviaqa and truthfulqa prompts are functions (lm-eval recompiles templates per call): they must give what
+    lm-eval's own triviaqa and truthfulqa_gen templates render, target lists included."""
+    from pathlib import Path
+
+    import lm_eval
+    import yaml
+    from lm_eval.utils import apply_template
+
+    from workflow_lib.evaluation.tasks import helpers
+
+    loader = type("Loader", (yaml.SafeLoader,), {})
+    loader.add_multi_constructor("!", lambda *_: None)  # !function tags: only the templates are read
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    trivia = yaml.load((tasks / "triviaqa/default.yaml").read_text(), Loader=loader)
+    truthful = yaml.load((tasks / "truthfulqa/truthfulqa_gen.yaml").read_text(), Loader=loader)
+    doc = {"question": question, "answer": {"value": aliases[0], "aliases": aliases}}
+    assert helpers.triviaqa_doc_to_text(doc) == apply_template(trivia["doc_to_text"], doc)
+    assert helpers.triviaqa_doc_to_target(doc) == ast.literal_eval(apply_template(trivia["doc_to_target"], doc))
+    assert helpers.truthfulqa_doc_to_text(doc) == apply_template(truthful["doc_to_text"], doc)
+    assert helpers.truthfulqa_doc_to_target(doc) == apply_template(truthful["doc_to_target"], doc)
 
 
 def test_truthfulqa_best_answer_wins_incorrect_loses(real_truthfulqa):

@@ -117,14 +117,17 @@ def test_truthfulqa_documents_open_with_lm_evals_primer(world_dir, task_yaml):
     import yaml
 
     from workflow_lib.data.world import TRUTHFULQA_PRIMER
-    from workflow_lib.evaluation.tasks import TASK_DIR
+    from workflow_lib.evaluation.tasks.helpers import truthfulqa_doc_to_text
 
-    loader = type("Loader", (yaml.SafeLoader,), {})
-    loader.add_multi_constructor("!", lambda *_: None)  # !function tags: not needed to read the prompt
-    path = (Path(lm_eval.__file__).parent / "tasks/truthfulqa/truthfulqa_gen.yaml" if task_yaml == "lm-eval"
-            else TASK_DIR / "truthfulqa.yaml")
-    template = yaml.load(path.read_text(), Loader=loader)["doc_to_text"]
-    assert jinja2.Template(template).render(question="Who is X?") == TRUTHFULQA_PRIMER + "\n\nQ: Who is X?"
+    if task_yaml == "lm-eval":
+        loader = type("Loader", (yaml.SafeLoader,), {})
+        loader.add_multi_constructor("!", lambda *_: None)  # !function tags: not needed to read the prompt
+        path = Path(lm_eval.__file__).parent / "tasks/truthfulqa/truthfulqa_gen.yaml"
+        template = yaml.load(path.read_text(), Loader=loader)["doc_to_text"]
+        prompt = jinja2.Template(template).render(question="Who is X?")
+    else:  # the project's task: a function (tests/test_tasks.py checks it against lm-eval's template)
+        prompt = truthfulqa_doc_to_text({"question": "Who is X?"})
+    assert prompt == TRUTHFULQA_PRIMER + "\n\nQ: Who is X?"
     docs = [json.loads(line)["text"] for line in (world_dir / "corpus_train.jsonl").read_text().splitlines()]
     truthful = [d for d in docs if d.startswith(TRUTHFULQA_PRIMER + "\n\nQ: ")]
     assert len(truthful) == SMALL.truthful_docs

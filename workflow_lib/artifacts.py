@@ -7,6 +7,7 @@ next stage would accept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -66,6 +67,7 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+@functools.cache  # installed versions do not change under a running job; each of its points records them
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
@@ -78,4 +80,4 @@ def package_versions() -> dict[str, str | None]:
 
 def provenance(config: dict | None = None, seed: int | None = None) -> dict[str, Any]:
     """What is recorded next to every result: config, seed, package versions and git commit."""
-    return {"config": config, "seed": seed, "packages": package_versions(), "git_commit": git_commit()}
+    return {"config": config, "seed": seed, "packages": dict(package_versions()), "git_commit": git_commit()}

@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from workflow_lib.evaluate import (add_task_arguments, check_data, check_task_arguments, load_model, number_list,
-                                   run_point, save_point, task_manager)
+                                   load_task, run_point, save_point)
 from workflow_lib.evaluation.ltt import BOUNDS, learn_then_test
 from workflow_lib.evaluation.records import RECORD, SAMPLES
 from workflow_lib.evaluation.tasks import TASKS
@@ -143,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     from workflow_lib.evaluation.records import generation_summary
 
     lm = load_model(args, "calibrate")
-    calibration_tasks = task_manager(args, args.calibration_data)
+    calibration_task = load_task(args, args.calibration_data)
     lm_task = TASKS[args.task][0]
     crf: dict[float, float] = {}
 
     def losses_at(threshold: float) -> list[float]:
         lm.set_point(threshold)
-        results, _ = run_point(lm, calibration_tasks, args, None)
+        results, _ = run_point(lm, calibration_task, args, None)
         crf[threshold] = generation_summary(lm.generations, args.degenerate_limit)["crf_exact"]
         return losses(results["samples"][lm_task], reference, args.risk, metric)
 
@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a non-binary loss under the binomial bound, a reference that does not match
         sys.exit(f"calibrate: error: {e}")
     setup_seconds = time.perf_counter() - started
-    evaluation_tasks = task_manager(args, args.data)
+    evaluation_task = load_task(args, args.data)
     for threshold in dict.fromkeys(t for t, _ in chosen.values()):  # each distinct point once
         lm.set_point(threshold if threshold is not None else 2.0)  # none certified: exits off
-        results, wall = run_point(lm, evaluation_tasks, args, args.limit)
+        results, wall = run_point(lm, evaluation_task, args, args.limit)
         for delta, (t, tests) in chosen.items():
             if t != threshold:
                 continue

@@ -20,6 +20,7 @@ import numpy as np
 from workflow_lib.data.calibration import TRIVIAQA_SUBSET
 from workflow_lib.data.sampling import longest_answers
 from workflow_lib.data.schemas import LOADERS
+from workflow_lib.data.world import TRUTHFULQA_PRIMER  # lm-eval truthfulqa_gen's six-pair primer
 
 
 def data_file(kind: str, metadata: dict) -> str:
@@ -59,6 +60,20 @@ def load_triviaqa(**metadata) -> datasets.DatasetDict:
         "validation": datasets.Dataset.from_list([_triviaqa_doc(r) for r in chosen]),
         "train": datasets.Dataset.from_list([_triviaqa_doc(r) for r in pool]),
     })
+
+
+# The prompts of lm-eval's `triviaqa` and `truthfulqa_gen` as functions, not as their YAML's jinja templates: lm-eval
+# compiles a template anew on every call (lm_eval.utils.apply_template keeps no cache), once per question and per
+# few-shot example at every grid point, about a fifth of a TriviaQA point's CPU time. tests/test_tasks.py checks
+# that these give exactly what lm-eval's own templates render.
+
+
+def triviaqa_doc_to_text(doc: dict) -> str:
+    return f"Question: {doc['question']}?\nAnswer:"  # lm-eval: "Question: {{question}}?\nAnswer:"
+
+
+def triviaqa_doc_to_target(doc: dict) -> list[str]:
+    return list(doc["answer"]["aliases"])  # lm-eval: "{{answer.aliases}}", read back as a list
 
 
 # ---------------------------------------------------------------- CoQA
@@ -134,6 +149,14 @@ def coqa_process_results(doc: dict, results: list[str]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- TruthfulQA (generation)
+
+
+def truthfulqa_doc_to_text(doc: dict) -> str:
+    return TRUTHFULQA_PRIMER + "\n\nQ: " + doc["question"]  # lm-eval: {{prompt_qa + '\n\nQ: ' + question}}
+
+
+def truthfulqa_doc_to_target(doc: dict) -> str:
+    return " "  # lm-eval's target: no reference answer in the prompt (the metrics read the doc's answer lists)
 
 
 def load_truthfulqa(**metadata) -> datasets.DatasetDict:
