@@ -165,13 +165,13 @@ for name, spec in BACKBONES.items():
 # does, and the paths of the default rule stay exactly as they were.
 DEFAULT_EMISSION = "last_block"
 for name, spec in BACKBONES.items():
-    for rule, heads in spec["emission_heads"].items():
-        if rule not in spec["emissions"]:
-            raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{rule}: {rule!r} is not among "
-                                f"backbones.{name}.emissions {spec['emissions']}")
+    for emission, heads in spec["emission_heads"].items():
+        if emission not in spec["emissions"]:
+            raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{emission}: {emission!r} is not "
+                                f"among backbones.{name}.emissions {spec['emissions']}")
         for i, head in enumerate(heads):
             if head not in HEAD_SPECS:
-                raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{rule}[{i}]: no head named "
+                raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{emission}[{i}]: no head named "
                                     f"{head!r} (heads: {', '.join(HEAD_SPECS)})")
 COMPARISONS = config["analysis"]["comparisons"]
 for name, heads in COMPARISONS.items():
@@ -279,13 +279,14 @@ def heads_dir(backbone, head):
     return f"{RESULTS}/heads/{backbone}/head~{head}"
 
 
-def emission_segment(rule):
-    return "" if rule == DEFAULT_EMISSION else f"/emission~{rule}"
-
-
 def head_key(head, rule):
     """calm, last_block -> calm; calm, lens -> calm/emission~lens (the heads', cells' and logs' folders)."""
-    return head + emission_segment(rule)
+    return head if rule == DEFAULT_EMISSION else f"{head}/emission~{rule}"
+
+
+def oracle_folder(rule):
+    """oracle, or oracle/emission~RULE for a rule other than last_block."""
+    return head_key("oracle", rule)
 
 
 def spec_name(key):
@@ -295,7 +296,8 @@ def spec_name(key):
 
 def key_emission(key):
     """The emission rule of a head key (or of an oracle folder)."""
-    return key.split("/emission~", 1)[1] if "/emission~" in key else DEFAULT_EMISSION
+    _, found, rule = key.partition("emission~")
+    return rule if found else DEFAULT_EMISSION
 
 
 def head_keys(backbone, heads=HEADS):
@@ -311,16 +313,16 @@ def translators_dir(backbone):
     return f"{RESULTS}/translators/{backbone}"
 
 
-def emission_flags(backbone, rule):
+def emission_flags(backbone, emission):
     """--emission (and --translators) for a rule other than last_block; nothing for it (commands stay as they were)."""
-    if rule == DEFAULT_EMISSION:
+    if emission == DEFAULT_EMISSION:
         return ""
-    words = ["--emission", rule] + (["--translators", translators_dir(backbone)] if rule == "translator" else [])
+    words = ["--emission", emission] + (["--translators", translators_dir(backbone)] if emission == "translator" else [])
     return shlex.join(words)
 
 
-def emission_inputs(backbone, rule):
-    return [f"{translators_dir(backbone)}/translators.json"] if rule == "translator" else []
+def emission_inputs(backbone, emission):
+    return [f"{translators_dir(backbone)}/translators.json"] if emission == "translator" else []
 
 
 def one_of(names):
@@ -386,7 +388,7 @@ def oracle_records(backbones=BACKBONES, tasks=TASKS):
     """The oracle bound per (backbone, emission rule, policy, task) at the heads' exit layers (evaluation.oracle)."""
     if not EVAL["oracle"]:
         return []
-    return [f"{EVAL_ROOT}/{b}/oracle{emission_segment(e)}/policy~{p}/task~{t}/record.json"
+    return [f"{EVAL_ROOT}/{b}/{oracle_folder(e)}/policy~{p}/task~{t}/record.json"
             for b in backbones for e in BACKBONES[b]["emissions"] for p in BACKBONES[b]["policies"] for t in tasks]
 
 

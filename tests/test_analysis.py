@@ -67,8 +67,9 @@ def test_grid_table_one_row_per_point(records):
     root, paths = records
     grid = grid_table(paths, root)
     assert len(grid) == len(paths)
-    assert list(grid.columns[:8]) == ["backbone", "method", "head", "policy", "task", "threshold", "prune",
+    assert list(grid.columns[:9]) == ["backbone", "method", "head", "policy", "emission", "task", "threshold", "prune",
                                       "exact_match"]
+    assert set(grid["emission"]) == {"last_block"}  # records under the default rule's paths
     assert "exact_match_stderr" not in grid and "provenance.seed" not in grid
     exit_row = grid[(grid["head"] == "calm") & (grid["threshold"] == 0.5)].iloc[0]
     assert exit_row["exact_match"] == pytest.approx(0.60)

@@ -247,7 +247,6 @@ def test_oracle_compares_what_an_exit_would_emit(request, arch, policy, emission
                              translators=translators) for e in exits}
     cache = DynamicCache(config=model.config)
     tok = oracle.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
-    seen = set()
     for s in range(6):
         pos = torch.full((1, 1), PROMPT.shape[1] + s)
         want, _, _, _ = full_depth.step(tok, pos, copy.deepcopy(cache), {})
@@ -257,7 +256,6 @@ def test_oracle_compares_what_an_exit_would_emit(request, arch, policy, emission
         assert exit_layer == (agree[0] if agree else 7)
         assert torch.equal(logits.argmax(-1), want.argmax(-1)) or not agree
         assert translations == (emission == "translator" and exit_layer < 7)
-        seen.add(exit_layer)
         tok = logits.argmax(-1)
 
 

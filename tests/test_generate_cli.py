@@ -163,3 +163,22 @@ def test_errors_before_any_work(capsys, tmp_path, no_weights):
     }
     for expected, argv in cases.items():
         assert expected in fail(capsys, *argv), argv
+
+
+def test_emission_rule(capsys, tmp_path, no_weights):
+    """--emission lens skips the last block too (an exit at 4 of 8 runs 5 blocks); the translator rule without
+    translators, or translators for another backbone, is refused before any weight loads."""
+    from workflow_lib.models.translators import Translators, save_translators
+
+    assert "--emission translator needs --translators" in fail(
+        capsys, "--backbone", "preset:tiny-mamba2", "--prompt-ids", "5,6,7", "--exit-at", "4", "--emission", "translator")
+    save_translators(tmp_path / "tr", Translators(64, [4]), preset_config("tiny-mamba2", hidden_size=64))
+    assert "trained for backbone" in fail(
+        capsys, "--backbone", "preset:tiny-mamba2", "--prompt-ids", "5,6,7", "--exit-at", "4", "--emission", "translator",
+        "--translators", str(tmp_path / "tr"))
+
+
+def test_emission_lens_json(capsys):
+    got = run(capsys, "--backbone", "preset:tiny-mamba2", "--prompt-ids", "5,6,7", "--exit-at", "4", "--policy", "skip",
+              "--emission", "lens", "--max-new-tokens", "6", "--json")
+    assert got["exit_layers"] == [7] + [4] * 5 and got["crf_paper"] == pytest.approx(8 / 5) and got["emission"] == "lens"
