@@ -28,6 +28,7 @@ from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.decoding.policies import POLICIES
 from workflow_lib.models.backbone import PRESETS, build_backbone, default_exit_layers, parts, preset_config
 from workflow_lib.models.heads import build_head
+from workflow_lib.models.translators import EMISSION_RULES, Translators
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hidden-size", type=int, default=None,
                    help="override a tiny preset's hidden size (shows how the gap closes as matmuls dominate)")
     p.add_argument("--layers", type=int, default=None, help="override a tiny preset's number of blocks")
+    p.add_argument("--emissions", default="last_block", help="comma-separated emission rules of the forced exits "
+                   f"(default: last_block; of {', '.join(EMISSION_RULES)}; translator times zero-initialised "
+                   "translators: the same d x d product a trained one runs)")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default: 32)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default: 32)")
     add_common_args(p, out="results/benchmarks/realised_speedup.json")
@@ -84,37 +88,44 @@ def bench_backbone(preset: str, args, device, dtype) -> tuple[list[dict], list[d
     if unknown:
         raise SystemExit(f"error: policies {unknown} do not fit {arch}; choose from {', '.join(known)}")
     layers = exit_layers_for(args.exit_layers, n)
+    emissions = args.emissions.split(",")
+    if set(emissions) - set(EMISSION_RULES):
+        raise SystemExit(f"error: unknown emission rules {sorted(set(emissions) - set(EMISSION_RULES))}")
+    translators = Translators(config.hidden_size, layers).to(device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(3, config.vocab_size, (1, args.prompt_len), generator=gen).to(device)  # (1, T)
 
     variants, records = {}, {}
     records["disabled"] = {}
     variants["disabled"] = decode_step_seconds(ExitDecoder(model), prompt, args.new_tokens, records["disabled"])
-    for policy in policies:
-        for e in layers:
-            heads = nn.ModuleDict({str(e): build_head("forced", config.hidden_size)}).to(device=device, dtype=dtype)
-            name = f"{policy}@{e}"
-            records[name] = {}
-            decoder = ExitDecoder(model, heads=heads, threshold=0.5, policy=policy)
-            variants[name] = decode_step_seconds(decoder, prompt, args.new_tokens, records[name])
+    for emission in emissions:
+        for policy in policies:
+            for e in layers:
+                heads = nn.ModuleDict({str(e): build_head("forced", config.hidden_size)}).to(device=device, dtype=dtype)
+                name = f"{policy}@{e}@{emission}"
+                records[name] = {}
+                decoder = ExitDecoder(model, heads=heads, threshold=0.5, policy=policy, emission=emission,
+                                      translators=translators if emission == "translator" else None)
+                variants[name] = decode_step_seconds(decoder, prompt, args.new_tokens, records[name])
     print(f"{preset}: {len(variants)} variants x {args.repeats} repeats ({n} blocks, {device}, {dtype})", flush=True)
     samples = interleaved(variants, args.repeats, args.warmup)
 
     base = samples["disabled"]
-    rows = [{"backbone": preset, "hidden_size": config.hidden_size, "policy": "disabled", "exit_layer": n - 1,
+    rows = [{"backbone": preset, "hidden_size": config.hidden_size, "policy": "disabled", "emission": "-",
+             "exit_layer": n - 1,
              "blocks_run": n,
              "ms_per_step": spread([1e3 * s for s in base])["median"], "speedup": 1.0,
              "crf_exact": records["disabled"]["result"].crf_exact, "tokens": len(records["disabled"]["result"].costs)}]
     for name, times in samples.items():
         if name == "disabled":
             continue
-        policy, e = name.split("@")
+        policy, e, emission = name.split("@")
         result = records[name]["result"]
         if set(result.exit_layers[1:]) != {int(e)}:  # the first token comes from the full-depth prefill
             raise RuntimeError(f"{name}: forced head at block {e}, tokens exited at {sorted(set(result.exit_layers))}")
         ratio = spread([b / t for b, t in zip(base, times)])  # paired per round
-        rows.append({"backbone": preset, "hidden_size": config.hidden_size, "policy": policy, "exit_layer": int(e),
-                     "blocks_run": int(e) + 2,
+        rows.append({"backbone": preset, "hidden_size": config.hidden_size, "policy": policy, "emission": emission,
+                     "exit_layer": int(e), "blocks_run": int(e) + 1 + (emission == "last_block"),
                      "ms_per_step": spread([1e3 * s for s in times])["median"],
                      "ms_per_step_spread": spread([1e3 * s for s in times]),
                      "speedup": ratio["median"], "speedup_q1": ratio["q1"], "speedup_q3": ratio["q3"],
@@ -122,13 +133,15 @@ def bench_backbone(preset: str, args, device, dtype) -> tuple[list[dict], list[d
                      "speedup_over_crf": ratio["median"] / result.crf_exact, "tokens": len(result.costs)})
 
     fits = []
-    for policy in policies:
-        mine = [r for r in rows if r["policy"] == policy]
-        if len({r["blocks_run"] for r in mine}) < 2:
-            continue
-        fixed, per_block = fit_line([r["blocks_run"] for r in mine], [r["ms_per_step"] for r in mine])
-        fits.append({"backbone": preset, "policy": policy, "fixed_ms": fixed, "per_block_ms": per_block,
-                     "disabled_ms": rows[0]["ms_per_step"], "fixed_share_of_disabled": fixed / rows[0]["ms_per_step"]})
+    for emission in emissions:
+        for policy in policies:
+            mine = [r for r in rows if r["policy"] == policy and r["emission"] == emission]
+            if len({r["blocks_run"] for r in mine}) < 2:
+                continue
+            fixed, per_block = fit_line([r["blocks_run"] for r in mine], [r["ms_per_step"] for r in mine])
+            fits.append({"backbone": preset, "policy": policy, "emission": emission, "fixed_ms": fixed,
+                         "per_block_ms": per_block, "disabled_ms": rows[0]["ms_per_step"],
+                         "fixed_share_of_disabled": fixed / rows[0]["ms_per_step"]})
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -143,10 +156,10 @@ def main() -> None:
         r, f = bench_backbone(preset, args, device, dtype)
         rows += r
         fits += f
-    print_table(rows, ["backbone", "policy", "exit_layer", "ms_per_step", "speedup", "speedup_q1", "speedup_q3",
+    print_table(rows, ["backbone", "policy", "emission", "exit_layer", "ms_per_step", "speedup", "speedup_q1", "speedup_q3",
                        "crf_exact", "crf_paper", "speedup_over_crf"])
     print("\nper-policy fit  t(step) = fixed + per_block * blocks_run:")
-    print_table(fits, ["backbone", "policy", "fixed_ms", "per_block_ms", "disabled_ms", "fixed_share_of_disabled"])
+    print_table(fits, ["backbone", "policy", "emission", "fixed_ms", "per_block_ms", "disabled_ms", "fixed_share_of_disabled"])
     save(args.out, "realised_speedup", args, rows, fits=fits)
 
 
