@@ -2,7 +2,7 @@
 
 Every evaluation job of a pipeline run (the folders under RESULTS/eval holding record.json files) is run again
 with the exact settings its records carry (provenance), at --batch-size B, into a scratch folder, one
-`python -m workflow_lib.evaluate` process per job as the pipeline runs it. Then, per grid point: how many
+`python -m workflow_lib.cli.evaluate` process per job as the pipeline runs it. Then, per grid point: how many
 generations have exactly the recorded token ids and exit layers, and each metric before and after; per job: the
 CPU seconds of the process (this run) against the recorded job's (the rule's benchmark file, when present).
 
@@ -86,7 +86,7 @@ def recorded_cpu_seconds(workdir: Path, config: dict) -> float | None:
 
 def run_job(workdir: Path, scratch: Path, key: str, job: dict, args) -> dict:
     out_dir = scratch / key
-    cmd = [sys.executable, "-P", "-m", "workflow_lib.evaluate", *argv(job["config"], out_dir, args.batch_size, args.threads)]
+    cmd = [sys.executable, "-P", "-m", "workflow_lib.cli.evaluate", *argv(job["config"], out_dir, args.batch_size, args.threads)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # with -P: this checkout's code, not a copy in the pipeline folder
     start = time.perf_counter()
     with open(scratch / f"{key}.log", "w") as log:

@@ -156,10 +156,11 @@ def main() -> None:
         r, f = bench_backbone(preset, args, device, dtype)
         rows += r
         fits += f
-    print_table(rows, ["backbone", "policy", "emission", "exit_layer", "ms_per_step", "speedup", "speedup_q1", "speedup_q3",
-                       "crf_exact", "crf_paper", "speedup_over_crf"])
+    print_table(rows, ["backbone", "policy", "emission", "exit_layer", "ms_per_step", "speedup", "speedup_q1",
+                       "speedup_q3", "crf_exact", "crf_paper", "speedup_over_crf"])
     print("\nper-policy fit  t(step) = fixed + per_block * blocks_run:")
-    print_table(fits, ["backbone", "policy", "emission", "fixed_ms", "per_block_ms", "disabled_ms", "fixed_share_of_disabled"])
+    print_table(fits, ["backbone", "policy", "emission", "fixed_ms", "per_block_ms", "disabled_ms",
+                       "fixed_share_of_disabled"])
     save(args.out, "realised_speedup", args, rows, fits=fits)
 
 

@@ -25,7 +25,7 @@ if WORLD is not None:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.world --coqa-calibration {output} --stories {params.stories} --seed {params.seed}"
+            "python -m workflow_lib.cli.world --coqa-calibration {output} --stories {params.stories} --seed {params.seed}"
             " {params.options} > {log} 2>&1"
 
 else:
@@ -53,7 +53,7 @@ else:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"
+            "python -m workflow_lib.cli.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 rule calibration_split:
@@ -71,7 +71,7 @@ rule calibration_split:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.calibration_split --task {wildcards.task} --data {input.data} --pool {input.pool}"
+        "python -m workflow_lib.cli.calibration_split --task {wildcards.task} --data {input.data} --pool {input.pool}"
         " {params.options} --out {output} > {log} 2>&1"
 
 
@@ -91,7 +91,7 @@ rule calibration_reference:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_lib.cli.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule calibrate:
@@ -127,6 +127,6 @@ rule calibrate:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.calibrate {params.common} --threads {threads} --heads {params.heads}"
+        "python -m workflow_lib.cli.calibrate {params.common} --threads {threads} --heads {params.heads}"
         " --policy {wildcards.policy} {params.emission} --calibration-data {input.calibration} --reference {params.reference}"
         " {params.options} --calibration-out {output.calibration} --out-dir {params.out_dir} > {log} 2>&1"

@@ -23,7 +23,7 @@ if WORLD is not None:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.world --out-dir {params.out_dir} --seed {params.seed} {params.options} > {log} 2>&1"
+            "python -m workflow_lib.cli.world --out-dir {params.out_dir} --seed {params.seed} {params.options} > {log} 2>&1"
 
 else:
 
@@ -45,7 +45,7 @@ else:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.sample_data fineweb {params.options} --seed {params.seed}"
+            "python -m workflow_lib.cli.sample_data fineweb {params.options} --seed {params.seed}"
             " --out {output.train} --valid-out {output.valid} > {log} 2>&1"
 
     rule sample_triviaqa:
@@ -62,7 +62,7 @@ else:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.sample_data triviaqa {params.options} --seed {params.seed}"
+            "python -m workflow_lib.cli.sample_data triviaqa {params.options} --seed {params.seed}"
             " --out {output.data} --fewshot-out {output.fewshot} > {log} 2>&1"
 
     rule sample_task:
@@ -81,4 +81,4 @@ else:
         conda:
             "../envs/cpu.yaml"
         shell:
-            "python -m workflow_lib.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"
+            "python -m workflow_lib.cli.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"

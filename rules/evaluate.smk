@@ -27,7 +27,7 @@ rule evaluate_exits:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --threads {threads} --heads {params.heads} --policy {wildcards.policy}"
+        "python -m workflow_lib.cli.evaluate {params.common} --threads {threads} --heads {params.heads} --policy {wildcards.policy}"
         " {params.emission} --thresholds {params.thresholds} --reuse --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -47,7 +47,7 @@ rule evaluate_baseline:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m workflow_lib.cli.evaluate {params.common} --threads {threads} --no-heads --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule evaluate_oracle:
@@ -69,5 +69,5 @@ rule evaluate_oracle:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --threads {threads} --oracle {params.exits}"
+        "python -m workflow_lib.cli.evaluate {params.common} --threads {threads} --oracle {params.exits}"
         " --policy {wildcards.policy} {params.emission} --out-dir {params.out_dir} > {log} 2>&1"

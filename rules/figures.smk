@@ -27,7 +27,7 @@ rule figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.make_figures --grid {input.grid} --backbone {wildcards.backbone} --task {wildcards.task}"
+        "python -m workflow_lib.cli.make_figures --grid {input.grid} --backbone {wildcards.backbone} --task {wildcards.task}"
         " --crf {params.crf} {params.heads} --out {output} > {log} 2>&1"
 
 

@@ -39,7 +39,7 @@ rule train_heads:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} {params.tokenizer} --name {params.name}"
+        "python -m workflow_lib.cli.train_heads --backbone {params.backbone} {params.tokenizer} --name {params.name}"
         " --head {params.head_type} {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
         " --out {params.out} --seed {params.seed} --threads {threads} {params.emission} {params.options} > {log} 2>&1"
 
@@ -65,5 +65,5 @@ rule rule_heads:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.train_heads --backbone {params.backbone} --name {params.name} --head {params.head_type}"
+        "python -m workflow_lib.cli.train_heads --backbone {params.backbone} --name {params.name} --head {params.head_type}"
         " {params.head_options} {params.exit_layers} --out {params.out} > {log} 2>&1"

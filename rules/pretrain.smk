@@ -17,7 +17,7 @@ rule tokenizer:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.tokenizer --corpus {input} --out-dir {output} {params.options} > {log} 2>&1"
+        "python -m workflow_lib.cli.tokenizer --corpus {input} --out-dir {output} {params.options} > {log} 2>&1"
 
 
 rule pretrain:
@@ -43,7 +43,7 @@ rule pretrain:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.pretrain --world {params.world} --tokenizer {input.tokenizer} --out-dir {output}"
+        "python -m workflow_lib.cli.pretrain --world {params.world} --tokenizer {input.tokenizer} --out-dir {output}"
         " --arch {params.arch} --seed {params.seed} --threads {threads} {params.options} > {log} 2>&1"
 
 
@@ -62,4 +62,4 @@ rule convert_backbone:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.convert_backbone --model {params.model:q} --out {output} > {log} 2>&1"
+        "python -m workflow_lib.cli.convert_backbone --model {params.model:q} --out {output} > {log} 2>&1"

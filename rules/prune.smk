@@ -26,5 +26,5 @@ rule evaluate_prune:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.evaluate {params.common} --threads {threads} --no-heads --prune {wildcards.n}"
+        "python -m workflow_lib.cli.evaluate {params.common} --threads {threads} --no-heads --prune {wildcards.n}"
         " {params.rule} --out-dir {params.out_dir} > {log} 2>&1"

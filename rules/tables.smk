@@ -22,7 +22,7 @@ rule tables:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.make_tables --records {input} --results-root {params.root}"
+        "python -m workflow_lib.cli.make_tables --records {input} --results-root {params.root}"
         " --grid {output.grid} --pareto {output.pareto} --no-loss {output.no_loss}"
         " --versus-pruning {output.versus_pruning} --crf {params.crf}"
         " --no-loss-delta {params.delta} --seed {params.seed} > {log} 2>&1"

@@ -27,7 +27,7 @@ rule train_translators:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.train_translators --model {params.model} {params.tokenizer} {params.exit_layers}"
+        "python -m workflow_lib.cli.train_translators --model {params.model} {params.tokenizer} {params.exit_layers}"
         " --train-text {input.train} --out {params.out} --seed {params.seed} --threads {threads} {params.options}"
         " > {log} 2>&1"
 
@@ -58,6 +58,6 @@ rule agreement:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.agreement --backbone {params.model} {params.tokenizer} {params.exit_layers}"
+        "python -m workflow_lib.cli.agreement --backbone {params.model} {params.tokenizer} {params.exit_layers}"
         " {params.translators} --text {input.valid} {params.tasks} {params.fewshot} --threads {threads}"
         " {params.options} --out {output} > {log} 2>&1"

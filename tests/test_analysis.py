@@ -90,14 +90,14 @@ def test_pareto_keeps_only_undominated_valid_points(records):
 def test_entry_points_write_tables_and_figures(records, tmp_path):
     root, paths = records
     grid, pareto, no_loss, versus = (tmp_path / "tables" / f"{n}.csv" for n in ("grid", "pareto", "no_loss", "versus"))
-    subprocess.run([sys.executable, "-m", "workflow_lib.make_tables", "--records", *map(str, paths),
+    subprocess.run([sys.executable, "-m", "workflow_lib.cli.make_tables", "--records", *map(str, paths),
                     "--results-root", str(root), "--grid", str(grid), "--pareto", str(pareto), "--no-loss",
                     str(no_loss), "--versus-pruning", str(versus)], check=True)
     assert len(pd.read_csv(grid)) == len(paths)
     assert pd.read_csv(versus).empty  # these records keep no per-question scores
     assert list(pd.read_csv(no_loss).columns)[:4] == ["backbone", "task", "metric", "series"]
     figures = [tmp_path / "fig" / "triviaqa.png", tmp_path / "fig" / "triviaqa.pdf"]
-    subprocess.run([sys.executable, "-m", "workflow_lib.make_figures", "--grid", str(grid), "--backbone",
+    subprocess.run([sys.executable, "-m", "workflow_lib.cli.make_figures", "--grid", str(grid), "--backbone",
                     "mistral", "--task", "triviaqa", "--crf", "paper", "--out", *map(str, figures)], check=True)
     assert figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert figures[1].read_bytes()[:5] == b"%PDF-"
@@ -120,7 +120,7 @@ def test_figure_errors_name_the_missing_point(records, tmp_path):
     root, paths = records
     grid = tmp_path / "grid.csv"
     grid_table(paths, root).to_csv(grid, index=False)
-    result = subprocess.run([sys.executable, "-m", "workflow_lib.make_figures", "--grid", str(grid), "--backbone",
+    result = subprocess.run([sys.executable, "-m", "workflow_lib.cli.make_figures", "--grid", str(grid), "--backbone",
                              "mamba2", "--task", "triviaqa", "--out", str(tmp_path / "x.png")],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "no grid points for backbone 'mamba2'" in result.stderr
@@ -128,7 +128,7 @@ def test_figure_errors_name_the_missing_point(records, tmp_path):
 
 
 def test_figure_heads_filter_keeps_only_those_heads(records, tmp_path, monkeypatch):
-    import workflow_lib.make_figures as make_figures
+    import workflow_lib.cli.make_figures as make_figures
 
     root, paths = records
     grid = tmp_path / "grid.csv"
@@ -149,7 +149,7 @@ def test_figure_heads_filter_keeps_only_those_heads(records, tmp_path, monkeypat
 
 def test_analysis_does_not_import_torch():
     code = ("import sys, workflow_lib.analysis.tables, workflow_lib.analysis.figures, "
-            "workflow_lib.make_tables, workflow_lib.make_figures; print('torch' in sys.modules)")
+            "workflow_lib.cli.make_tables, workflow_lib.cli.make_figures; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 

@@ -6,11 +6,11 @@ import json
 import pytest
 from eval_setup import save_calm_heads, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
-from workflow_lib.calibrate import main
-from workflow_lib.calibration_split import main as split_main
+from workflow_lib.cli.calibrate import main
+from workflow_lib.cli.calibration_split import main as split_main
 from workflow_lib.data.calibration import calibration_split, check_disjoint, evaluated_records, question_key
 from workflow_lib.data.schemas import LOADERS, read_triviaqa, write_triviaqa
-from workflow_lib.evaluate import main as evaluate_main
+from workflow_lib.cli.evaluate import main as evaluate_main
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from eval_setup import save_calm_heads, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
-from workflow_lib.evaluate import main
+from workflow_lib.cli.evaluate import main
 from workflow_lib.evaluation.degenerate import degenerate_summary, is_degenerate
 
 
@@ -202,7 +202,7 @@ def test_heads_for_another_backbone_are_refused(mistral_dir, task_files, tmp_pat
 def test_records_made_before_the_emission_rule_are_reused_as_last_block():
     """A record whose config predates --emission / --translators was made under last_block: same settings; a record
     under another rule is not."""
-    from workflow_lib.evaluate import settings
+    from workflow_lib.cli.evaluate import settings
 
     old = {"backbone": "b", "policy": "copy", "thresholds": [("0.5", 0.5)]}
     new = {**old, "emission": "last_block", "translators": None, "thresholds": [("0.9", 0.9)]}
@@ -217,7 +217,7 @@ def test_heads_of_another_emission_rule_are_not_a_points_input(tmp_path):
     import os
     from argparse import Namespace
 
-    from workflow_lib.evaluate import newest_input
+    from workflow_lib.cli.evaluate import newest_input
 
     heads = tmp_path / "head~calm"
     (heads / "emission~lens").mkdir(parents=True)

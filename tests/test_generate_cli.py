@@ -1,4 +1,4 @@
-"""`python -m workflow_lib.generate`: JSON output, text with stop strings, and one-line errors before any work."""
+"""`python -m workflow_lib.cli.generate`: JSON output, text with stop strings, and one-line errors before any work."""
 import json
 import runpy
 import sys
@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, PreTrainedTokenizerFast
 
-from workflow_lib import generate
+from workflow_lib.cli import generate
 from workflow_lib.models.backbone import build_backbone, preset_config
 from workflow_lib.models.heads import build_heads, save_heads
 
@@ -25,7 +25,7 @@ def fail(capsys, *argv) -> str:
         generate.main(list(argv) + ["--device", "cpu"])
     assert err.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("python -m workflow_lib.generate: error: ")
+    assert message.startswith("python -m workflow_lib.cli.generate: error: ")
     return message
 
 
@@ -56,7 +56,7 @@ def text_backbone(tmp_path_factory):
 def test_help(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["generate", "--help"])
     with pytest.raises(SystemExit) as err:
-        runpy.run_module("workflow_lib.generate", run_name="__main__")  # as `python -m workflow_lib.generate`
+        runpy.run_module("workflow_lib.cli.generate", run_name="__main__")  # as `python -m workflow_lib.cli.generate`
     out = capsys.readouterr().out
     assert err.value.code == 0 and "--backbone" in out and "--exit-at" in out and "--json" in out
 

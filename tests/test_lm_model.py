@@ -110,7 +110,7 @@ def test_lm_eval_command_line(task_files, tmp_path):
 
     saved_backbone = save_tiny_backbone(tmp_path / "backbone", "tiny-mistral")
     meta = json.dumps({"triviaqa_file": str(task_files["triviaqa"])})
-    cmd = [sys.executable, "-m", "workflow_lib.lm_eval_cli", "--model", "dynamax",
+    cmd = [sys.executable, "-m", "workflow_lib.cli.lm_eval_cli", "--model", "dynamax",
            "--model_args", f"backbone={saved_backbone},threshold=0.4,policy=recompute,prune=0",
            "--tasks", "dynamax_triviaqa", "--metadata", meta, "--limit", "1", "--gen_kwargs", "max_gen_toks=3",
            "--output_path", str(tmp_path / "out")]

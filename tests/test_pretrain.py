@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 from workflow_lib.data.schemas import read_corpus
 from workflow_lib.data.world import WorldConfig, write_world
 from workflow_lib.models.backbone import architecture, load_backbone
-from workflow_lib.pretrain import main as pretrain_main
-from workflow_lib.tokenizer import main as tokenizer_main
+from workflow_lib.cli.pretrain import main as pretrain_main
+from workflow_lib.cli.tokenizer import main as tokenizer_main
 from workflow_lib.training.pretrain import (PretrainConfig, build_model, layer_predictions, normalize_answer,
                                             token_stream, train)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from workflow_lib import evaluate
+from workflow_lib.cli import evaluate
 from workflow_lib.data import schemas
 from workflow_lib.data.tokenizer import train_tokenizer
 from workflow_lib.models.backbone import build_backbone, load_backbone, preset_config

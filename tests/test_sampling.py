@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from workflow_lib import sample_data
+from workflow_lib.cli import sample_data
 from workflow_lib.data import sampling, schemas
 from workflow_lib.data.sampling import answer_length
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import SMOLLM2, SMOLLM2_PROBE
 
-from workflow_lib import convert_backbone
+from workflow_lib.cli import convert_backbone
 from workflow_lib.decoding.accounting import CostModel
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import load_backbone, load_config, load_tokenizer, preset_config
@@ -176,7 +176,7 @@ def test_pipeline_converts_once_and_uses_the_gguf_tokenizer(shared_data, tmp_pat
     result = snakemake(config, tmp_path / "ok", "-n", "-p")
     assert result.returncode == 0, result.stderr[-2000:]
     plan = result.stdout.splitlines()
-    assert sum("workflow_lib.convert_backbone --model" in line for line in plan) == 1
-    evaluations = [line for line in plan if "workflow_lib.evaluate " in line]
+    assert sum("workflow_lib.cli.convert_backbone --model" in line for line in plan) == 1
+    evaluations = [line for line in plan if "workflow_lib.cli.evaluate " in line]
     assert evaluations and all("--backbone results/backbones/smol " in line and "--tokenizer" not in line
                                for line in evaluations)

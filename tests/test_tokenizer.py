@@ -4,7 +4,7 @@ from transformers import AutoTokenizer
 
 from workflow_lib.data.schemas import read_corpus
 from workflow_lib.data.world import WorldConfig, write_world
-from workflow_lib.tokenizer import main as tokenizer_main
+from workflow_lib.cli.tokenizer import main as tokenizer_main
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 

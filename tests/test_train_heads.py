@@ -20,7 +20,7 @@ from workflow_lib.models.backbone import build_backbone, load_backbone, parts, p
 from workflow_lib.models.emission import emitted_logits, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
 from workflow_lib.models.translators import Translators
-from workflow_lib.train_heads import main
+from workflow_lib.cli.train_heads import main
 from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, TrainConfig, batch_indices,
                                            exit_metrics, loss_weights, save_checkpoint, train_heads)
 
@@ -218,7 +218,7 @@ def test_resume_after_kill_is_bit_identical(workdir, capsys):
     killed = _cfg(workdir, "resume_killed", head="ffn", steps=80, checkpoint_every=5)
     clean = dataclasses.replace(killed, out=str(workdir / "resume_clean"), checkpoint_every=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    victim = subprocess.Popen([sys.executable, "-m", "workflow_lib.train_heads", *_argv(killed)], env=env,
+    victim = subprocess.Popen([sys.executable, "-m", "workflow_lib.cli.train_heads", *_argv(killed)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic as the single-threaded subprocess

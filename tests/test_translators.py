@@ -8,10 +8,10 @@ import pytest
 import torch
 from eval_setup import TEXT, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
-from workflow_lib.agreement import main as agreement_main
+from workflow_lib.cli.agreement import main as agreement_main
 from workflow_lib.models.backbone import load_backbone
 from workflow_lib.models.translators import load_translators
-from workflow_lib.train_translators import main
+from workflow_lib.cli.train_translators import main
 from workflow_lib.training.distill import pack, read_tokens
 from workflow_lib.training.translators import TranslatorConfig, fit_translators, kl_full_to_translated
 

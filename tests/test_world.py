@@ -6,7 +6,7 @@ import pytest
 
 from workflow_lib.data import schemas
 from workflow_lib.data.world import WorldConfig, triviaqa_prompt, write_world
-from workflow_lib.world import main as world_main
+from workflow_lib.cli.world import main as world_main
 
 SMALL = WorldConfig(n_people=40, qa_docs=20, truthful_docs=10, coqa_train_stories=10, coqa_eval_stories=10, n_unknown=5)
 FILES = ["coqa.json", "corpus_train.jsonl", "corpus_valid.jsonl", "triviaqa.jsonl", "triviaqa_train.jsonl",

@@ -3,7 +3,7 @@
 One panel per (headline metric, head): rows are the task's metrics, columns the heads, so that no panel holds
 more than a handful of series. In a head's panel each missing-state policy is one colour, a line through its
 thresholds with the 95% bootstrap interval as a vertical bar; the oracle bound of the same policy is a diamond
-of the same colour, and a calibrated threshold (python -m workflow_lib.calibrate) is a large marker of its policy's
+of the same colour, and a calibrated threshold (python -m workflow_lib.cli.calibrate) is a large marker of its policy's
 colour, one shape per calibration delta. Emission rules other than the paper's last_block (lens, translator) are
 series of their own beside it: the policy's colour, a dashed (lens) or dotted (translator) line, the rule in the
 label ("recompute / translator"). Zero-parameter exit rules (softmax, saturation) are heads: their own

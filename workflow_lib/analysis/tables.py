@@ -14,7 +14,7 @@ pruning at equal compute): early exit minus pruning on the same questions, at a 
 
 `inconsistency` is each point's share of questions whose generation (stripped) differs from the full model's on the
 same question: the risk the calibrated thresholds bound. A calibrated point (`calibrated~<delta>`, from
-`python -m workflow_lib.calibrate`) carries its threshold and calibration in its record; `measured_risk` is the
+`python -m workflow_lib.cli.calibrate`) carries its threshold and calibration in its record; `measured_risk` is the
 risk it was calibrated for, measured on the evaluation set, beside `calibration.delta`.
 """
 from __future__ import annotations

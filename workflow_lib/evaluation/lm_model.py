@@ -14,9 +14,9 @@ loglikelihood paths are lm-eval's, unchanged. What differs:
   from one prefill (`generate_batch_thresholds`); a later point at one of them replays its stored generations.
 
 lm-eval 0.4.13 does not read package entry points for models: the class registers itself when this
-module is imported. From the command line use `python -m workflow_lib.lm_eval_cli` (lm-eval's own CLI
+module is imported. From the command line use `python -m workflow_lib.cli.lm_eval_cli` (lm-eval's own CLI
 with this module imported), e.g.
-    python -m workflow_lib.lm_eval_cli --model dynamax \
+    python -m workflow_lib.cli.lm_eval_cli --model dynamax \
         --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0,prune_start=none,emission=lens \
         --tasks dynamax_triviaqa --metadata '{"triviaqa_file": "triviaqa.jsonl"}'
 """

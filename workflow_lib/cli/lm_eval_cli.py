@@ -3,7 +3,7 @@
 lm-eval 0.4.13 finds models only in its registry (no package entry points), so the model has to be
 imported before the CLI runs; this is that import, nothing else of the harness changes:
 
-    python -m workflow_lib.lm_eval_cli --model dynamax \
+    python -m workflow_lib.cli.lm_eval_cli --model dynamax \
         --model_args backbone=PATH,heads=DIR,threshold=0.4,policy=recompute,prune=0 \
         --tasks dynamax_triviaqa --metadata '{"triviaqa_file": "triviaqa.jsonl"}' --log_samples --output_path OUT
 

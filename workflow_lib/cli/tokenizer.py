@@ -1,6 +1,6 @@
 """Entry point: train the byte-level BPE tokenizer on a corpus and save it as a transformers tokenizer folder.
 
-    python -m workflow_lib.tokenizer --corpus results/world/corpus_train.jsonl --out-dir results/tokenizer
+    python -m workflow_lib.cli.tokenizer --corpus results/world/corpus_train.jsonl --out-dir results/tokenizer
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from workflow_lib.data.tokenizer import save_tokenizer, train_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.tokenizer", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.tokenizer", description=__doc__.splitlines()[0])
     p.add_argument("--corpus", required=True, help="training corpus (.jsonl {'text'} lines or .txt, one doc a line)")
     p.add_argument("--out-dir", required=True, help="tokenizer folder (replaced atomically)")
     p.add_argument("--vocab-size", type=int, default=1024)

@@ -1,6 +1,6 @@
 """Agreement of each exit's emitted token with the full model, per exit layer and emission rule (docs/evaluation.md).
 
-  python -m workflow_lib.agreement --backbone results/backbones/mistral --tokenizer results/tokenizer \
+  python -m workflow_lib.cli.agreement --backbone results/backbones/mistral --tokenizer results/tokenizer \
       --text results/world/corpus_valid.jsonl --task triviaqa:results/world/triviaqa.jsonl \
       --fewshot-data results/world/triviaqa_train.jsonl --translators results/translators/mistral \
       --out results/tables/agreement_mistral.csv
@@ -28,14 +28,14 @@ DEFAULT_SHOTS = {"triviaqa": 2, "coqa": 0, "truthfulqa": 0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .evaluation.tasks import TASKS
-    from .train_heads import _layers
+    from ..evaluation.tasks import TASKS
+    from .train_heads import layer_list
 
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.agreement", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.agreement", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's)")
-    p.add_argument("--exit-layers", type=_layers, help="0-based block indices (default: 4 in the second half)")
+    p.add_argument("--exit-layers", type=layer_list, help="0-based block indices (default: 4 in the second half)")
     p.add_argument("--translators", help="translators folder: adds the translator rule")
     p.add_argument("--text", help="held-out text (.txt a document per line, .jsonl 'text')")
     p.add_argument("--text-tokens", type=int, default=16384, help="held-out tokens read")
@@ -80,7 +80,7 @@ def task_prompts(task: str, data: str, shots: int, limit: int, fewshot_data: str
     from lm_eval.tasks import get_task_dict
 
     from .evaluate import task_manager
-    from .evaluation.tasks import TASKS
+    from ..evaluation.tasks import TASKS
 
     args = argparse.Namespace(task=task, triviaqa_n=1000, fewshot_data=fewshot_data)
     name = TASKS[task][0]
@@ -95,7 +95,7 @@ def task_prompts(task: str, data: str, shots: int, limit: int, fewshot_data: str
 def measure(model, sequences, exit_layers: list[int], rules: list[str], translators=None) -> dict:
     """sequences: list of ((1 or B), T) id tensors with the positions to count (a bool mask of the same shape) ->
     {(layer, rule): (agree (N,), kl (N,))} over every counted position."""
-    from .models.emission import emitted_logits, exit_states
+    from ..models.emission import emitted_logits, exit_states
 
     out: dict = {}
     for ids, counted in sequences:
@@ -113,7 +113,7 @@ def measure(model, sequences, exit_layers: list[int], rules: list[str], translat
 
 
 def rows(source: str, measured: dict, seed: int, resamples: int) -> list[dict]:
-    from .analysis.intervals import bootstrap_mean
+    from ..analysis.intervals import bootstrap_mean
 
     table = []
     for (layer, rule), (agree, kl) in sorted(measured.items()):
@@ -129,10 +129,10 @@ def main(argv=None) -> None:
     a = parse_args(argv)
     from transformers import AutoTokenizer
 
-    from .artifacts import atomic_path
-    from .models.backbone import default_device, load_backbone
-    from .models.translators import load_translators
-    from .training.distill import _backbone_config, pack, read_tokens, resolve_exit_layers
+    from ..artifacts import atomic_path
+    from ..models.backbone import default_device, load_backbone
+    from ..models.translators import load_translators
+    from ..training.distill import _backbone_config, pack, read_tokens, resolve_exit_layers
 
     try:
         config = _backbone_config(a.backbone)

@@ -1,6 +1,6 @@
 """Train tuned-lens translators at every exit of a frozen backbone (docs/training.md, "Translators").
 
-  python -m workflow_lib.train_translators --model results/backbones/tiny-mistral --tokenizer results/tokenizer \
+  python -m workflow_lib.cli.train_translators --model results/backbones/tiny-mistral --tokenizer results/tokenizer \
       --train-text corpus_train.jsonl --exit-layers 2,3,4 --out results/translators/tiny-mistral
 
 Writes <out>/translators.safetensors + translators.json (load with workflow_lib.models.translators.load_translators;
@@ -16,17 +16,17 @@ import sys
 
 import torch
 
-from .train_heads import _layers
-from .training.translators import INITS, TranslatorConfig, train_translators
+from .train_heads import layer_list
+from ..training.translators import INITS, TranslatorConfig, train_translators
 
 
 def parse_args(argv=None) -> TranslatorConfig:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.train_translators", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.train_translators", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the model's; required for presets)")
     p.add_argument("--train-text", required=True, help="training corpus: .txt (a document per line) or .jsonl ('text')")
-    p.add_argument("--exit-layers", type=_layers, help="0-based block indices (default: 4 in the second half)")
+    p.add_argument("--exit-layers", type=layer_list, help="0-based block indices (default: 4 in the second half)")
     p.add_argument("--out", required=True, help="output folder (translators.safetensors, translators.json)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)

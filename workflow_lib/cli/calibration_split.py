@@ -1,6 +1,6 @@
-"""Entry point: a task's calibration set, questions the evaluation does not use (for `python -m workflow_lib.calibrate`).
+"""Entry point: a task's calibration set, questions the evaluation does not use (for `python -m workflow_lib.cli.calibrate`).
 
-    python -m workflow_lib.calibration_split --task triviaqa --data results/world/triviaqa.jsonl --limit 24 \
+    python -m workflow_lib.cli.calibration_split --task triviaqa --data results/world/triviaqa.jsonl --limit 24 \
         --n 60 --seed 0 --out results/calibration/data/triviaqa.jsonl [--pool FILE]
 
 Draws --n records (seeded, kept in pool order) from --pool (default: the task's own data file) among those the
@@ -18,7 +18,7 @@ from workflow_lib.data.schemas import LOADERS, WRITERS, DataFormatError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.calibration_split", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.calibration_split", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=sorted(LOADERS))
     p.add_argument("--data", required=True, help="the task's evaluation data file")

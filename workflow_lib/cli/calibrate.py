@@ -1,6 +1,6 @@
 """Calibrated exit thresholds: Learn-then-Test on a calibration set, then the calibrated points on the evaluation set.
 
-    python -m workflow_lib.calibrate --backbone B --heads DIR --policy copy --task triviaqa --data EVAL.jsonl \
+    python -m workflow_lib.cli.calibrate --backbone B --heads DIR --policy copy --task triviaqa --data EVAL.jsonl \
         --limit 24 --calibration-data CAL.jsonl --reference REF_DIR --thresholds 0.99,0.9,0.8 --deltas 0.05,0.1 \
         --epsilon 0.05 --calibration-out calibration.json --out-dir CELL
 
@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from workflow_lib.evaluate import (add_task_arguments, check_data, check_task_arguments, load_model, number_list,
+from workflow_lib.cli.evaluate import (add_task_arguments, check_data, check_task_arguments, load_model, number_list,
                                    load_task, run_point, save_point)
 from workflow_lib.evaluation.ltt import BOUNDS, learn_then_test
 from workflow_lib.evaluation.records import RECORD, SAMPLES
@@ -46,7 +46,7 @@ REFERENCE_SETTINGS = ("backbone", "tokenizer", "task", "fewshot_data", "triviaqa
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.calibrate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(p)
     p.add_argument("--heads", required=True, help="folder of exit heads (save_heads; a zero-parameter rule too)")

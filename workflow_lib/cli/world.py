@@ -1,7 +1,7 @@
 """Entry point: write the synthetic world (training corpus + TriviaQA / CoQA / TruthfulQA sets + world.json).
 
-    python -m workflow_lib.world --out-dir results/world --seed 0 [--n-people 200 ...]
-    python -m workflow_lib.world --coqa-calibration results/calibration/pool/coqa.jsonl --stories 60 --seed 0 [...]
+    python -m workflow_lib.cli.world --out-dir results/world --seed 0 [--n-people 200 ...]
+    python -m workflow_lib.cli.world --coqa-calibration results/calibration/pool/coqa.jsonl --stories 60 --seed 0 [...]
 
 Every WorldConfig field is a flag (dashes for underscores); the same seed and flags give byte-identical files.
 --coqa-calibration writes, instead of the world, that many more CoQA stories of the same world apart from the
@@ -18,7 +18,7 @@ from workflow_lib.data.world import ATTRIBUTES, WorldConfig, build_world, coqa_c
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.world", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out-dir", help="output folder (replaced atomically)")

@@ -1,6 +1,6 @@
 """Generate text with the exit-aware decoder (greedy).
 
-  python -m workflow_lib.generate --backbone PATH_OR_ID [--heads DIR | --exit-at LAYER] [--threshold T]
+  python -m workflow_lib.cli.generate --backbone PATH_OR_ID [--heads DIR | --exit-at LAYER] [--threshold T]
       [--policy NAME] [--emission RULE [--translators DIR]] [--prune N]
       (--prompt TEXT | --prompt-ids 1,2,3 | --prompts-file FILE [--batch-size B]) [--max-new-tokens N] [--stop STR ...]
       [--json]
@@ -22,13 +22,13 @@ import sys
 
 import torch
 
-from .decoding.decoder import ExitDecoder
-from .decoding.policies import POLICIES, resolve_policy
-from .decoding.pruning import kept_blocks
-from .models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone, load_config,
+from ..decoding.decoder import ExitDecoder
+from ..decoding.policies import POLICIES, resolve_policy
+from ..decoding.pruning import kept_blocks
+from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone, load_config,
                               load_tokenizer)
-from .models.heads import build_heads, load_heads
-from .models.translators import EMISSION_RULES, load_translators
+from ..models.heads import build_heads, load_heads
+from ..models.translators import EMISSION_RULES, load_translators
 
 DEFAULT_EXIT_THRESHOLD = 0.5
 
@@ -54,7 +54,7 @@ def _ids(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m workflow_lib.generate", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m workflow_lib.cli.generate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME (random weights)")
     exits = ap.add_mutually_exclusive_group()

@@ -1,6 +1,6 @@
 """Train exit heads of one type at all exits of a frozen backbone (knowledge distillation, docs/training.md).
 
-  python -m workflow_lib.train_heads --backbone results/backbones/tiny-mistral --head mamba \
+  python -m workflow_lib.cli.train_heads --backbone results/backbones/tiny-mistral --head mamba \
       --head-options '{"state_size": 64}' --name mamba_s64 \
       --train-text corpus_train.txt --valid-text corpus_valid.txt --out results/heads/tiny-mistral/mamba_s64
 
@@ -21,13 +21,13 @@ import sys
 
 import torch
 
-from .models.heads import HEAD_TYPES
-from .training.distill import TRAIN_MODES, TrainConfig, train_heads, write_rule_heads
-from .models.translators import EMISSION_RULES
-from .training.labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_RULES, LABEL_SOURCES
+from ..models.heads import HEAD_TYPES
+from ..training.distill import TRAIN_MODES, TrainConfig, train_heads, write_rule_heads
+from ..models.translators import EMISSION_RULES
+from ..training.labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_RULES, LABEL_SOURCES
 
 
-def _layers(text: str) -> list[int]:
+def layer_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -39,7 +39,7 @@ def is_rule(head: str) -> bool:
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.train_heads", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.train_heads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the backbone's; required for presets)")
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> TrainConfig:
                                                  "(zero-parameter rules: heads.json only)")
     p.add_argument("--head-options", type=json.loads, default={}, help='JSON dict of head options, e.g. \'{"state_size": 32}\'')
     p.add_argument("--name", help="the head spec's name, recorded with the heads (default: the head type)")
-    p.add_argument("--exit-layers", type=_layers, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
+    p.add_argument("--exit-layers", type=layer_list, help="0-based block indices, e.g. 3,4,5,6 (default: 4 in the second half)")
     p.add_argument("--train-text", help="training corpus: .txt (a document per line) or .jsonl ('text')")
     p.add_argument("--valid-text", help="held-out text for metrics (never the test data)")
     p.add_argument("--out", required=True, help="output folder (heads, metrics.json; checkpoint/ while running)")

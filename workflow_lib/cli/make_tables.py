@@ -1,6 +1,6 @@
 """Entry point: tidy tables from evaluation run records.
 
-    python -m workflow_lib.make_tables --records results/eval/**/record.json --grid results/tables/grid.csv \
+    python -m workflow_lib.cli.make_tables --records results/eval/**/record.json --grid results/tables/grid.csv \
         --pareto results/tables/pareto.csv --no-loss results/tables/no_loss.csv \
         --versus-pruning results/tables/versus_pruning.csv [--crf crf_exact] [--no-loss-delta 0.02]
 
@@ -21,7 +21,7 @@ from workflow_lib.artifacts import atomic_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.make_tables", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.make_tables", description=__doc__.splitlines()[0])
     p.add_argument("--records", nargs="+", required=True, help="record.json files below --results-root")
     p.add_argument("--results-root", default="results/eval", help="folder the records' paths are read from")
     p.add_argument("--grid", required=True, help="output CSV, one row per grid point")

@@ -1,4 +1,4 @@
-"""Sample real data into local files: `python -m workflow_lib.sample_data {fineweb,triviaqa,coqa,truthfulqa} ...`
+"""Sample real data into local files: `python -m workflow_lib.cli.sample_data {fineweb,triviaqa,coqa,truthfulqa} ...`
 
 Sources are hub ids (streamed or downloaded; needs internet) or local files, so the same commands run
 offline on local copies of the original releases. Each output gets a `<out>.meta.json` provenance record.
@@ -12,7 +12,7 @@ from workflow_lib.data import sampling
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.sample_data", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.sample_data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -1,6 +1,6 @@
 """Evaluate one (backbone, heads, policy, task) over a list of grid points with the model loaded once.
 
-    python -m workflow_lib.evaluate --backbone runs/backbones/tiny-mistral --heads runs/heads/tiny-mistral/calm \
+    python -m workflow_lib.cli.evaluate --backbone runs/backbones/tiny-mistral --heads runs/heads/tiny-mistral/calm \
         --policy recompute --task triviaqa --data data/triviaqa.jsonl --thresholds 0.5,0.9 --out-dir OUT
 
 Grid points and where their records go (each folder: record.json + samples.jsonl, written atomically):
@@ -121,7 +121,7 @@ def check_task_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(p)
     heads = p.add_mutually_exclusive_group(required=True)

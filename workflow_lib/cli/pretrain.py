@@ -1,6 +1,6 @@
 """Entry point: pretrain a tiny Mistral or Mamba-2 from scratch on the synthetic world's corpus.
 
-    python -m workflow_lib.pretrain --arch mamba2 --world results/world --tokenizer results/tokenizer \\
+    python -m workflow_lib.cli.pretrain --arch mamba2 --world results/world --tokenizer results/tokenizer \\
         --out-dir results/backbones/tiny-mamba2
 
 Writes a `save_pretrained` folder (safetensors + config + the tokenizer, loadable with
@@ -28,7 +28,7 @@ from workflow_lib.training.pretrain import (PretrainConfig, answer_token_accurac
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.pretrain", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.pretrain", description=__doc__.splitlines()[0])
     p.add_argument("--world", help="world folder; supplies the defaults of --corpus, --valid-corpus, --eval-file, "
                                    "--seen-file")
     p.add_argument("--corpus", help="training corpus (default: WORLD/corpus_train.jsonl)")
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-file", help="held-out TriviaQA questions (default: WORLD/triviaqa.jsonl)")
     p.add_argument("--seen-file", help="TriviaQA questions on seen facts, also the few-shot pool "
                                        "(default: WORLD/triviaqa_train.jsonl)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder (python -m workflow_lib.tokenizer)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (python -m workflow_lib.cli.tokenizer)")
     p.add_argument("--out-dir", required=True, help="model folder (replaced atomically)")
     p.add_argument("--n-shot", type=int, default=2, help="few-shot examples in the EM gate (paper: 2)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate at most this many questions per set (0: all)")

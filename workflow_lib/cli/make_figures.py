@@ -1,6 +1,6 @@
 """Entry point: the paper-style figure (metric versus CRF) for one backbone and task, from the grid table.
 
-    python -m workflow_lib.make_figures --grid results/tables/grid.csv --backbone mistral --task triviaqa \
+    python -m workflow_lib.cli.make_figures --grid results/tables/grid.csv --backbone mistral --task triviaqa \
         --out results/figures/mistral/triviaqa.png results/figures/mistral/triviaqa.pdf [--crf exact|paper]
         [--heads calm,calm_k15]   only these heads' series (layer pruning and the full model stay)
 """
@@ -15,7 +15,7 @@ from workflow_lib.analysis.figures import plot_task, save_figure
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workflow_lib.make_figures", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.make_figures", description=__doc__.splitlines()[0])
     p.add_argument("--grid", required=True, help="grid.csv written by make_tables")
     p.add_argument("--backbone", required=True)
     p.add_argument("--task", required=True)
