@@ -68,7 +68,7 @@ def test_entry_point_bad_input(setup, tmp_path):
         main(["--model", str(backbone), "--train-text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
     for module in ("train_translators", "agreement"):
-        help_text = subprocess.run([sys.executable, "-m", f"workflow_lib.{module}", "--help"], capture_output=True,
+        help_text = subprocess.run([sys.executable, "-m", f"workflow_lib.cli.{module}", "--help"], capture_output=True,
                                    text=True, check=True).stdout
         assert "--out" in help_text
 

@@ -77,14 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def task_prompts(task: str, data: str, shots: int, limit: int, fewshot_data: str | None, seed: int) -> list[str]:
     """The task's first `limit` prompts as lm-eval builds them for evaluate (the same task files and shots)."""
-    from lm_eval.tasks import get_task_dict
-
-    from .evaluate import task_manager
-    from ..evaluation.tasks import TASKS
+    from .evaluate import load_task
 
     args = argparse.Namespace(task=task, triviaqa_n=1000, fewshot_data=fewshot_data)
-    name = TASKS[task][0]
-    obj = get_task_dict([name], task_manager(args, data))[name]
+    _, obj = load_task(args, data)
     obj.set_config(key="num_fewshot", value=shots)
     obj.set_fewshot_seed(seed)
     obj.build_all_requests(limit=limit, rank=0, world_size=1)
