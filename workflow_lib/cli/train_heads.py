@@ -34,6 +34,14 @@ def layer_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"exit layers must be comma-separated integers, got {text!r}") from None
 
 
+def set_threads(p: argparse.ArgumentParser, threads: int | None) -> None:
+    """--threads: torch's CPU threads for this process (None: torch's choice)."""
+    if threads is not None:
+        if threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(threads)
+
+
 def is_rule(head: str) -> bool:
     return head in HEAD_TYPES and not HEAD_TYPES[head].trainable
 
@@ -80,10 +88,7 @@ def parse_args(argv=None) -> TrainConfig:
     a = p.parse_args(argv)
     if not is_rule(a.head) and (a.train_text is None or a.valid_text is None):
         p.error("--train-text and --valid-text are required to train a head (a zero-parameter rule reads neither)")
-    if a.threads is not None:
-        if a.threads < 1:
-            p.error("--threads must be >= 1")
-        torch.set_num_threads(a.threads)
+    set_threads(p, a.threads)
     return TrainConfig(
         backbone=a.backbone, head=a.head, train_text=a.train_text, valid_text=a.valid_text, out=a.out,
         exit_layers=a.exit_layers, tokenizer=a.tokenizer, label_rule=a.label_rule, k=a.k, mode=a.mode,

@@ -14,9 +14,8 @@ import argparse
 import json
 import sys
 
-import torch
 
-from .train_heads import layer_list
+from .train_heads import layer_list, set_threads
 from ..training.translators import INITS, TranslatorConfig, train_translators
 
 
@@ -42,14 +41,11 @@ def parse_args(argv=None) -> TranslatorConfig:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a = p.parse_args(argv)
-    if a.threads is not None:
-        if a.threads < 1:
-            p.error("--threads must be >= 1")
-        torch.set_num_threads(a.threads)
+    set_threads(p, a.threads)
     return TranslatorConfig(
         backbone=a.model, train_text=a.train_text, out=a.out, exit_layers=a.exit_layers, tokenizer=a.tokenizer,
-        steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, init=a.init, init_batches=a.init_batches, weight_decay=a.weight_decay,
-        grad_clip=a.grad_clip, max_train_tokens=a.max_train_tokens, seed=a.seed, device=a.device)
+        steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, init=a.init, init_batches=a.init_batches,
+        weight_decay=a.weight_decay, grad_clip=a.grad_clip, max_train_tokens=a.max_train_tokens, seed=a.seed, device=a.device)
 
 
 def main(argv=None) -> None:

@@ -92,6 +92,17 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- data
 
+def check_schedule(cfg, counts: tuple[str, ...]) -> None:
+    """The settings every distillation run shares: the `counts` >= 1, sequences of >= 2 tokens, a positive rate."""
+    for name in counts:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+
+
 def _check_text_file(path: str, what: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist")
@@ -380,13 +391,7 @@ def validate(cfg: TrainConfig):
         raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
     if cfg.mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
-    for name in ("steps", "batch_size", "balance_batches", "valid_tokens"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    check_schedule(cfg, ("steps", "batch_size", "balance_batches", "valid_tokens"))
     if cfg.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:

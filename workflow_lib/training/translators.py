@@ -28,8 +28,8 @@ from ..data.schemas import read_corpus
 from ..models.backbone import default_device, load_backbone, parts
 from ..models.emission import exit_states
 from ..models.translators import Translators, save_translators
-from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, pack, read_tokens,
-                      resolve_exit_layers)
+from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_schedule, pack,
+                      read_tokens, resolve_exit_layers)
 
 
 @dataclass
@@ -60,13 +60,7 @@ def validate(cfg: TranslatorConfig):
     """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
     if cfg.init not in INITS:
         raise ValueError(f"unknown translator init {cfg.init!r}; known: {', '.join(INITS)}")
-    for name in ("steps", "batch_size", "init_batches"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    check_schedule(cfg, ("steps", "batch_size", "init_batches"))
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
         raise ValueError(f"max_train_tokens {cfg.max_train_tokens} is less than one sequence of {cfg.seq_len}")
     _check_text_file(cfg.train_text, "training text")
