@@ -91,8 +91,7 @@ def main() -> None:
     device, dtype = setup(args)
     rows = [bench_backbone(preset, args, device, dtype) for preset in args.preset or ["tiny-mistral", "tiny-mamba2"]]
     print_table(rows, ["backbone", "batch_size", "tokens", "generate_ms_per_token", "decoder_ms_per_token", "ratio",
-                       "ratio_q1",
-                       "ratio_q3", "ratio_min", "ratio_max"])
+                       "ratio_q1", "ratio_q3", "ratio_min", "ratio_max"])
     save(args.out, "decode_overhead", args, rows, goal_ratio=1.05)
 
 
