@@ -5,7 +5,8 @@ from transformers import DynamicCache
 
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import parts
-from workflow_lib.models.emission import check_emission, emitted_logits, exit_states
+from workflow_lib.models.emission import emitted_logits, exit_states
+from workflow_lib.models.translators import check_emission
 from workflow_lib.models.heads import build_heads
 from workflow_lib.models.translators import Translators
 
@@ -90,7 +91,7 @@ def test_last_exit_last_block_is_the_full_model(tiny_backbone):
 def test_bad_rule_and_missing_translators():
     with pytest.raises(ValueError, match="unknown emission rule"):
         check_emission("final", None, [3])
-    with pytest.raises(ValueError, match="needs trained translators"):
+    with pytest.raises(ValueError, match="needs translators"):
         check_emission("translator", None, [3])
-    with pytest.raises(ValueError, match=r"no translator for exit layers \[5\]"):
+    with pytest.raises(ValueError, match=r"no translator for exit layer\(s\) \[5\]"):
         check_emission("translator", Translators(8, [3]), [3, 5])

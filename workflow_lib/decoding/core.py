@@ -22,7 +22,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 
 from ..models.backbone import parts
 from ..models.heads import ExitHead
-from ..models.translators import EMISSION_RULES, Translators
+from ..models.translators import Translators, check_emission
 from .accounting import CostModel, TokenCost
 from .policies import make_fill, resolve_policy
 from .pruning import kept_blocks, prune_blocks
@@ -54,23 +54,16 @@ def stateful(head: ExitHead) -> bool:
     return type(head).prefill is not ExitHead.prefill
 
 
-def check_emission(emission: str, translators: Translators | None, exit_layers: list[int], hidden_size: int) -> None:
-    """A clear error for an unknown rule, a translator rule without translators or without one of the exit layers."""
-    if emission not in EMISSION_RULES:
-        raise ValueError(f"unknown emission rule {emission!r}; choose one of {', '.join(EMISSION_RULES)}")
-    if emission != "translator":
-        if translators is not None:
-            raise ValueError(f"translators were given but the emission rule is {emission!r}: they are used by the "
-                             "'translator' rule only")
-        return
-    if translators is None:
-        raise ValueError("the 'translator' emission rule needs translators (models/translators.py); none were given")
-    if translators.hidden_size != hidden_size:
+def check_decoder_emission(emission: str, translators: Translators | None, exit_layers: list[int],
+                           hidden_size: int) -> None:
+    """models.translators.check_emission, and for the decoder also: translators only with the rule that reads them,
+    and of the backbone's width."""
+    check_emission(emission, translators, exit_layers)
+    if emission != "translator" and translators is not None:
+        raise ValueError(f"translators were given but the emission rule is {emission!r}: they are used by the "
+                         "'translator' rule only")
+    if translators is not None and translators.hidden_size != hidden_size:
         raise ValueError(f"translators map hidden size {translators.hidden_size}, the backbone has {hidden_size}")
-    missing = sorted(set(exit_layers) - set(translators.exit_layers))
-    if missing:
-        raise ValueError(f"translators have no translator for exit layer(s) {missing} "
-                         f"(they cover {translators.exit_layers})")
 
 
 class DecoderCore:
@@ -113,7 +106,8 @@ class DecoderCore:
             if head.hidden_size != model.config.hidden_size:
                 raise ValueError(f"head at layer {layer} reads hidden size {head.hidden_size}, the backbone has "
                                  f"{model.config.hidden_size}")
-        check_emission(emission, translators, sorted(oracle_exits or [int(k) for k in heads]), model.config.hidden_size)
+        check_decoder_emission(emission, translators, sorted(oracle_exits or [int(k) for k in heads]),
+                               model.config.hidden_size)
         self.emission, self.translators = emission, translators
         # Under lens / translator an exit skips the last block too: the policy fills it like any skipped block.
         self.tail = [] if emission == "last_block" else [self.kept[-1]]

@@ -22,20 +22,7 @@ from torch import nn
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb, repeat_kv
 
 from .backbone import parts
-from .translators import EMISSION_RULES, Translators
-
-
-def check_emission(rule: str, translators: Translators | None, exit_layers: list[int]) -> None:
-    """A clear error for an unknown rule, or the translator rule without translators for every exit layer."""
-    if rule not in EMISSION_RULES:
-        raise ValueError(f"unknown emission rule {rule!r}; known: {', '.join(EMISSION_RULES)}")
-    if rule == "translator":
-        if translators is None:
-            raise ValueError("emission rule 'translator' needs trained translators (--translators DIR)")
-        missing = sorted(set(exit_layers) - set(translators.exit_layers))
-        if missing:
-            raise ValueError(f"the translators have no translator for exit layers {missing} "
-                             f"(they cover {translators.exit_layers})")
+from .translators import Translators, check_emission
 
 
 @dataclass

@@ -27,6 +27,20 @@ from .backbone import signature
 #   translator  final norm and LM head on translate(h_l, l) (the tuned lens); the last block is skipped too
 EMISSION_RULES = ("last_block", "lens", "translator")
 
+def check_emission(rule: str, translators: "Translators | None", exit_layers: list[int]) -> None:
+    """A clear error for an unknown rule, or the translator rule without a translator for every exit layer."""
+    if rule not in EMISSION_RULES:
+        raise ValueError(f"unknown emission rule {rule!r}; choose one of {', '.join(EMISSION_RULES)}")
+    if rule != "translator":
+        return
+    if translators is None:
+        raise ValueError("the 'translator' emission rule needs translators, trained ones (--translators DIR)")
+    missing = sorted(set(exit_layers) - set(translators.exit_layers))
+    if missing:
+        raise ValueError(f"translators have no translator for exit layer(s) {missing} "
+                         f"(they cover {translators.exit_layers})")
+
+
 TRANSLATORS_WEIGHTS = "translators.safetensors"
 TRANSLATORS_CONFIG = "translators.json"
 

@@ -44,9 +44,9 @@ from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                load_config, load_tokenizer, parts, signature)
-from ..models.emission import check_emission, emitted_logits, exit_states
+from ..models.emission import emitted_logits, exit_states
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
-from ..models.translators import EMISSION_RULES, load_translators
+from ..models.translators import EMISSION_RULES, check_emission, load_translators
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, check_label_rule, exit_labels
 
