@@ -31,6 +31,8 @@ rule train_heads:
         head_options=head_options,
         emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
         options=lambda wc: cli({k: v for k, v in HEAD_SPECS[spec_name(wc.head)]["training"].items() if k != EXIT_LAYERS}),
+    # long jobs that unlock the evaluations: first, so the run does not end on one of them with a core idle
+    priority: 1
     threads: 1
     log:
         f"{LOGS}/train_heads/{{backbone}}/{{head}}.log",

@@ -19,6 +19,8 @@ rule train_translators:
         exit_layers=lambda wc: exit_layers_option(wc.backbone),
         options=cli(TRANSLATORS),
         seed=SEED,
+    # unlocks the translator heads and their evaluations: first (see train_heads)
+    priority: 1
     threads: 1
     log:
         f"{LOGS}/train_translators/{{backbone}}.log",

@@ -171,4 +171,7 @@ def test_truthfulqa_metrics_equal_lm_evals(real_truthfulqa):
     task = real_truthfulqa
     for doc, answer in zip(list(task.eval_docs)[:2], ["Nothing . You eat them.", "It came from China, I think."]):
         ref = process_results_gen(doc, [answer])
+        scores = truthfulqa_process_results(doc, [answer])
+        assert scores == pytest.approx({k: float(v) for k, v in ref.items()})
+        scores["bleu_max"] = -1.0  # each call gets its own dict: lm-eval's aggregation cannot touch the memo
         assert truthfulqa_process_results(doc, [answer]) == pytest.approx({k: float(v) for k, v in ref.items()})

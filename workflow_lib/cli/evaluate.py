@@ -313,14 +313,22 @@ def run_point(lm, task: tuple, args: argparse.Namespace, limit: int | None) -> t
     """lm-eval on the task (load_task's pair) at the model's current point: (simple_evaluate's results with samples,
     wall seconds)."""
     import lm_eval
+    import lm_eval.evaluator
 
     manager, built = task
     lm.warm_up()
     start = time.perf_counter()
-    results = lm_eval.simple_evaluate(
-        model=lm, tasks=[built], task_manager=manager, num_fewshot=args.shots, limit=limit,
-        gen_kwargs=f"max_gen_toks={args.max_new_tokens}", log_samples=True, random_seed=args.seed,
-        numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
+    # lm-eval ends every simple_evaluate with add_env_info: torch's collect_env, which runs pip, lscpu, nvidia-smi
+    # and more in subprocesses (about 0.7 CPU s, as much as decoding a whole small grid point here) for a report
+    # no record keeps (records carry their own provenance). Skipped for this call only.
+    env_info, lm_eval.evaluator.add_env_info = lm_eval.evaluator.add_env_info, lambda storage: None
+    try:
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=[built], task_manager=manager, num_fewshot=args.shots, limit=limit,
+            gen_kwargs=f"max_gen_toks={args.max_new_tokens}", log_samples=True, random_seed=args.seed,
+            numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed)
+    finally:
+        lm_eval.evaluator.add_env_info = env_info
     return results, time.perf_counter() - start
 
 

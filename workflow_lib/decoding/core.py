@@ -191,6 +191,8 @@ class DecoderCore:
             return "eos"
         # Like transformers' StopStringCriteria, match on decoded text (a stop string may span tokens); only the
         # generated text counts, and the caller cuts it at the stop string.
-        if stop_strings and any(s in tokenizer.decode(token_ids) for s in stop_strings):
-            return "stop_string"
+        if stop_strings:
+            text = tokenizer.decode(token_ids)  # once per step, not per stop string
+            if any(s in text for s in stop_strings):
+                return "stop_string"
         return None

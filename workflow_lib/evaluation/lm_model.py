@@ -150,12 +150,12 @@ class DynamaxLM(HFLM):
                 raise ValueError("dynamax decodes greedily; the task asks for do_sample=True")
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)  # HFLM adds EOS the same way
             max_gen_toks = kwargs.pop("max_gen_toks")
-            prompts = [self.tok_batch_encode([req.args[0]], left_truncate_len=self.max_length - max_gen_toks,
-                                             truncation=self.truncation)[0][0].tolist() for req in chunk]  # as HFLM
             keys = [(req.args[0], repr(sorted(req.args[1].items()))) for req in chunk]
             self._batches += 1
             batch_id = self._batches  # one id per decoded batch of this grid point: the run record times batches
             if not all(self._key(self.threshold, key) in self._stored for key in keys):
+                prompts = [self.tok_batch_encode([req.args[0]], left_truncate_len=self.max_length - max_gen_toks,
+                                                 truncation=self.truncation)[0][0].tolist() for req in chunk]  # as HFLM
                 thresholds = self._sharing(keys)
                 with torch.no_grad():
                     runs = self.decoder.generate_batch_thresholds(
