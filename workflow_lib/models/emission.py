@@ -152,7 +152,8 @@ def _last_block_mamba2(model: nn.Module, states: ExitStates) -> dict[int, torch.
     cum = decay.cumsum(1)  # (B, T, H)
     before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)  # (B, T, H): cum at t-1 (0 at t = 0)
     earlier = torch.ones(t, t, dtype=torch.bool, device=full.device).tril(-1)  # (T, T): s < t
-    log_l = (before[:, :, None] - cum[:, None, :]).masked_fill(~earlier[None, :, :, None], float("-inf"))  # (B,T,S,H)
+    decay_ts = (before[:, :, None] - cum[:, None, :]).masked_fill(~earlier[None, :, :, None], float("-inf")).exp()
+    # (B, T, S, H): decay from s to t, the same for every exit (computed once)
     weighted = (dt_full[..., None] * x_full.float())  # (B, S, H, P): dt_s x_s
     out = {}
     for layer, h in states.hidden.items():
@@ -160,7 +161,7 @@ def _last_block_mamba2(model: nn.Module, states: ExitStates) -> dict[int, torch.
         own_window = torch.cat([windows[..., :-1], xbc_own[..., None]], -1)  # (B, C, T, K): its own last input
         conv_own = mixer.act((own_window * w[:, None]).sum(-1) + mixer.conv1d.bias[:, None])  # (B, C, T)
         x_own, b_own, c_own = split(conv_own.transpose(1, 2))  # (B, T, H, P), (B, T, H, N) x2
-        scores = torch.einsum("bthn,bshn->btsh", c_own.float(), b_full.float()) * log_l.exp()  # (B, T, S, H)
+        scores = torch.einsum("bthn,bshn->btsh", c_own.float(), b_full.float()) * decay_ts  # (B, T, S, H)
         read = torch.einsum("btsh,bshp->bthp", scores, weighted)  # (B, T, H, P): C_own[t] . state after t-1
         own = (c_own.float() * b_own.float()).sum(-1)  # (B, T, H): C_own[t] . B_own[t]
         y = (torch.exp(dt_own * a_neg)[..., None] * read + (dt_own * own)[..., None] * x_own.float()
