@@ -41,6 +41,23 @@ def test_dry_run_offline(configfile, tmp_path):
     assert "evaluate_exits" in result.stdout and "figure" in result.stdout
 
 
+def test_emission_rules_overlay_adds_calm_under_lens_and_translator(tmp_path):
+    """configs/emission-rules.yaml merges onto config.yaml: per backbone the translators and calm under lens and
+    translator (heads, cells, oracle per policy, calibration); nothing of the default disappears."""
+    base = snakemake("-n", "--directory", str(tmp_path))
+    both = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                     str(REPO / "configs" / "emission-rules.yaml"))
+    assert base.returncode == 0 and both.returncode == 0, both.stdout + both.stderr
+    before, after = job_stats(base.stdout), job_stats(both.stdout)
+    policies = 3 + 2  # mistral's and mamba2's; 3 tasks each, 2 rules added
+    assert after["train_translators"] == 2 and after["train_heads"] == before["train_heads"] + 4
+    assert after["evaluate_exits"] == before["evaluate_exits"] + 2 * 3 * policies
+    assert after["evaluate_oracle"] == before["evaluate_oracle"] + 2 * 3 * policies
+    assert after["calibrate"] == before["calibrate"] + 2 * policies  # CoQA calibrates
+    assert {k: v for k, v in after.items() if k in ("evaluate_prune", "evaluate_baseline", "pretrain")} == \
+        {k: v for k, v in before.items() if k in ("evaluate_prune", "evaluate_baseline", "pretrain")}
+
+
 def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     """A rule besides last_block on one head: its heads, cells, oracle and calibration under emission~RULE, with
     --emission on their commands; the default rule's jobs and paths as they were."""
