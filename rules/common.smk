@@ -325,6 +325,21 @@ def emission_inputs(backbone, emission):
     return [f"{translators_dir(backbone)}/translators.json"] if emission == "translator" else []
 
 
+HEAD_TRAINING = config["head_training"]
+LABELS_ROOT = f"{RESULTS}/labels"
+
+
+def label_cache_dir(backbone, head):
+    """The backbone's stored labels (rule label_cache) under the head key's emission rule, when the head spec trains on
+    them: it keeps head_training's sequence length and label source and the backbone's exit layers, and reads no more
+    text than head_training's steps do. Else None: the head job labels its batches itself, as it always could."""
+    training = HEAD_SPECS[spec_name(head)]["training"]
+    shared = (training[EXIT_LAYERS] is None
+              and all(training[k] == HEAD_TRAINING[k] for k in ("seq_len", "label_source"))
+              and training["steps"] * training["batch_size"] <= HEAD_TRAINING["steps"] * HEAD_TRAINING["batch_size"])
+    return f"{LABELS_ROOT}/{backbone}/emission~{key_emission(head)}" if shared else None
+
+
 def one_of(names):
     """A wildcard constraint matching exactly these names (none: a pattern that never matches)."""
     return "|".join(map(re.escape, names)) or "(?!)"
@@ -349,10 +364,6 @@ AGREEMENT = config["agreement"]
 
 def emissions(backbone):
     return BACKBONES[backbone].get("emissions", ["last_block"])
-
-
-def translators_dir(backbone):
-    return f"{RESULTS}/translators/{backbone}"
 
 
 def agreement_table(backbone):

@@ -4,7 +4,45 @@
 # zero-parameter exit rule (type softmax, saturation) has nothing to train: rule_heads writes its folder, heads.json
 # only, from the backbone's config. The head wildcard is a head key: under an emission rule other than last_block
 # (backbones.B.emissions) the heads train on labels from what that rule emits (train_heads --emission RULE, with the
-# backbone's translators for the translator rule) into head~NAME/emission~RULE/.
+# backbone's translators for the translator rule) into head~NAME/emission~RULE/. The labels are computed once per
+# backbone and emission rule (label_cache) for every head spec that shares head_training's text and exits
+# (label_cache_dir); a spec that does not labels its own batches.
+
+
+rule label_cache:
+    input:
+        backbone=backbone_input,
+        tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
+        translators=lambda wc: emission_inputs(wc.backbone, wc.emission),
+        train=corpus_file("train"),
+        valid=corpus_file("valid"),
+    output:
+        f"{LABELS_ROOT}/{{backbone}}/emission~{{emission}}/labels.safetensors",
+    wildcard_constraints:
+        emission="last_block|lens|translator",
+    params:
+        out=lambda wc, output: os.path.dirname(output[0]),
+        seed=SEED,
+        backbone=lambda wc: backbone_path(wc.backbone),
+        tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
+        exit_layers=lambda wc: exit_layers_option(wc.backbone),
+        emission=lambda wc: emission_flags(wc.backbone, wc.emission),
+        options=cli({"label_source": HEAD_TRAINING["label_source"], "seq_len": HEAD_TRAINING["seq_len"],
+                     "batch_size": HEAD_TRAINING["batch_size"],
+                     "train_tokens": HEAD_TRAINING["steps"] * HEAD_TRAINING["batch_size"] * HEAD_TRAINING["seq_len"]}),
+    # unlocks every head job of the backbone: first (see train_heads)
+    priority: 2
+    threads: 1
+    log:
+        f"{LOGS}/label_cache/{{backbone}}/{{emission}}.log",
+    benchmark:
+        f"{BENCHMARKS}/label_cache/{{backbone}}/{{emission}}.tsv"
+    conda:
+        "../envs/gpu.yaml"
+    shell:
+        "python -m workflow_lib.cli.label_cache --backbone {params.backbone} {params.tokenizer} {params.exit_layers}"
+        " --train-text {input.train} --valid-text {input.valid} --out {params.out} --seed {params.seed}"
+        " --threads {threads} {params.emission} {params.options} > {log} 2>&1"
 
 
 rule train_heads:
@@ -14,6 +52,7 @@ rule train_heads:
         backbone=backbone_input,
         tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
         translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.head)),
+        labels=lambda wc: [f"{d}/labels.safetensors" for d in [label_cache_dir(wc.backbone, wc.head)] if d],
         train=corpus_file("train"),
         valid=corpus_file("valid"),
     output:
@@ -30,6 +69,7 @@ rule train_heads:
         exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
         head_options=head_options,
         emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
+        labels=lambda wc, input: f"--label-cache {os.path.dirname(input.labels[0])}" if input.labels else "",
         options=lambda wc: cli({k: v for k, v in HEAD_SPECS[spec_name(wc.head)]["training"].items() if k != EXIT_LAYERS}),
     # long jobs that unlock the evaluations: first, so the run does not end on one of them with a core idle
     priority: 1
@@ -43,7 +83,8 @@ rule train_heads:
     shell:
         "python -m workflow_lib.cli.train_heads --backbone {params.backbone} {params.tokenizer} --name {params.name}"
         " --head {params.head_type} {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
-        " --out {params.out} --seed {params.seed} --threads {threads} {params.emission} {params.options} > {log} 2>&1"
+        " --out {params.out} --seed {params.seed} --threads {threads} {params.emission} {params.labels} {params.options}"
+        " > {log} 2>&1"
 
 
 rule rule_heads:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workflow_lib.training.labels import LABEL_RULES, exit_labels
+from workflow_lib.training.labels import LABEL_RULES, RANK_CAP, exit_labels, label_ranks, labels_from_ranks
 
 # Vocabulary of 5 tokens. Oracle ranking: 2 > 0 > 4 > 1 > 3.
 ORACLE = torch.tensor([3.0, 1.0, 5.0, 0.0, 2.0])
@@ -82,3 +82,23 @@ def test_unknown_rule_and_vocab_mismatch():
         exit_labels(INTERMEDIATE, ORACLE, "oracle_topk", 1)
     with pytest.raises(ValueError, match="vocabulary sizes differ"):
         exit_labels(INTERMEDIATE, ORACLE[:4], "intermediate_in_oracle_topk", 1)
+
+
+@pytest.mark.parametrize("rule", LABEL_RULES)
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_stored_ranks_give_exactly_the_labels(rule, k):
+    """The label cache stores two ranks per token; every rule and k read back from them equals exit_labels."""
+    assert labels_from_ranks(label_ranks(INTERMEDIATE, ORACLE), rule, k).tolist() == \
+        exit_labels(INTERMEDIATE, ORACLE, rule, k).tolist()
+    torch.manual_seed(0)
+    intermediate = torch.randint(0, 4, (3, 2, 7, 11)).float()  # (E, B, T, V): small integers, many ties
+    oracle = torch.randint(0, 4, (2, 7, 11)).float()  # (B, T, V)
+    ranks = label_ranks(intermediate, oracle)  # (E, B, T, 2)
+    assert ranks.dtype == torch.int16 and ranks.shape == (3, 2, 7, 2)
+    assert torch.equal(labels_from_ranks(ranks, rule, k), exit_labels(intermediate, oracle, rule, k))
+
+
+def test_stored_ranks_refuse_a_k_past_their_cap():
+    ranks = label_ranks(INTERMEDIATE, ORACLE)
+    with pytest.raises(ValueError, match="cap"):
+        labels_from_ranks(ranks, LABEL_RULES[0], RANK_CAP + 1)

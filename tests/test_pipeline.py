@@ -2,6 +2,7 @@
 end to end with the config-extension property and the no-op rerun."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_emission_rules_overlay_adds_calm_under_lens_and_translator(tmp_path):
     before, after = job_stats(base.stdout), job_stats(both.stdout)
     policies = 3 + 2  # mistral's and mamba2's; 3 tasks each, 2 rules added
     assert after["train_translators"] == 2 and after["train_heads"] == before["train_heads"] + 4
+    assert after["label_cache"] == before["label_cache"] + 4  # one per backbone and added rule
     assert after["evaluate_exits"] == before["evaluate_exits"] + 2 * 3 * policies
     assert after["evaluate_oracle"] == before["evaluate_oracle"] + 2 * 3 * policies
     assert after["calibrate"] == before["calibrate"] + 2 * policies  # CoQA calibrates
@@ -73,7 +75,8 @@ def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     assert "results/heads/mamba2/head~calm/emission~lens" in lens.stdout and "--emission lens" in lens.stdout
     assert "head~saturation/emission~lens" not in lens.stdout  # the rule runs on its listed heads only
     assert "results/eval/mamba2/oracle/emission~lens/policy~skip" in lens.stdout
-    assert "emission~" not in base.stdout and "--emission" not in base.stdout  # the default rule's as they were
+    # the default rule's paths and commands as they were (the label cache names its rule, last_block included)
+    assert "emission~" not in re.sub(r"results/labels/\S+", "", base.stdout) and "--emission" not in base.stdout
 
 
 def test_slurm_profile_resolves_from_project_root():

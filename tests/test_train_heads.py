@@ -1,5 +1,6 @@
 """Head distillation: outputs and metadata, one backbone pass per batch, training helps, resume after kill -9
-gives bit-identical weights, bad input fails early with nothing written."""
+gives bit-identical weights, bad input fails early with nothing written; heads trained on stored labels (the label
+cache) are bit-identical to heads that label their own batches."""
 import dataclasses
 import json
 import os
@@ -17,12 +18,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from workflow_lib.models.backbone import build_backbone, load_backbone, parts, preset_config, signature
-from workflow_lib.models.emission import emitted_logits, exit_states
+from workflow_lib.models.emission import emitted_logits, exit_hidden, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
 from workflow_lib.models.translators import Translators
 from workflow_lib.cli.train_heads import main
-from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, TrainConfig, batch_indices,
-                                           exit_metrics, loss_weights, save_checkpoint, train_heads)
+from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, LabelCacheConfig, TrainConfig,
+                                           batch_indices, build_label_cache, exit_metrics, loss_weights,
+                                           save_checkpoint, train_heads)
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["Avel", "Borin", "Cassa", "Doran", "Elkin", "Farra", "Gorm", "Hesta"]
@@ -309,3 +311,63 @@ def test_zero_parameter_rule_gets_a_config_only_folder_without_text(tmp_path, ca
         main(["--backbone", "preset:tiny-mistral", "--head", "softmax", "--exit-layers", "7", "--out",
               str(tmp_path / "bad")])
     assert not (tmp_path / "calm").exists() and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
+def test_exit_hidden_runs_only_up_to_the_deepest_exit(workdir, preset):
+    model = load_backbone(str(workdir / preset), device="cpu")
+    calls = [0] * 4
+    hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, block in enumerate(parts(model).layers)]
+    ids = torch.randint(3, 300, (2, 16))  # (B, T)
+    hidden = exit_hidden(model, ids, [0, 1])
+    for h in hooks:
+        h.remove()
+    assert calls == [1, 1, 0, 0] and len(parts(model).layers) == 4  # blocks 2, 3 skipped, then restored
+    states = exit_states(model, ids, [0, 1])
+    assert all(torch.equal(hidden[layer], states.hidden[layer]) for layer in (0, 1))  # bit-identical
+
+
+@pytest.mark.parametrize("preset, emission", [("tiny-mistral", "last_block"), ("tiny-mamba2", "last_block"),
+                                              ("tiny-mistral", "lens")])
+def test_heads_trained_on_stored_labels_are_bit_identical(workdir, tmp_path, preset, emission):
+    """One label cache per backbone and emission rule serves every head: the heads, their metrics and positive
+    ratios are exactly those of a job that labels its own batches, also for a job reading fewer tokens."""
+    cache = LabelCacheConfig(backbone=str(workdir / preset), train_text=str(workdir / "train.txt"),
+                             valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
+                             train_tokens=12 * 8 * 32, emission=emission, seq_len=32, valid_tokens=2048,
+                             batch_size=5, device="cpu")
+    shapes = build_label_cache(cache)
+    assert shapes["train"][0] == 2 and shapes["train"][2:] == (32, 2)  # exits 1 and 2 of 4 blocks
+    for head, steps, kw in [("calm", 12, {}), ("mamba", 7, dict(label_rule="oracle_in_intermediate_topk", k=2))]:
+        own = train_heads(_cfg(workdir, str(tmp_path / f"own_{head}"), preset, head=head, steps=steps,
+                               emission=emission, **kw))
+        stored = train_heads(_cfg(workdir, str(tmp_path / f"stored_{head}"), preset, head=head, steps=steps,
+                                  emission=emission, label_cache=cache.out, **kw))
+        a = load_file(str(tmp_path / f"own_{head}" / "heads.safetensors"))
+        b = load_file(str(tmp_path / f"stored_{head}" / "heads.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        for key in ("trained", "untrained", "train_positive_ratio"):
+            assert own[key] == stored[key]
+
+
+def test_stored_labels_of_other_settings_are_refused(workdir, tmp_path):
+    cache = LabelCacheConfig(backbone=str(workdir / "tiny-mistral"), train_text=str(workdir / "train.txt"),
+                             valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
+                             train_tokens=4 * 8 * 32, exit_layers=[1, 2], seq_len=32, valid_tokens=2048, device="cpu")
+    build_label_cache(cache)
+    cases = [
+        (dict(emission="lens"), "other settings .*emission: 'last_block' there, 'lens' here"),
+        (dict(seq_len=16), "other settings .*seq_len"),
+        (dict(exit_layers=[0, 1]), r"no labels at exit layers \[0\]"),
+        (dict(steps=5), "other training sequences"),  # reads more text than was labelled
+        (dict(preset="tiny-mamba2"), "made for backbone"),
+    ]
+    for i, (kw, match) in enumerate(cases):
+        preset = kw.pop("preset", "tiny-mistral")
+        cfg = _cfg(workdir, str(tmp_path / f"out{i}"), preset, steps=kw.pop("steps", 4), label_cache=cache.out, **kw)
+        with pytest.raises(ValueError, match=match):
+            train_heads(cfg)
+        assert not Path(cfg.out).exists()
+    with pytest.raises(FileNotFoundError, match="has no labels.safetensors"):
+        train_heads(_cfg(workdir, str(tmp_path / "none"), steps=4, label_cache=str(tmp_path)))

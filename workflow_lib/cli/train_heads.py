@@ -67,6 +67,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--label-source", choices=LABEL_SOURCES, default=DEFAULT_LABEL_SOURCE,
                    help="emitted: label the token the exit emits under --emission; lens: the logit lens LM "
                         "head(final_norm(h_l)) whatever the rule (the authors' label, the paper's ablation)")
+    p.add_argument("--label-cache", help="labels stored by label_cache under these settings (default: each batch is "
+                                          "labelled here, from a full-depth pass)")
     p.add_argument("--k", type=int, default=1, help="top-k relaxation (k=1: CALM's consistency oracle)")
     p.add_argument("--mode", choices=TRAIN_MODES, default="joint_decay",
                    help="joint_decay: weights E..1 from the earliest exit (paper); uniform; individual optimizers")
@@ -96,7 +98,7 @@ def parse_args(argv=None) -> TrainConfig:
         seq_len=a.seq_len, lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
         max_train_tokens=a.max_train_tokens, valid_tokens=a.valid_tokens, seed=a.seed,
         checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options, name=a.name,
-        emission=a.emission, translators=a.translators, label_source=a.label_source,
+        emission=a.emission, translators=a.translators, label_source=a.label_source, label_cache=a.label_cache,
     )
 
 

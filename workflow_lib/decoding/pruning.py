@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..models.backbone import architecture, is_attention
+from ..models.backbone import block_owner
 
 
 def kept_blocks(n_layers: int, n: int, start: int | None = None) -> list[int]:
@@ -36,7 +36,7 @@ def angular_distance_start(model: nn.Module, input_ids: list[torch.Tensor], n: i
     """Gromov et al.'s choice of the n blocks to drop: the start l minimising the angular distance
     arccos(cos(x_l, x_{l+n})) / pi between the inputs of blocks l and l+n at each sequence's last token,
     averaged over the calibration sequences `input_ids` (each (1, T)). Block 0 and the last block stay."""
-    layers = _owner(model).layers
+    layers = block_owner(model).layers
     n_layers = len(layers)
     kept_blocks(n_layers, n)  # validates n
     inputs: list[torch.Tensor] = []  # per sequence: (n_layers, D), the last token's input to every block
@@ -55,15 +55,10 @@ def angular_distance_start(model: nn.Module, input_ids: list[torch.Tensor], n: i
     return int(distances.argmin()) + 1
 
 
-def _owner(model: nn.Module) -> nn.Module:
-    """The module whose `.layers` the model's own forward iterates over."""
-    return model.model if is_attention(architecture(model.config)) else model.backbone
-
-
 @contextmanager
 def prune_blocks(model: nn.Module, n: int, start: int | None = None) -> Iterator[nn.Module]:
     """Within the `with`, `model` runs without blocks start .. start+n-1 (default: the n just before the last)."""
-    owner = _owner(model)
+    owner = block_owner(model)
     full = owner.layers
     keep = kept_blocks(len(full), n, start)
     owner.layers = nn.ModuleList([full[i] for i in keep])

@@ -233,6 +233,11 @@ def parts(model: nn.Module) -> BackboneParts:
     return BackboneParts(arch, inner.embeddings, inner.layers, inner.norm_f, model.lm_head, None)
 
 
+def block_owner(model: nn.Module) -> nn.Module:
+    """The module whose `.layers` the model's own forward iterates over (to run a subset of the blocks)."""
+    return model.model if is_attention(architecture(model.config)) else model.backbone
+
+
 def signature(config: PretrainedConfig) -> dict:
     """What heads must match to run on a backbone: trained heads refuse any other backbone."""
     return {

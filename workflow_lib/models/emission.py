@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb, repeat_kv
 
-from .backbone import parts
+from .backbone import block_owner, parts
 from .translators import Translators, check_emission
 
 
@@ -48,6 +48,26 @@ def exit_states(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int
         for hook in hooks:
             hook.remove()
     return ExitStates(logits, {i: captured[i] for i in exit_layers}, captured[p.n_layers - 2])
+
+
+@torch.no_grad()
+def exit_hidden(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int]) -> dict[int, torch.Tensor]:
+    """h_l (B, T, D) for every exit layer, from blocks 0 .. max(exit_layers) only: the model's own forward over its
+    first blocks (the rest hidden for the call, as decoding/pruning.prune_blocks does), bit-identical to
+    exit_states' h_l. For head training from stored labels, which needs neither the upper blocks nor the logits."""
+    owner = block_owner(model)
+    full = owner.layers
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [full[i].register_forward_hook(
+        lambda _m, _a, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out)) for i in exit_layers]
+    owner.layers = nn.ModuleList(full[: max(exit_layers) + 1])
+    try:
+        owner(input_ids=input_ids, use_cache=False)
+    finally:
+        owner.layers = full
+        for hook in hooks:
+            hook.remove()
+    return {i: captured[i] for i in exit_layers}
 
 
 def _head(p, h: torch.Tensor) -> torch.Tensor:

@@ -44,18 +44,19 @@ from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                load_config, load_tokenizer, parts, signature)
-from ..models.emission import emitted_logits, exit_states
+from ..models.emission import emitted_logits, exit_hidden, exit_states
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
 from ..models.translators import EMISSION_RULES, check_emission, load_translators
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
-from .labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, check_label_rule, exit_labels
+from .label_cache import StoredLabels, check_settings, read_meta, write_cache
+from .labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, check_label_rule, exit_labels, label_ranks
 
 TRAIN_MODES = ("joint_decay", "uniform", "individual")
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.safetensors"
 METRICS_FILE = "metrics.json"
 # Config keys that may differ between a killed run and its restart (they do not change the result).
-RESUME_FREE_KEYS = ("checkpoint_every",)
+RESUME_FREE_KEYS = ("checkpoint_every", "label_cache")
 
 
 @dataclass
@@ -88,6 +89,7 @@ class TrainConfig:
     emission: str = "last_block"  # how an exit emits its token (models/translators.EMISSION_RULES)
     translators: str | None = None  # translators folder, needed by the translator emission's labels
     label_source: str = DEFAULT_LABEL_SOURCE  # emitted: labels from the emission rule's token; lens: the logit lens
+    label_cache: str | None = None  # labels stored by training/label_cache.py (None: each batch labelled here)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -180,6 +182,28 @@ def balanced_class_weights(pos_ratio: torch.Tensor) -> torch.Tensor:
     return torch.stack([0.5 / (1 - p), 0.5 / p], dim=-1)  # (E, 2)
 
 
+def autocast(device: torch.device):
+    """bf16 on GPU (heads keep fp32 master weights); plain fp32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def exit_predictions(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int], emission: str,
+                     label_source: str, translators: nn.Module | None = None):
+    """One full-depth pass over input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) per exit, the intermediate
+    logits the labels compare (E, B, T, V): what the exit emits under `emission` (label_source emitted, models/
+    emission.py) or the logit lens (label_source lens, the authors' label), and the full model's logits (B, T, V)."""
+    p = parts(model)
+    states = exit_states(model, input_ids, exit_layers)  # one full-depth pass
+    z = torch.stack([p.final_norm(states.hidden[layer]) for layer in exit_layers])  # (E, B, T, D)
+    if label_source == "lens":
+        intermediate = p.lm_head(z)  # (E, B, T, V)
+    else:
+        emitted = emitted_logits(model, states, emission, translators)
+        intermediate = torch.stack([emitted[layer] for layer in exit_layers])  # (E, B, T, V)
+    return z, intermediate, states.logits
+
+
 class HeadTrainer:
     """Frozen backbone + one head per exit; `train_step` and `evaluate` each run the backbone once per batch."""
 
@@ -200,42 +224,38 @@ class HeadTrainer:
     def _ordered(self, heads: nn.ModuleDict) -> list[nn.Module]:
         return [heads[str(layer)] for layer in self.exit_layers]
 
-    def _autocast(self):
-        # bf16 on GPU (heads keep fp32 master weights); plain fp32 on CPU.
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
-
     @torch.no_grad()
-    def backbone_pass(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backbone_pass(self, input_ids: torch.Tensor,
+                      labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T).
 
-        The labels compare the full model's logits with the token the exit would emit (label_source emitted: the
-        emission rule's, models/emission.py) or with the logit lens (label_source lens, the authors' label)."""
-        with self._autocast():
-            states = exit_states(self.model, input_ids, self.exit_layers)  # one full-depth pass
-            z = torch.stack([self.parts.final_norm(states.hidden[layer]) for layer in self.exit_layers])  # (E, B, T, D)
-            if self.cfg.label_source == "lens":
-                intermediate = self.parts.lm_head(z)  # (E, B, T, V)
-            else:
-                emitted = emitted_logits(self.model, states, self.cfg.emission, self.translators)
-                intermediate = torch.stack([emitted[layer] for layer in self.exit_layers])  # (E, B, T, V)
-            labels = exit_labels(intermediate, states.logits, self.cfg.label_rule, self.cfg.k)  # (E, B, T)
-        return z, labels
+        Without `labels` the pass labels the batch itself (`exit_predictions`, then the label rule); with them (stored
+        by training/label_cache.py) only the blocks up to the deepest exit run."""
+        with autocast(self.device):
+            if labels is not None:
+                hidden = exit_hidden(self.model, input_ids, self.exit_layers)  # blocks 0 .. deepest exit
+                z = torch.stack([self.parts.final_norm(hidden[layer]) for layer in self.exit_layers])  # (E, B, T, D)
+                return z, labels.to(self.device)
+            z, intermediate, oracle = exit_predictions(self.model, input_ids, self.exit_layers, self.cfg.emission,
+                                                       self.cfg.label_source, self.translators)
+            return z, exit_labels(intermediate, oracle, self.cfg.label_rule, self.cfg.k)  # (E, B, T)
 
     def _exit_losses(self, heads: nn.ModuleDict, z: torch.Tensor, labels: torch.Tensor,
                      balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-exit mean CE (E,) and the head logits (E, B, T, 2)."""
         losses, all_logits = [], []
         for i, head in enumerate(self._ordered(heads)):
-            with self._autocast():
+            with autocast(self.device):
                 logits = head(z[i]).float()  # (B, T, 2)
             weight = self.class_weights[i] if balanced and self.class_weights is not None else None  # (2,)
             losses.append(F.cross_entropy(logits.flatten(0, 1), labels[i].flatten(), weight=weight))
             all_logits.append(logits)
         return torch.stack(losses), torch.stack(all_logits)  # (E,), (E, B, T, 2)
 
-    def train_step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on a batch (B, T); returns the per-exit training losses (E,)."""
-        z, labels = self.backbone_pass(input_ids.to(self.device))  # (E, B, T, D), (E, B, T)
+    def train_step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimisation step on a batch (B, T), stored labels (E, B, T) if any; returns the per-exit training
+        losses (E,)."""
+        z, labels = self.backbone_pass(input_ids.to(self.device), labels)  # (E, B, T, D), (E, B, T)
         losses, _ = self._exit_losses(self.heads, z, labels, balanced=True)  # (E,)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -250,25 +270,28 @@ class HeadTrainer:
 
     @torch.no_grad()
     def positive_ratio(self, batches) -> torch.Tensor:
-        """Mean exit label per exit (E,) over an iterable of (B, T) batches."""
+        """Mean exit label per exit (E,) over an iterable of (input_ids (B, T), stored labels (E, B, T) or None)."""
         total = torch.zeros(len(self.exit_layers), device=self.device)  # (E,)
         count = 0
-        for input_ids in batches:
-            _, labels = self.backbone_pass(input_ids.to(self.device))  # (E, B, T)
+        for input_ids, stored in batches:
+            labels = stored if stored is not None else self.backbone_pass(input_ids.to(self.device))[1]  # (E, B, T)
             total += labels.flatten(1).sum(1)  # (E,)
             count += labels[0].numel()
         return (total / count).cpu()
 
     @torch.no_grad()
-    def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict]) -> dict[str, dict]:
-        """Held-out metrics per head set and exit (see `exit_metrics`). One backbone pass per batch serves
-        every head set."""
+    def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict],
+                 stored: torch.Tensor | None = None) -> dict[str, dict]:
+        """Held-out metrics per head set and exit (see `exit_metrics`) on sequences (N, T), with their stored labels
+        (E, N, T) if any. One backbone pass per batch serves every head set."""
         for heads in head_sets.values():
             heads.to(self.device).eval()
         logits = {name: [] for name in head_sets}
         labels = []
         for start in range(0, len(sequences), self.cfg.batch_size):
-            z, gold = self.backbone_pass(sequences[start:start + self.cfg.batch_size].to(self.device))  # (E, B, T, D)
+            rows = slice(start, start + self.cfg.batch_size)
+            z, gold = self.backbone_pass(sequences[rows].to(self.device),
+                                         None if stored is None else stored[:, rows])  # (E, B, T, D), (E, B, T)
             labels.append(gold.flatten(1).cpu())  # (E, B*T)
             for name, heads in head_sets.items():
                 _, head_logits = self._exit_losses(heads, z, gold, balanced=False)  # (E, B, T, 2)
@@ -402,7 +425,10 @@ def validate(cfg: TrainConfig):
     if os.path.abspath(cfg.train_text) == os.path.abspath(cfg.valid_text):
         raise ValueError(f"validation text must differ from the training text (both {cfg.train_text!r})")
     config = _backbone_config(cfg.backbone)
-    return config, resolve_exit_layers(config, cfg.exit_layers)
+    exit_layers = resolve_exit_layers(config, cfg.exit_layers)
+    if cfg.label_cache is not None:
+        check_settings(read_meta(cfg.label_cache), cfg.label_cache, dataclasses.asdict(cfg), exit_layers, config)
+    return config, exit_layers
 
 
 def resolve_exit_layers(config, requested: list[int] | None) -> list[int]:
@@ -434,6 +460,82 @@ def write_rule_heads(backbone: str, head: str, out: str, exit_layers: list[int] 
     return layers
 
 
+# ------------------------------------------------------------------------------------------ label cache
+
+@dataclass
+class LabelCacheConfig:
+    backbone: str
+    train_text: str
+    valid_text: str
+    out: str
+    train_tokens: int  # training tokens labelled: the most any head job reads (its steps x batch_size x seq_len)
+    exit_layers: list[int] | None = None  # None: default_exit_layers(n_layers)
+    tokenizer: str | None = None  # None: the backbone folder's tokenizer
+    emission: str = "last_block"
+    translators: str | None = None
+    label_source: str = "emitted"
+    seq_len: int = 256
+    valid_tokens: int = 65536
+    batch_size: int = 8  # sequences per backbone pass (labels do not depend on it)
+    seed: int = 0
+    device: str | None = None
+
+
+def validate_label_cache(cfg: LabelCacheConfig):
+    """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
+    if cfg.emission not in EMISSION_RULES:
+        raise ValueError(f"unknown emission rule {cfg.emission!r}; known: {', '.join(EMISSION_RULES)}")
+    if cfg.label_source not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {cfg.label_source!r}; known: {', '.join(LABEL_SOURCES)}")
+    if cfg.emission == "translator" and cfg.label_source == "emitted" and cfg.translators is None:
+        raise ValueError("labels from the translator emission need the trained translators: pass --translators DIR")
+    if cfg.translators is not None and not os.path.isdir(cfg.translators):
+        raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
+    for name in ("train_tokens", "valid_tokens", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
+    for path, what in ((cfg.train_text, "training text"), (cfg.valid_text, "validation text")):
+        _check_text_file(path, what)
+    config = _backbone_config(cfg.backbone)
+    return config, resolve_exit_layers(config, cfg.exit_layers)
+
+
+def build_label_cache(cfg: LabelCacheConfig) -> dict:
+    """Label the training and held-out sequences at every exit; write <out>/labels.safetensors atomically."""
+    backbone_config, exit_layers = validate_label_cache(cfg)
+    cfg = dataclasses.replace(cfg, exit_layers=exit_layers)
+    tokenizer = _load_tokenizer(cfg, backbone_config)
+    sequences = {
+        "train": pack(read_tokens(cfg.train_text, tokenizer, cfg.train_tokens, "training text"), cfg.seq_len,
+                      cfg.train_text, "training text"),  # (N, L)
+        "valid": pack(read_tokens(cfg.valid_text, tokenizer, cfg.valid_tokens, "validation text"), cfg.seq_len,
+                      cfg.valid_text, "validation text"),  # (Nv, L)
+    }
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    model = load_backbone(cfg.backbone, device=device, seed=cfg.seed).eval().requires_grad_(False)
+    translators = None
+    if cfg.translators is not None:
+        translators, _ = load_translators(cfg.translators, model.config, device=device,
+                                          dtype=parts(model).final_norm.weight.dtype)
+        check_emission(cfg.emission, translators, exit_layers)
+    tensors = {}
+    for split, ids in sequences.items():
+        ranks = []
+        for start in tqdm(range(0, len(ids), cfg.batch_size), desc=f"label {split}", mininterval=1.0):
+            with autocast(device):  # as a head job's own labelling pass, so the same labels
+                _, intermediate, oracle = exit_predictions(model, ids[start:start + cfg.batch_size].to(device),
+                                                           exit_layers, cfg.emission, cfg.label_source, translators)
+                ranks.append(label_ranks(intermediate, oracle).cpu())  # (E, B, L, 2)
+        tensors[f"{split}_ids"] = ids.to(torch.int32).contiguous()  # (N, L)
+        tensors[f"{split}_ranks"] = torch.cat(ranks, 1).contiguous()  # (E, N, L, 2)
+    settings = dataclasses.asdict(cfg)
+    write_cache(cfg.out, tensors, {"settings": settings, "backbone": signature(backbone_config),
+                                   "provenance": provenance(settings, cfg.seed)})
+    return {split: tuple(tensors[f"{split}_ranks"].shape) for split in sequences}
+
+
 def _check_resume(meta: dict, cfg: TrainConfig, backbone_config, ckpt: Path) -> None:
     if meta["backbone"] != signature(backbone_config):
         raise ValueError(f"checkpoint {str(ckpt)!r} holds heads built for backbone {meta['backbone']}, not for "
@@ -463,6 +565,11 @@ def train_heads(cfg: TrainConfig) -> dict:
     valid = pack(read_tokens(cfg.valid_text, tokenizer, cfg.valid_tokens, "validation text"), cfg.seq_len,
                  cfg.valid_text, "validation text")  # (Nv, L)
 
+    stored = None
+    if cfg.label_cache is not None:
+        stored = StoredLabels(cfg.label_cache, exit_layers, cfg.label_rule, cfg.k)
+        stored.check_sequences(train, valid)
+
     device = torch.device(cfg.device) if cfg.device else default_device()
     model = load_backbone(cfg.backbone, device=device, seed=cfg.seed)
     d = model.config.hidden_size
@@ -475,8 +582,9 @@ def train_heads(cfg: TrainConfig) -> dict:
         check_emission(cfg.emission, translators, exit_layers)
     trainer = HeadTrainer(model, heads, cfg, translators=translators)
 
-    def batch(step: int) -> torch.Tensor:
-        return train[batch_indices(step, cfg.batch_size, len(train), cfg.seed)]  # (B, L)
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = batch_indices(step, cfg.batch_size, len(train), cfg.seed)  # (B,)
+        return train[rows], None if stored is None else stored.labels["train"][:, rows]  # (B, L), (E, B, L)
 
     if meta is not None:
         meta = load_checkpoint(ckpt, trainer)
@@ -496,7 +604,7 @@ def train_heads(cfg: TrainConfig) -> dict:
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.head} heads",
                file=sys.stderr, mininterval=1.0)
     for step in bar:
-        losses = trainer.train_step(batch(step))  # (E,)
+        losses = trainer.train_step(*batch(step))  # (E,)
         bar.set_postfix(loss=f"{losses.mean().item():.4f}", refresh=False)
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
@@ -506,7 +614,8 @@ def train_heads(cfg: TrainConfig) -> dict:
     seconds = time.perf_counter() - t0
     bar.close()
 
-    evaluation = trainer.evaluate(valid, {"trained": heads, "untrained": initial})
+    evaluation = trainer.evaluate(valid, {"trained": heads, "untrained": initial},
+                                  None if stored is None else stored.labels["valid"])
     trained_tokens = (cfg.steps - start) * cfg.batch_size * cfg.seq_len
     metrics = {
         "exit_layers": exit_layers,

@@ -33,11 +33,16 @@ def check_label_rule(rule: str, k: int) -> None:
         raise ValueError(f"top-k relaxation needs an integer k >= 1, got k={k!r}")
 
 
-def _in_topk(logits: torch.Tensor, token: torch.Tensor, k: int) -> torch.Tensor:
-    """Whether `token` (...) is within the top-k of `logits` (..., V), by strict rank."""
+def _rank(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """How many tokens of `logits` (..., V) have a strictly higher logit than `token` (...)."""
     at_token = logits.gather(-1, token[..., None])  # (..., 1)
-    rank = (logits > at_token).sum(-1)  # (...): tokens strictly more likely than `token`
-    return rank < k
+    return (logits > at_token).sum(-1)  # (...)
+
+
+def _check_vocab(intermediate_logits: torch.Tensor, oracle_logits: torch.Tensor) -> None:
+    if intermediate_logits.shape[-1] != oracle_logits.shape[-1]:
+        raise ValueError(f"vocabulary sizes differ: intermediate {intermediate_logits.shape[-1]}, "
+                         f"oracle {oracle_logits.shape[-1]}")
 
 
 def exit_labels(intermediate_logits: torch.Tensor, oracle_logits: torch.Tensor,
@@ -47,12 +52,33 @@ def exit_labels(intermediate_logits: torch.Tensor, oracle_logits: torch.Tensor,
     `oracle_logits` broadcasts against `intermediate_logits`, so all exits are labelled in one call.
     """
     check_label_rule(rule, k)
-    if intermediate_logits.shape[-1] != oracle_logits.shape[-1]:
-        raise ValueError(f"vocabulary sizes differ: intermediate {intermediate_logits.shape[-1]}, "
-                         f"oracle {oracle_logits.shape[-1]}")
+    _check_vocab(intermediate_logits, oracle_logits)
     intermediate_logits, oracle_logits = torch.broadcast_tensors(intermediate_logits, oracle_logits)  # (..., V)
     if rule == "intermediate_in_oracle_topk":
-        label = _in_topk(oracle_logits, intermediate_logits.argmax(-1), k)  # (...)
+        rank = _rank(oracle_logits, intermediate_logits.argmax(-1))  # (...)
     else:
-        label = _in_topk(intermediate_logits, oracle_logits.argmax(-1), k)  # (...)
-    return label.long()  # (...)
+        rank = _rank(intermediate_logits, oracle_logits.argmax(-1))  # (...)
+    return (rank < k).long()  # (...)
+
+
+# Every rule's label at every k, stored once per backbone and emission rule (training/label_cache.py): the two
+# ranks, each capped at RANK_CAP to fit int16 (a rank at the cap is "k or more" for any k <= RANK_CAP).
+RANK_CAP = torch.iinfo(torch.int16).max
+
+
+def label_ranks(intermediate_logits: torch.Tensor, oracle_logits: torch.Tensor) -> torch.Tensor:
+    """(..., 2) int16: the rank of the intermediate top-1 among the oracle's logits (the paper's rule) and of the
+    oracle's top-1 among the intermediate logits (the authors' rule), each capped at RANK_CAP."""
+    _check_vocab(intermediate_logits, oracle_logits)
+    intermediate_logits, oracle_logits = torch.broadcast_tensors(intermediate_logits, oracle_logits)  # (..., V)
+    ranks = torch.stack([_rank(oracle_logits, intermediate_logits.argmax(-1)),
+                         _rank(intermediate_logits, oracle_logits.argmax(-1))], -1)  # (..., 2)
+    return ranks.clamp(max=RANK_CAP).to(torch.int16)
+
+
+def labels_from_ranks(ranks: torch.Tensor, rule: str = DEFAULT_LABEL_RULE, k: int = 1) -> torch.Tensor:
+    """`label_ranks` (..., 2) -> exit labels (...), int64: exactly `exit_labels` of the logits they came from."""
+    check_label_rule(rule, k)
+    if k > RANK_CAP:
+        raise ValueError(f"k={k} exceeds the stored ranks' cap {RANK_CAP}")
+    return (ranks[..., LABEL_RULES.index(rule)].long() < k).long()  # (...)

@@ -1,0 +1,88 @@
+"""Exit labels stored once per backbone and emission rule, for every head that trains on them (docs/training.md).
+
+A head job labels each batch from a full-depth pass and the emission rule's logits at every exit: the same labels
+in each head job of a backbone, and most of a step's time on the CPU (0.6 of the 0.94 s of the embedded Mamba-2's
+step; the heads themselves take 0.004-0.55 s). training/distill.build_label_cache runs that once over the training
+and held-out sequences and stores, per exit and token, the two ranks every label rule and k derive from
+(labels.label_ranks); a head job given the cache (train_heads --label-cache) then runs only the blocks up to its
+deepest exit for the heads' inputs (models/emission.exit_hidden). The labels are those the head job would compute
+itself (tests/test_label_cache.py), so are the heads. This module is the cache's file.
+
+<out>/labels.safetensors: train_ids (N, L) and valid_ids (Nv, L) int32, the packed token sequences; train_ranks
+(E, N, L, 2) and valid_ranks (E, Nv, L, 2) int16; as metadata the settings it was made with, the backbone's
+signature and provenance. A head job checks its own sequences against the stored ones (its training set is a
+prefix of the cache's when it reads fewer tokens) and refuses a cache made for other settings or exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..artifacts import atomic_path
+from ..models.backbone import signature
+from .labels import labels_from_ranks
+
+CACHE_FILE = "labels.safetensors"
+# Settings a head job must share with the cache to train on it (its exit layers need only be among the cache's; its
+# sequences are compared token by token, StoredLabels.check_sequences).
+SHARED_SETTINGS = ("emission", "label_source", "seq_len")
+
+
+def write_cache(out: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """<out>/labels.safetensors, atomically: the tensors of the module docstring, `meta` as JSON metadata."""
+    with atomic_path(Path(out) / CACHE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"cache": json.dumps(meta, default=str)})
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CACHE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"label cache {str(directory)!r} has no {CACHE_FILE}")
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["cache"])
+
+
+def check_settings(meta: dict, directory, wanted: dict, exit_layers: list[int], backbone_config) -> None:
+    """Refuse, naming the difference, a cache made for another backbone, other settings or other exits."""
+    settings = meta["settings"]
+    if meta["backbone"] != signature(backbone_config):
+        raise ValueError(f"label cache {str(directory)!r} was made for backbone {meta['backbone']}, not "
+                         f"{signature(backbone_config)}")
+    diff = [f"{k}: {settings[k]!r} there, {wanted[k]!r} here" for k in SHARED_SETTINGS if settings[k] != wanted[k]]
+    if settings["emission"] == "translator" and settings["label_source"] == "emitted" and (
+            wanted["translators"] is None or os.path.abspath(settings["translators"]) != os.path.abspath(wanted["translators"])):
+        diff.append(f"translators: {settings['translators']!r} there, {wanted['translators']!r} here")
+    if diff:
+        raise ValueError(f"label cache {str(directory)!r} was made with other settings ({'; '.join(diff)})")
+    missing = sorted(set(exit_layers) - set(settings["exit_layers"]))
+    if missing:
+        raise ValueError(f"label cache {str(directory)!r} has no labels at exit layers {missing} "
+                         f"(it has {settings['exit_layers']})")
+
+
+class StoredLabels:
+    """A label cache read back for one head job: its exits' labels under its rule and k, by sequence index."""
+
+    def __init__(self, directory: str | os.PathLike, exit_layers: list[int], rule: str, k: int):
+        self.meta = read_meta(directory)
+        self.directory = directory
+        stored = self.meta["settings"]["exit_layers"]
+        tensors = load_file(str(Path(directory) / CACHE_FILE))
+        rows = [stored.index(layer) for layer in exit_layers]
+        self.ids = {split: tensors[f"{split}_ids"].long() for split in ("train", "valid")}  # (N, L)
+        self.labels = {split: labels_from_ranks(tensors[f"{split}_ranks"][rows], rule, k)
+                       for split in ("train", "valid")}  # (E, N, L)
+
+    def check_sequences(self, train: torch.Tensor, valid: torch.Tensor) -> None:
+        """The head job's own sequences must be the cache's (the training ones a prefix of them)."""
+        ids = self.ids["train"]
+        if len(train) > len(ids) or not torch.equal(train, ids[: len(train)]):
+            raise ValueError(f"label cache {str(self.directory)!r} holds other training sequences than this job's "
+                             f"({len(ids)} stored, {len(train)} here): another text, tokenizer or token budget")
+        if not torch.equal(valid, self.ids["valid"]):
+            raise ValueError(f"label cache {str(self.directory)!r} holds other validation sequences than this job's")
