@@ -21,6 +21,7 @@ from workflow_lib.models.backbone import build_backbone, load_backbone, parts, p
 from workflow_lib.models.emission import emitted_logits, exit_hidden, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
 from workflow_lib.models.translators import Translators
+from workflow_lib.cli.label_cache import main as label_cache_main
 from workflow_lib.cli.train_heads import main
 from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, LabelCacheConfig, TrainConfig,
                                            batch_indices, build_label_cache, exit_metrics, loss_weights,
@@ -371,3 +372,23 @@ def test_stored_labels_of_other_settings_are_refused(workdir, tmp_path):
         assert not Path(cfg.out).exists()
     with pytest.raises(FileNotFoundError, match="has no labels.safetensors"):
         train_heads(_cfg(workdir, str(tmp_path / "none"), steps=4, label_cache=str(tmp_path)))
+
+
+def test_label_cache_entry_point(workdir, tmp_path, capsys):
+    out = tmp_path / "labels"
+    common = ["--backbone", str(workdir / "tiny-mistral"), "--train-text", str(workdir / "train.txt"),
+              "--valid-text", str(workdir / "valid.txt"), "--seq-len", "32", "--valid-tokens", "2048"]
+    with pytest.raises(SystemExit, match="label_cache: error: .*--translators DIR"):
+        label_cache_main([*common, "--train-tokens", "1024", "--emission", "translator", "--out", str(out)])
+    with pytest.raises(SystemExit, match="label_cache: error: train_tokens must be >= 1"):
+        label_cache_main([*common, "--train-tokens", "0", "--out", str(out)])
+    assert not out.exists()
+    label_cache_main([*common, "--train-tokens", "1024", "--out", str(out)])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ranks"]["train"] == [2, 32, 32, 2]
+    main(["--backbone", str(workdir / "tiny-mistral"), "--head", "calm", "--train-text", str(workdir / "train.txt"),
+          "--valid-text", str(workdir / "valid.txt"), "--seq-len", "32", "--valid-tokens", "2048", "--steps", "4",
+          "--label-cache", str(out), "--out", str(tmp_path / "heads"), "--device", "cpu"])
+    assert (tmp_path / "heads" / "heads.safetensors").is_file()
+    help_text = subprocess.run([sys.executable, "-m", "workflow_lib.cli.label_cache", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "--train-tokens" in help_text and "--label-cache" in help_text
