@@ -105,12 +105,18 @@ def test_outputs_metadata_and_metrics(workdir):
         load_heads(out, other)
 
 
+def _count_block_calls(model) -> tuple[list[int], list]:
+    """Per block, how often it runs from now on (a list counted by forward hooks), and the hooks to remove."""
+    calls = [0] * len(parts(model).layers)
+    hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, block in enumerate(parts(model).layers)]
+    return calls, hooks
+
+
 @pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
 def test_one_backbone_pass_per_batch_for_all_exits(workdir, preset):
     model = load_backbone(str(workdir / preset), device="cpu")
-    calls = [0] * 4
-    hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
-             for i, block in enumerate(parts(model).layers)]
+    calls, hooks = _count_block_calls(model)
     # lens labels: the last_block emission reruns the last block (Mamba-2: per position), timed in docs/training.md
     cfg = _cfg(workdir, "unused", preset, head="mamba", mode="individual", label_source="lens")
     heads = build_heads("mamba", 64, [0, 1, 2], seed=0)
@@ -317,9 +323,7 @@ def test_zero_parameter_rule_gets_a_config_only_folder_without_text(tmp_path, ca
 @pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
 def test_exit_hidden_runs_only_up_to_the_deepest_exit(workdir, preset):
     model = load_backbone(str(workdir / preset), device="cpu")
-    calls = [0] * 4
-    hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
-             for i, block in enumerate(parts(model).layers)]
+    calls, hooks = _count_block_calls(model)
     ids = torch.randint(3, 300, (2, 16))  # (B, T)
     hidden = exit_hidden(model, ids, [0, 1])
     for h in hooks:

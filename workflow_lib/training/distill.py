@@ -95,14 +95,28 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------- data
 
 def check_schedule(cfg, counts: tuple[str, ...]) -> None:
-    """The settings every distillation run shares: the `counts` >= 1, sequences of >= 2 tokens, a positive rate."""
+    """The settings every distillation run shares: the `counts` >= 1, sequences of >= 2 tokens, a positive rate
+    where the run has one (`lr`; the label cache has none)."""
     for name in counts:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
-    if not cfg.lr > 0:
+    if hasattr(cfg, "lr") and not cfg.lr > 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
+
+
+def check_labelling(cfg) -> None:
+    """How a run labels (head training, the label cache): a known emission rule and label source, and the translators
+    the translator rule's labels need."""
+    if cfg.label_source not in LABEL_SOURCES:
+        raise ValueError(f"unknown label source {cfg.label_source!r}; known: {', '.join(LABEL_SOURCES)}")
+    if cfg.emission not in EMISSION_RULES:
+        raise ValueError(f"unknown emission rule {cfg.emission!r}; known: {', '.join(EMISSION_RULES)}")
+    if cfg.emission == "translator" and cfg.label_source == "emitted" and cfg.translators is None:
+        raise ValueError("labels from the translator emission need the trained translators: pass --translators DIR")
+    if cfg.translators is not None and not os.path.isdir(cfg.translators):
+        raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
 
 
 def _check_text_file(path: str, what: str) -> None:
@@ -404,14 +418,7 @@ def validate(cfg: TrainConfig):
     except TypeError as e:
         raise ValueError(f"head type {cfg.head!r} with options {cfg.head_options}: {e}") from None
     check_label_rule(cfg.label_rule, cfg.k)
-    if cfg.label_source not in LABEL_SOURCES:
-        raise ValueError(f"unknown label source {cfg.label_source!r}; known: {', '.join(LABEL_SOURCES)}")
-    if cfg.emission not in EMISSION_RULES:
-        raise ValueError(f"unknown emission rule {cfg.emission!r}; known: {', '.join(EMISSION_RULES)}")
-    if cfg.emission == "translator" and cfg.label_source == "emitted" and cfg.translators is None:
-        raise ValueError("labels from the translator emission need the trained translators: pass --translators DIR")
-    if cfg.translators is not None and not os.path.isdir(cfg.translators):
-        raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
+    check_labelling(cfg)
     if cfg.mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
     check_schedule(cfg, ("steps", "batch_size", "balance_batches", "valid_tokens"))
@@ -483,19 +490,8 @@ class LabelCacheConfig:
 
 def validate_label_cache(cfg: LabelCacheConfig):
     """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
-    if cfg.emission not in EMISSION_RULES:
-        raise ValueError(f"unknown emission rule {cfg.emission!r}; known: {', '.join(EMISSION_RULES)}")
-    if cfg.label_source not in LABEL_SOURCES:
-        raise ValueError(f"unknown label source {cfg.label_source!r}; known: {', '.join(LABEL_SOURCES)}")
-    if cfg.emission == "translator" and cfg.label_source == "emitted" and cfg.translators is None:
-        raise ValueError("labels from the translator emission need the trained translators: pass --translators DIR")
-    if cfg.translators is not None and not os.path.isdir(cfg.translators):
-        raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
-    for name in ("train_tokens", "valid_tokens", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
+    check_labelling(cfg)
+    check_schedule(cfg, ("train_tokens", "valid_tokens", "batch_size"))
     for path, what in ((cfg.train_text, "training text"), (cfg.valid_text, "validation text")):
         _check_text_file(path, what)
     config = _backbone_config(cfg.backbone)
