@@ -85,6 +85,13 @@ def test_slurm_profile_resolves_from_project_root():
     assert "Using profile slurm" in result.stdout + result.stderr
 
 
+def test_install_script_refuses_unknown_extra():
+    # checked before the venv or pip is touched: a typo must not half-install
+    result = subprocess.run(["bash", str(REPO / "scripts/install.sh"), "test", "slrum"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown extra 'slrum' (known: test, slurm, gpu)" in result.stderr and result.stdout == ""
+
+
 @pytest.mark.parametrize("edit, key", [
     (lambda c: c["evaluation"]["thresholds"].append("high"), "evaluation.thresholds[2]"),
     (lambda c: c["head_training"].update(bogus=1), "head_training: Additional properties are not allowed ('bogus'"),
