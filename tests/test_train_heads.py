@@ -276,6 +276,9 @@ def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
         (dict(mode="sum"), ValueError, "unknown training mode"),
         (dict(backbone="preset:tiny-mistral"), ValueError, "--tokenizer"),
         (dict(seq_len=100_000), ValueError, "fewer than one sequence"),
+        (dict(steps=0), ValueError, "steps must be >= 1, got 0"),
+        (dict(seq_len=1), ValueError, "seq_len must be >= 2, got 1"),
+        (dict(lr=0.0), ValueError, "lr must be > 0, got 0.0"),
     ]
     for i, (kw, exc, match) in enumerate(cases):
         cfg = dataclasses.replace(_cfg(workdir, "unused", **kw), out=str(tmp_path / f"out{i}"))

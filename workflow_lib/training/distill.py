@@ -94,16 +94,17 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- data
 
-def check_schedule(cfg, counts: tuple[str, ...]) -> None:
-    """The settings every distillation run shares: the `counts` >= 1, sequences of >= 2 tokens, a positive rate
-    where the run has one (`lr`; the label cache has none)."""
+def check_schedule(cfg, counts: tuple[str, ...], rates: tuple[str, ...] = ("lr",)) -> None:
+    """The settings every distillation run shares: the `counts` >= 1, sequences of >= 2 tokens, the `rates` > 0
+    (the label cache trains nothing: none)."""
     for name in counts:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {cfg.seq_len}")
-    if hasattr(cfg, "lr") and not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    for name in rates:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
 
 
 def check_labelling(cfg) -> None:
@@ -491,7 +492,7 @@ class LabelCacheConfig:
 def validate_label_cache(cfg: LabelCacheConfig):
     """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
     check_labelling(cfg)
-    check_schedule(cfg, ("train_tokens", "valid_tokens", "batch_size"))
+    check_schedule(cfg, ("train_tokens", "valid_tokens", "batch_size"), rates=())
     for path, what in ((cfg.train_text, "training text"), (cfg.valid_text, "validation text")):
         _check_text_file(path, what)
     config = _backbone_config(cfg.backbone)
