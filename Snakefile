@@ -26,5 +26,6 @@ rule all:
         PARETO_TABLE,
         NO_LOSS_TABLE,
         VERSUS_PRUNING_TABLE,
+        VERSUS_RULE_TABLE,
         [agreement_table(b) for b in BACKBONES],
         figure_files(),

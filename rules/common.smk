@@ -173,6 +173,14 @@ for name, spec in BACKBONES.items():
             if head not in HEAD_SPECS:
                 raise WorkflowError(f"invalid config: backbones.{name}.emission_heads.{emission}[{i}]: no head named "
                                     f"{head!r} (heads: {', '.join(HEAD_SPECS)})")
+    for emission, policies in spec["emission_policies"].items():
+        if emission not in spec["emissions"]:
+            raise WorkflowError(f"invalid config: backbones.{name}.emission_policies.{emission}: {emission!r} is not "
+                                f"among backbones.{name}.emissions {spec['emissions']}")
+        for i, policy in enumerate(policies):
+            if policy not in spec["policies"]:
+                raise WorkflowError(f"invalid config: backbones.{name}.emission_policies.{emission}[{i}]: {policy!r} "
+                                    f"is not among backbones.{name}.policies {spec['policies']}")
 COMPARISONS = config["analysis"]["comparisons"]
 for name, heads in COMPARISONS.items():
     for i, head in enumerate(heads):
@@ -308,6 +316,13 @@ def head_keys(backbone, heads=HEADS):
             if h in (spec["emission_heads"].get(rule) or HEADS)]
 
 
+def policies_under(backbone, rule):
+    """The policies that a backbone's cells, oracle and calibration run under for one emission rule (emission_policies'
+    list for it, else every policy of the backbone)."""
+    spec = BACKBONES[backbone]
+    return spec["emission_policies"].get(rule) or spec["policies"]
+
+
 def translators_dir(backbone):
     """The backbone's tuned-lens translators (the translators job, rules/translators.smk)."""
     return f"{RESULTS}/translators/{backbone}"
@@ -385,7 +400,7 @@ def exit_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
         f"{EXIT_CELL}/threshold~{x}/record.json".format(backbone=b, head=h, policy=p, task=t)
         for b in backbones
         for h in head_keys(b, heads)
-        for p in BACKBONES[b]["policies"]
+        for p in policies_under(b, key_emission(h))
         for t in tasks
         for x in THRESHOLDS
     ]
@@ -400,7 +415,7 @@ def oracle_records(backbones=BACKBONES, tasks=TASKS):
     if not EVAL["oracle"]:
         return []
     return [f"{EVAL_ROOT}/{b}/{oracle_folder(e)}/policy~{p}/task~{t}/record.json"
-            for b in backbones for e in BACKBONES[b]["emissions"] for p in BACKBONES[b]["policies"] for t in tasks]
+            for b in backbones for e in BACKBONES[b]["emissions"] for p in policies_under(b, e) for t in tasks]
 
 
 # Layer pruning: which n blocks are dropped -> the folder of its points. deepest: the n before the last (the paper);
@@ -446,7 +461,7 @@ def calibrated_records(backbones=BACKBONES, heads=HEADS, tasks=TASKS):
         f"{EXIT_CELL}/calibrated~{d}/record.json".format(backbone=b, head=h, policy=p, task=t)
         for b in backbones
         for h in head_keys(b, heads)
-        for p in BACKBONES[b]["policies"]
+        for p in policies_under(b, key_emission(h))
         for t in tasks
         if t in CALIBRATED_TASKS
         for d in DELTAS
@@ -519,6 +534,7 @@ GRID_TABLE = f"{RESULTS}/tables/grid.csv"
 PARETO_TABLE = f"{RESULTS}/tables/pareto.csv"
 NO_LOSS_TABLE = f"{RESULTS}/tables/no_loss.csv"
 VERSUS_PRUNING_TABLE = f"{RESULTS}/tables/versus_pruning.csv"
+VERSUS_RULE_TABLE = f"{RESULTS}/tables/versus_rule.csv"
 
 
 FIGURE = f"{RESULTS}/figures/{{backbone}}/{{task}}"  # every head

@@ -1,5 +1,6 @@
 # Stage 6, tables: every run record -> the tidy grid (one row per grid point, metrics with bootstrap intervals and
-# paired differences to the full model), the per-task Pareto table, the no-loss table and early exit versus pruning.
+# paired differences to the full model), the per-task Pareto table, the no-loss table, early exit versus pruning and
+# each emission rule versus the paper's last_block.
 
 
 rule tables:
@@ -10,6 +11,7 @@ rule tables:
         pareto=report(PARETO_TABLE, caption="../report/pareto_table.rst", category="Tables"),
         no_loss=report(NO_LOSS_TABLE, caption="../report/no_loss_table.rst", category="Tables"),
         versus_pruning=report(VERSUS_PRUNING_TABLE, caption="../report/versus_pruning_table.rst", category="Tables"),
+        versus_rule=report(VERSUS_RULE_TABLE, caption="../report/versus_rule_table.rst", category="Tables"),
     params:
         crf=f"crf_{config['analysis']['crf']}",
         delta=config["analysis"]["no_loss_delta"],
@@ -24,5 +26,5 @@ rule tables:
     shell:
         "python -m workflow_lib.cli.make_tables --records {input} --results-root {params.root}"
         " --grid {output.grid} --pareto {output.pareto} --no-loss {output.no_loss}"
-        " --versus-pruning {output.versus_pruning} --crf {params.crf}"
+        " --versus-pruning {output.versus_pruning} --versus-rule {output.versus_rule} --crf {params.crf}"
         " --no-loss-delta {params.delta} --seed {params.seed} > {log} 2>&1"

@@ -89,12 +89,13 @@ def test_pareto_keeps_only_undominated_valid_points(records):
 
 def test_entry_points_write_tables_and_figures(records, tmp_path):
     root, paths = records
-    grid, pareto, no_loss, versus = (tmp_path / "tables" / f"{n}.csv" for n in ("grid", "pareto", "no_loss", "versus"))
+    grid, pareto, no_loss, versus, rules = (tmp_path / "tables" / f"{n}.csv"
+                                            for n in ("grid", "pareto", "no_loss", "versus", "rules"))
     subprocess.run([sys.executable, "-m", "workflow_lib.cli.make_tables", "--records", *map(str, paths),
                     "--results-root", str(root), "--grid", str(grid), "--pareto", str(pareto), "--no-loss",
-                    str(no_loss), "--versus-pruning", str(versus)], check=True)
+                    str(no_loss), "--versus-pruning", str(versus), "--versus-rule", str(rules)], check=True)
     assert len(pd.read_csv(grid)) == len(paths)
-    assert pd.read_csv(versus).empty  # these records keep no per-question scores
+    assert pd.read_csv(versus).empty and pd.read_csv(rules).empty  # no per-question scores; one emission rule
     assert list(pd.read_csv(no_loss).columns)[:4] == ["backbone", "task", "metric", "series"]
     figures = [tmp_path / "fig" / "triviaqa.png", tmp_path / "fig" / "triviaqa.pdf"]
     subprocess.run([sys.executable, "-m", "workflow_lib.cli.make_figures", "--grid", str(grid), "--backbone",

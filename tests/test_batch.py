@@ -326,3 +326,28 @@ def test_decoding_imports_run_one_way():
     code = ("import sys, workflow_lib.decoding.batch; "
             "assert 'workflow_lib.decoding.decoder' not in sys.modules, 'batch.py imports decoder.py'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("arch,policy,emission,climbing_only", [
+    (arch, policy, emission, True) for arch, policy in (("mistral", "recompute"), ("llama", "copy_prev"),
+                                                        ("mamba2", "skip")) for emission in ("last_block", "lens",
+                                                                                             "translator")]
+    + [("mistral", "copy", "last_block", False), ("mamba2", "recompute", "translator", False)])
+def test_oracle_batched_equals_batch1(request, arch, policy, emission, climbing_only):
+    """The oracle's look-ahead on every row at once, each row then exiting at its own earliest agreeing exit: what
+    batch 1 gives each prompt (tokens, exits, costs), on a random model whose exits agree now and then."""
+    from test_decoder import random_translators
+
+    model = model_for(request, arch)
+    exits = [2, 4, 6]
+    translators = random_translators(exits) if emission == "translator" else None
+    decoder = ExitDecoder(model, policy=policy, oracle_exits=exits, emission=emission, translators=translators)
+    kw = dict(max_new_tokens=8, eos_token_id=[])
+    got = decoder.generate_batch(PROMPTS, climbing_only=climbing_only, **kw)
+    ref = batch1(decoder, PROMPTS, **kw)
+    for a, b in zip(ref, got):
+        assert same(a, b), (a.exit_layers, b.exit_layers)
+    steps = [{r.exit_layers[s] for r in ref} for s in range(1, 8)]
+    assert any(len(s) > 1 for s in steps)  # rows of one step exit at different blocks
+    with pytest.raises(ValueError, match="several thresholds"):
+        decoder.generate_batch_thresholds(PROMPTS, [0.5, 0.9], **kw)

@@ -1,5 +1,6 @@
 """Intervals over questions: the bootstrap against known answers, paired differences, the grid's interval columns
-from samples.jsonl, the no-loss rule on a constructed grid, and early exit versus pruning on constructed samples."""
+from samples.jsonl, the no-loss rule on a constructed grid, and early exit versus pruning and one emission rule versus
+another on constructed samples."""
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from test_analysis import write_record
 
 from workflow_lib.analysis.intervals import bootstrap_mean, paired_difference, per_question_scores
-from workflow_lib.analysis.tables import grid_table, no_loss_table, versus_pruning_table
+from workflow_lib.analysis.tables import grid_table, no_loss_table, versus_pruning_table, versus_rule_table
 
 
 def test_bootstrap_mean_known_answer():
@@ -103,3 +104,32 @@ def test_versus_pruning_pairs_each_series_with_a_point_saving_at_least_as_much(t
     assert (row["series"], row["threshold"], row["crf_exact"], row["prune"]) == ("calm / copy", 0.5, 1.25, 1)
     assert row["difference"] == pytest.approx(0.25) and row["n"] == n  # questions 20-29: exit right, pruning wrong
     assert 0 < row["ci_low"] < 0.25 < row["ci_high"]  # 10 of 40 questions differ, all one way
+
+
+def test_versus_rule_pairs_each_last_block_point_with_the_other_rule_saving_at_least_as_much(tmp_path):
+    root = tmp_path / "eval"
+    n = 40
+    cell = "m/head~calm{rule}/policy~recompute/task~triviaqa/threshold~{x}"
+    records = {
+        "m/baseline/task~triviaqa": (1.0, [1.0] * n),
+        cell.format(rule="", x="0.9"): (1.1, [1.0] * n),
+        cell.format(rule="", x="0.5"): (1.3, [1.0] * 20 + [0.0] * 20),
+        cell.format(rule="", x="0.2"): (1.9, [0.0] * n),  # the translator never saves this much: no row
+        # translator: 1.05 saves less than any last_block point; 1.2 is the first at least 1.1, 1.5 at least 1.3
+        cell.format(rule="/emission~translator", x="0.99"): (1.05, [1.0] * n),
+        cell.format(rule="/emission~translator", x="0.9"): (1.2, [1.0] * n),
+        cell.format(rule="/emission~translator", x="0.5"): (1.5, [1.0] * 30 + [0.0] * 10),
+        "m/head~ffn/emission~translator/policy~recompute/task~triviaqa/threshold~0.5": (1.5, [1.0] * n),  # no pair
+    }
+    paths = []
+    for rel, (crf, scores) in records.items():
+        path = write_record(root, rel, sum(scores) / n, crf)
+        write_samples(path.parent, dict(enumerate(scores)))
+        paths.append(path)
+    table = versus_rule_table(grid_table(paths, root), root)
+    pairs = list(zip(table["head"], table["emission"], table["default_threshold"], table["threshold"]))
+    assert pairs == [("calm", "translator", 0.9, 0.9), ("calm", "translator", 0.5, 0.5)]
+    same, better = table.iloc[0], table.iloc[1]
+    assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["n"] == n
+    assert better["difference"] == pytest.approx(0.25)  # questions 20-29: right under the translator only
+    assert 0 < better["ci_low"] < 0.25 < better["ci_high"] and better["crf_exact"] == 1.5

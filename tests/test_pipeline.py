@@ -42,20 +42,35 @@ def test_dry_run_offline(configfile, tmp_path):
     assert "evaluate_exits" in result.stdout and "figure" in result.stdout
 
 
+def test_default_runs_translator_on_calm_under_recompute_only(tmp_path):
+    """config.yaml's second emission rule (emission_heads, emission_policies): per backbone the translators, calm's
+    heads on the translator's labels, and its cells, oracle and calibration under recompute alone."""
+    result = snakemake("-n", "--directory", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    translator = set(re.findall(r"results/eval/(\w+)/(head~\w+|oracle)/emission~translator/policy~(\w+)/task~(\w+)",
+                                result.stdout))
+    assert translator == {(b, what, "recompute", t) for b in ("mistral", "mamba2") for what in ("head~calm", "oracle")
+                          for t in ("triviaqa", "coqa", "truthfulqa")}
+    assert job_stats(result.stdout)["train_translators"] == 2
+
+
 def test_emission_rules_overlay_adds_calm_under_lens_and_translator(tmp_path):
-    """configs/emission-rules.yaml merges onto config.yaml: per backbone the translators and calm under lens and
-    translator (heads, cells, oracle per policy, calibration); nothing of the default disappears."""
+    """configs/emission-rules.yaml merges onto config.yaml: per backbone calm under lens (every policy) and under the
+    translator's remaining policies (heads, cells, oracle per policy, calibration); nothing of the default
+    disappears."""
     base = snakemake("-n", "--directory", str(tmp_path))
     both = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
                      str(REPO / "configs" / "emission-rules.yaml"))
     assert base.returncode == 0 and both.returncode == 0, both.stdout + both.stderr
     before, after = job_stats(base.stdout), job_stats(both.stdout)
-    policies = 3 + 2  # mistral's and mamba2's; 3 tasks each, 2 rules added
-    assert after["train_translators"] == 2 and after["train_heads"] == before["train_heads"] + 4
-    assert after["label_cache"] == before["label_cache"] + 4  # one per backbone and added rule
-    assert after["evaluate_exits"] == before["evaluate_exits"] + 2 * 3 * policies
-    assert after["evaluate_oracle"] == before["evaluate_oracle"] + 2 * 3 * policies
-    assert after["calibrate"] == before["calibrate"] + 2 * policies  # CoQA calibrates
+    # 3 tasks each; lens on mistral's 3 and mamba2's 2 policies, the translator on the ones beside recompute
+    cells = 3 * (3 + 2) + 3 * (2 + 1)
+    assert after["train_translators"] == before["train_translators"] == 2
+    assert after["train_heads"] == before["train_heads"] + 2  # calm under lens
+    assert after["label_cache"] == before["label_cache"] + 2  # one per backbone and added rule
+    assert after["evaluate_exits"] == before["evaluate_exits"] + cells
+    assert after["evaluate_oracle"] == before["evaluate_oracle"] + cells
+    assert after["calibrate"] == before["calibrate"] + (3 + 2) + (2 + 1)  # CoQA calibrates
     assert {k: v for k, v in after.items() if k in ("evaluate_prune", "evaluate_baseline", "pretrain")} == \
         {k: v for k, v in before.items() if k in ("evaluate_prune", "evaluate_baseline", "pretrain")}
 
@@ -65,7 +80,8 @@ def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     --emission on their commands; the default rule's jobs and paths as they were."""
     config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     base = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(REPO / "configs" / "smoke.yaml"))
-    config["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_heads={"lens": ["calm"]})
+    config["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_heads={"lens": ["calm"]},
+                                         policies=["recompute", "skip"], emission_policies={"lens": ["skip"]})
     (tmp_path / "lens.yaml").write_text(yaml.safe_dump(config))
     lens = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "lens.yaml"))
     assert base.returncode == 0 and lens.returncode == 0, lens.stdout + lens.stderr
@@ -75,6 +91,7 @@ def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     assert "results/heads/mamba2/head~calm/emission~lens" in lens.stdout and "--emission lens" in lens.stdout
     assert "head~saturation/emission~lens" not in lens.stdout  # the rule runs on its listed heads only
     assert "results/eval/mamba2/oracle/emission~lens/policy~skip" in lens.stdout
+    assert "emission~lens/policy~recompute" not in lens.stdout  # and under its listed policies only
     # the default rule's paths and commands as they were (the label cache names its rule, last_block included)
     assert "emission~" not in re.sub(r"results/labels/\S+", "", base.stdout) and "--emission" not in base.stdout
 
@@ -120,6 +137,8 @@ def test_install_script_refuses_unknown_extra(tmp_path):
      "backbones.mamba2.emission_heads.lens: 'lens' is not among backbones.mamba2.emissions"),
     (lambda c: c["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_heads={"lens": ["cal"]}),
      "backbones.mamba2.emission_heads.lens[0]: no head named 'cal'"),
+    (lambda c: c["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_policies={"lens": ["copy"]}),
+     "backbones.mamba2.emission_policies.lens[0]: 'copy' is not among backbones.mamba2.policies"),
     # calibration on a task whose every question is evaluated, with no pool of its own (embedded TriviaQA)
     (lambda c: c["evaluation"]["tasks"]["triviaqa"].update(limit=None),
      "calibration.tasks: triviaqa has no calibration questions"),

@@ -10,7 +10,9 @@ paired difference to the exits-off baseline of the same backbone and task on the
 with `_delta_ci_low`, `_delta_ci_high`), computed from the per-question scores in each point's samples.jsonl
 (analysis/intervals.py). The no-loss table answers the paper's claim per series: the largest CRF whose paired
 difference interval lies above -delta. The versus-pruning table answers its first claim (early exits beat layer
-pruning at equal compute): early exit minus pruning on the same questions, at a CRF at least the pruning's.
+pruning at equal compute): early exit minus pruning on the same questions, at a CRF at least the pruning's. The
+versus-rule table does the same between emission rules: a head and policy under another rule minus under the paper's
+last_block, at a CRF at least the last_block point's.
 
 `inconsistency` is each point's share of questions whose generation (stripped) differs from the full model's on the
 same question: the risk the calibrated thresholds bound. A calibrated point (`calibrated~<delta>`, from
@@ -266,6 +268,20 @@ def no_loss_table(grid: pd.DataFrame, delta: float = 0.02) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def score_reader(results_root: str | Path):
+    """(record path below results_root, metric) -> {question: score} from the point's samples.jsonl ({} without one),
+    each file read once."""
+    root = Path(results_root)
+    scores: dict[tuple[str, str], dict] = {}
+
+    def question_scores(record: str, metric: str) -> dict:
+        if (record, metric) not in scores:
+            samples = (root / record).with_name("samples.jsonl")
+            scores[record, metric] = per_question_scores(samples, [metric])[metric] if samples.is_file() else {}
+        return scores[record, metric]
+    return question_scores
+
+
 def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results/eval", seed: int = 0,
                          resamples: int = 2000) -> pd.DataFrame:
     """Per backbone, task, headline metric, layer-pruning point (either rule) and early-exit series (head / policy):
@@ -276,15 +292,7 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
     columns = ["backbone", "task", "metric", "prune_method", "prune", "prune_crf_exact", "prune_value", "series",
                "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n"]
     valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
-    root = Path(results_root)
-    scores: dict[tuple[str, str], dict] = {}
-
-    def question_scores(record: str, metric: str) -> dict:
-        if (record, metric) not in scores:
-            samples = (root / record).with_name("samples.jsonl")
-            scores[record, metric] = per_question_scores(samples, [metric])[metric] if samples.is_file() else {}
-        return scores[record, metric]
-
+    question_scores = score_reader(results_root)
     rows = []
     for (backbone, task), points in valid.groupby(["backbone", "task"], sort=True):
         exits = points[points["method"] == "early_exit"]
@@ -310,4 +318,43 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
                                  "threshold": point["threshold"],
                                  "crf_exact": point["crf_exact"], "value": point[metric], "difference": diff,
                                  "ci_low": low, "ci_high": high, "n": n})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def versus_rule_table(grid: pd.DataFrame, results_root: str | Path = "results/eval", seed: int = 0,
+                      resamples: int = 2000, default: str = DEFAULT_EMISSION) -> pd.DataFrame:
+    """Per backbone, task, headline metric, (head, policy) run under the default emission rule and another, and each
+    valid point of the default rule's series: the other rule's valid point with the smallest exact CRF at least the
+    default point's (none when that series never saves as much), and the other rule minus the default on the same
+    questions with its 95% paired bootstrap interval. `ci_high < 0`: the other rule is worse at that compute;
+    `ci_low > 0`: better. Points without a samples.jsonl are left out."""
+    columns = ["backbone", "task", "metric", "head", "policy", "emission", "default_threshold", "default_crf_exact",
+               "default_value", "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n"]
+    valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
+    exits = valid[valid["method"] == "early_exit"]
+    if "emission" not in exits:
+        return pd.DataFrame(columns=columns)
+    question_scores = score_reader(results_root)
+    rows = []
+    for (backbone, task, head, policy), cell in exits.groupby(["backbone", "task", "head", "policy"], sort=True):
+        ours = cell[cell["emission"] == default].sort_values("crf_exact")
+        for emission, other in cell[cell["emission"] != default].groupby("emission", sort=True):
+            for metric in HEADLINE_METRICS.get(task, []):
+                if metric not in cell:
+                    continue
+                for _, point in ours.iterrows():
+                    # 1e-3: CRFs of the same blocks differ in the last digits (head cost, token counts)
+                    reach = other[other["crf_exact"] >= point["crf_exact"] - 1e-3].sort_values("crf_exact")
+                    if reach.empty:
+                        continue
+                    match = reach.iloc[0]
+                    theirs, base = question_scores(match["record"], metric), question_scores(point["record"], metric)
+                    if not theirs or not base:
+                        continue
+                    diff, low, high, n = paired_difference(theirs, base, seed, resamples)
+                    rows.append({"backbone": backbone, "task": task, "metric": metric, "head": head, "policy": policy,
+                                 "emission": emission, "default_threshold": point["threshold"],
+                                 "default_crf_exact": point["crf_exact"], "default_value": point[metric],
+                                 "threshold": match["threshold"], "crf_exact": match["crf_exact"],
+                                 "value": match[metric], "difference": diff, "ci_low": low, "ci_high": high, "n": n})
     return pd.DataFrame(rows, columns=columns)

@@ -21,6 +21,9 @@
   depends on what a block costs (benchmarks/batched_throughput.py --compare-rows): at 7B in bf16 on an H200 a
   decode step reads the same weights for 1 or 32 rows, and every row ran 190 / 607 tokens/s at batch 8 / 32 against
   70 / 202 for the climbing rows only (Mistral, threshold 0.5, CRF 1.49); on a CPU a block costs per row.
+- The oracle bound (`oracle_exits`, no heads): each step first looks ahead through every block on every row, with
+  the cache put back, and each row then exits at its earliest oracle exit whose emitted token is the full depth's
+  (`_Step.oracle_exits`), as batch 1's `ExitDecoder._oracle_exit` decides it one row at a time.
 - A row that finishes (EOS, stop string, max tokens) leaves the batch: its cache, head-state and position rows
   are dropped, so it costs nothing further.
 Per row the result is a `DecodeResult` with the meaning batch 1 gives it (token ids, exit layers, stop reason, one
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .accounting import crf_exact, crf_paper
-from .core import DecodeResult, DecoderCore
+from .core import DecodeResult, DecoderCore, restore_cache, snapshot_cache
 from .pruning import prune_blocks
 
 
@@ -245,6 +248,32 @@ class _Step:
         return torch.where(exited[:, None, None], h, out)  # (B, 1, D)
 
     @torch.no_grad()
+    def oracle_exits(self, h: torch.Tensor, kwargs: dict) -> list[int | None]:
+        """Each row's oracle exit (the batched `ExitDecoder._oracle_exit`): every kept block on every row from the
+        embedding h (B, 1, D), then the cache put back; per row the earliest oracle exit whose emitted token equals
+        the full depth's top-1 (None: no exit agrees)."""
+        d, p = self.d, self.p
+        saved = snapshot_cache(self.cache)
+        emitted = {}  # exit block -> (B,) the token an exit there emits
+        for i in d.kept:
+            h = p.layers[i](h, **kwargs)  # (B, 1, D)
+            if i not in d.oracle_exits:
+                continue
+            if d.tail:
+                emitted[i] = d.logits(d.translate(h, i)).argmax(-1)  # (B,)
+            else:
+                # last_block: the last block on h_i. The policy's fill of the blocks between is left out: the last
+                # block reads only its own cache, so the token does not depend on it (batch 1 runs it, to the same
+                # top-1; tests/test_batch.py).
+                last = snapshot_cache(self.cache)
+                emitted[i] = d.logits(p.layers[d.kept[-1]](h, **kwargs)).argmax(-1)  # (B,)
+                restore_cache(self.cache, last)
+        full = d.logits(h).argmax(-1)  # (B,)
+        restore_cache(self.cache, saved)
+        agree = {i: (emitted[i] == full).tolist() for i in d.oracle_exits}  # one host read per exit
+        return [next((i for i in d.oracle_exits if agree[i][r]), None) for r in range(self.b)]
+
+    @torch.no_grad()
     def __call__(self, tok: torch.Tensor, position_ids: torch.Tensor, states: dict,
                  attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, list[int], list[list[int]], list[int]]:
         """Tokens `tok` (B,) at `position_ids` (B, 1): fp32 logits (B, V), each row's exit block, head MACs and
@@ -264,6 +293,7 @@ class _Step:
         climbing = None  # (R,) rows still climbing; None: every row
         climbing_rows: list[int] = list(range(b))  # the same on the host: no device sync to read it
         body = d.kept[:-1]
+        oracle = self.oracle_exits(h, kwargs) if d.oracle_exits else None  # per row: its exit block, or None
         # under lens / translator the last block is one more block an exited row skips; under last_block it runs
         # on every row after the loop
         for idx, i in enumerate(body + d.tail):
@@ -279,22 +309,27 @@ class _Step:
             else:
                 h = self.run_all_rows(i, h, sorted(set(range(b)) - set(climbing_rows)), kwargs)  # (B, 1, D)
             head = d.heads.get(i)
-            if head is None:
-                continue
-            h_r = h if climbing is None else h[climbing]  # (R, 1, D)
-            emitted = None  # (R, 1, D): translate(h_r, i) once computed
-            if d.reads_emission(head):
-                emitted = d.translate(h_r, i)  # (R, 1, D)
-            z = p.final_norm(h_r if emitted is None else emitted)[:, 0].to(d.dtype)  # (R, D)
-            z_in = (p.final_norm(h_in if climbing is None else h_in[climbing])[:, 0].to(d.dtype)
-                    if head.reads_block_input else None)  # (R, D)
-            exit_logits, states[i] = head.step_rows(z, states[i], climbing, z_in)  # (R, 2)
-            exits = exit_logits.float().softmax(-1)[:, 1] >= d.threshold  # (R,)
             reached = climbing_rows
-            for r in reached:
-                head_macs[r].append(d.head_macs[i])
-                translations[r] += emitted is not None
-            flags = exits.tolist()  # the one host sync per exit layer
+            emitted = None  # (R, 1, D): translate(h_r, i) once computed
+            if oracle is not None:
+                if i not in d.oracle_exits:
+                    continue
+                flags = [oracle[r] == i for r in reached]
+            elif head is None:
+                continue
+            else:
+                h_r = h if climbing is None else h[climbing]  # (R, 1, D)
+                if d.reads_emission(head):
+                    emitted = d.translate(h_r, i)  # (R, 1, D)
+                z = p.final_norm(h_r if emitted is None else emitted)[:, 0].to(d.dtype)  # (R, D)
+                z_in = (p.final_norm(h_in if climbing is None else h_in[climbing])[:, 0].to(d.dtype)
+                        if head.reads_block_input else None)  # (R, D)
+                exit_logits, states[i] = head.step_rows(z, states[i], climbing, z_in)  # (R, 2)
+                exits = exit_logits.float().softmax(-1)[:, 1] >= d.threshold  # (R,)
+                for r in reached:
+                    head_macs[r].append(d.head_macs[i])
+                    translations[r] += emitted is not None
+                flags = exits.tolist()  # the one host sync per exit layer
             if not any(flags):
                 continue
             rows = torch.tensor([r for r, e in zip(reached, flags) if e], device=h.device)  # (E,) exiting rows

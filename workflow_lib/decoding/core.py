@@ -196,3 +196,18 @@ class DecoderCore:
             if any(s in text for s in stop_strings):
                 return "stop_string"
         return None
+
+
+def snapshot_cache(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What a look-ahead changes in the cache: K/V grow by concatenation (new tensors: references suffice), SSM
+    states are updated in place (cloned)."""
+    return [(layer.keys, layer.values) if hasattr(layer, "keys")
+            else (layer.conv_states[0].clone(), layer.recurrent_states[0].clone()) for layer in cache.layers]
+
+
+def restore_cache(cache: DynamicCache, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for layer, (a, b) in zip(cache.layers, saved):
+        if hasattr(layer, "keys"):
+            layer.keys, layer.values = a, b
+        else:
+            layer.conv_states[0], layer.recurrent_states[0] = a.clone(), b.clone()  # the snapshot may be restored again

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 
 from .accounting import crf_exact, crf_paper
 from .batch import generate_batch_thresholds
-from .core import DecodeResult, DecoderCore
+from .core import DecodeResult, DecoderCore, restore_cache, snapshot_cache
 
 __all__ = ["DecodeResult", "ExitDecoder"]
 
@@ -43,16 +43,7 @@ class ExitDecoder(DecoderCore):
                                   stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
                                   climbing_only: bool | None = None) -> list[list[DecodeResult]]:
         """`generate_batch` at each threshold from one shared prefill (decoding/batch.py); several thresholds need
-        exit heads. The oracle, a bound rather than a method, has no threshold and decodes one prompt at a time."""
-        if self.oracle_exits:
-            if len(thresholds) != 1:
-                raise ValueError("the oracle has no threshold: decode it at one point")
-            device = self.parts.lm_head.weight.device
-            results = [self.generate(torch.tensor([p], device=device), max_new_tokens, stop_strings, tokenizer,
-                                     eos_token_id) for p in prompts]
-            for r in results:  # the batch took what its rows took, one after another
-                r.batch_decode_seconds = sum(x.decode_seconds for x in results)
-            return [results]
+        exit heads (the oracle, a bound rather than a method, has no threshold: it decodes at one point)."""
         return generate_batch_thresholds(self, prompts, thresholds, max_new_tokens, stop_strings, tokenizer,
                                          eos_token_id, climbing_only)
 
@@ -165,11 +156,11 @@ class ExitDecoder(DecoderCore):
         p = self.parts
         if self.tail:
             return int(self.logits(self.translate(h, i)).argmax())
-        saved = _snapshot(cache)
+        saved = snapshot_cache(cache)
         body = self.kept[:-1]
         self._fill(p.layers, cache, h, i, body[body.index(i) + 1:], pos_emb)
         top1 = int(self.logits(p.layers[self.kept[-1]](h, **block_kwargs)).argmax())
-        _restore(cache, saved)
+        restore_cache(cache, saved)
         return top1
 
     @torch.no_grad()
@@ -178,27 +169,12 @@ class ExitDecoder(DecoderCore):
         the earliest oracle exit whose emitted token (under this emission rule) equals the full depth's top-1
         (None: no exit agrees)."""
         p = self.parts
-        saved = _snapshot(cache)
+        saved = snapshot_cache(cache)
         emitted = {}
         for i in self.kept:
             h = p.layers[i](h, **block_kwargs)  # (1, 1, D)
             if i in self.oracle_exits:
                 emitted[i] = self._emitted_top1(h, i, cache, block_kwargs, pos_emb)
         full = int(self.logits(h).argmax())
-        _restore(cache, saved)
+        restore_cache(cache, saved)
         return next((i for i in self.oracle_exits if emitted[i] == full), None)
-
-
-def _snapshot(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """What a look-ahead changes in the cache: K/V grow by concatenation (new tensors: references suffice), SSM
-    states are updated in place (cloned)."""
-    return [(layer.keys, layer.values) if hasattr(layer, "keys")
-            else (layer.conv_states[0].clone(), layer.recurrent_states[0].clone()) for layer in cache.layers]
-
-
-def _restore(cache: DynamicCache, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for layer, (a, b) in zip(cache.layers, saved):
-        if hasattr(layer, "keys"):
-            layer.keys, layer.values = a, b
-        else:
-            layer.conv_states[0], layer.recurrent_states[0] = a.clone(), b.clone()  # the snapshot may be restored again

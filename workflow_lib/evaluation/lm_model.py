@@ -9,7 +9,7 @@ loglikelihood paths are lm-eval's, unchanged. What differs:
 - `loglikelihood` / `loglikelihood_rolling` run the full model, or the pruned one when prune > 0;
 - `emission` (last_block | lens | translator, decoding/core.py) says how an exit turns its hidden state into the
   token; the `translator` rule reads the tuned-lens translators in the folder `translators` (save_translators);
-- `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded one request at a time;
+- `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded `batch_size` at a time too;
 - `share_thresholds(ts)`: a job that evaluates several thresholds decodes each batch of requests at all of them
   from one prefill (`generate_batch_thresholds`); a later point at one of them replays its stored generations.
 
