@@ -45,6 +45,21 @@ def test_heads_round_trip_keep_each_exit_own_weights(tmp_path, tiny_mistral):
             assert torch.equal(a, b)
 
 
+def test_saving_heads_keeps_another_emission_rules_heads_in_the_folder(tmp_path, tiny_mistral):
+    """The pipeline keeps a non-default rule's heads inside the default rule's folder (head~calm/emission~lens/);
+    writing the default heads after them must leave them there (a from-scratch run trains them in either order),
+    and a zero-parameter rule written over trained heads leaves no stale weights."""
+    folder = tmp_path / "head~calm"
+    save_heads(folder / "emission~lens", build_heads("calm", 256, [3], seed=1), tiny_mistral.config)
+    save_heads(folder, build_heads("calm", 256, [3], seed=2), tiny_mistral.config)
+    assert sorted(p.name for p in folder.iterdir()) == ["emission~lens", "heads.json", "heads.safetensors"]
+    first, _ = load_heads(folder / "emission~lens", tiny_mistral.config)
+    second, _ = load_heads(folder, tiny_mistral.config)
+    assert not torch.equal(first["3"].proj.weight, second["3"].proj.weight)
+    save_heads(folder, build_heads("saturation", 256, [3]), tiny_mistral.config)
+    assert sorted(p.name for p in folder.iterdir()) == ["emission~lens", "heads.json"]
+
+
 def test_heads_for_another_backbone_are_refused(tmp_path, tiny_mistral, tiny_mamba2):
     save_heads(tmp_path / "h", build_heads("calm", 256, [3]), tiny_mistral.config)
     with pytest.raises(ValueError, match="built for backbone"):

@@ -308,7 +308,8 @@ HEADS_CONFIG = "heads.json"
 
 def save_heads(directory: str | os.PathLike, heads: nn.ModuleDict, backbone_config, metadata: dict | None = None) -> None:
     """Write heads.safetensors (each exit's own weights, keyed 'layer.param'; none for a zero-parameter rule) and
-    heads.json, atomically."""
+    heads.json into `directory`, each file atomically, heads.json last (it marks the folder complete). The folder
+    itself is not replaced: in the pipeline it also holds the heads of other emission rules (emission~RULE/)."""
     first = next(iter(heads.values()))
     tensors = {f"{layer}.{name}": p.detach().cpu().contiguous()
                for layer, head in heads.items() for name, p in head.state_dict().items()}
@@ -318,11 +319,15 @@ def save_heads(directory: str | os.PathLike, heads: nn.ModuleDict, backbone_conf
         "backbone": signature(backbone_config),
         **(metadata or {}),
     }
-    with atomic_path(directory) as tmp:
-        tmp.mkdir()
-        if tensors:
-            save_file(tensors, str(tmp / HEADS_WEIGHTS))
-        (tmp / HEADS_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if tensors:
+        with atomic_path(directory / HEADS_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
+    else:
+        (directory / HEADS_WEIGHTS).unlink(missing_ok=True)  # weights of an earlier trained head of this name
+    with atomic_path(directory / HEADS_CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def load_heads(directory: str | os.PathLike, backbone_config=None,

@@ -18,7 +18,8 @@ Loss: 2-class cross-entropy per exit, combined by `mode`:
 Resumable: every `checkpoint_every` steps the heads, optimizer states, RNG states and the step are written
 atomically into <out>/checkpoint/state.safetensors (tensors; the rest as JSON in its metadata). The data order
 is a pure function of (seed, step), so a run killed at any moment and restarted with the same command ends
-with bit-identical weights. The finished output folder replaces <out> in one rename, checkpoint gone.
+with bit-identical weights. The finished heads and metrics are written into <out> file by file, each atomically,
+and the checkpoint then removed.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -641,7 +643,9 @@ def train_heads(cfg: TrainConfig) -> dict:
                  "tokenizer": cfg.tokenizer or cfg.backbone},
         "seed": cfg.seed, "provenance": provenance(dataclasses.asdict(cfg), cfg.seed),
     }
-    with atomic_path(out) as tmp:  # replaces <out> (and its checkpoint folder) in one rename
-        save_heads(tmp, heads.cpu(), model.config, metadata)
-        write_json(tmp / METRICS_FILE, {"metrics": metrics, "provenance": metadata["provenance"]})
+    # file by file into <out> (not one rename of the folder: it may hold another emission rule's heads), heads.json
+    # before metrics.json, then the checkpoint goes
+    save_heads(out, heads.cpu(), model.config, metadata)
+    write_json(out / METRICS_FILE, {"metrics": metrics, "provenance": metadata["provenance"]})
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return metrics
