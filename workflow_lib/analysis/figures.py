@@ -3,7 +3,7 @@
 One panel per (headline metric, head): rows are the task's metrics, columns the heads, so that no panel holds
 more than a handful of series. In a head's panel each missing-state policy is one colour, a line through its
 thresholds with the 95% bootstrap interval as a vertical bar; the oracle bound of the same policy is a diamond
-of the same colour, and a calibrated threshold (python -m workflow_lib.cli.calibrate) is a large marker of its policy's
+of the same colour (a thin diamond under the translator, an octagon under lens), and a calibrated threshold (python -m workflow_lib.cli.calibrate) is a large marker of its policy's
 colour, one shape per calibration delta. Emission rules other than the paper's last_block (lens, translator) are
 series of their own beside it: the policy's colour, a dashed (lens) or dotted (translator) line, the rule in the
 label ("recompute / translator"). Zero-parameter exit rules (softmax, saturation) are heads: their own
@@ -28,6 +28,7 @@ from workflow_lib.artifacts import atomic_path  # noqa: E402
 POLICY_COLOURS = {"recompute": "tab:blue", "copy": "tab:orange", "copy_prev": "tab:green", "skip": "tab:purple"}
 EMISSION_LINES = {"last_block": "-", "lens": "--", "translator": ":"}  # emission rules: line style, marker
 EMISSION_MARKERS = {"last_block": "o", "lens": "^", "translator": "s"}
+ORACLE_MARKERS = {"last_block": "D", "lens": "8", "translator": "d"}  # the oracle per rule: tell the bounds apart
 OTHER_STYLES = [("0.45", "v", ":"), ("0.3", "^", "-."), ("0.6", "P", (0, (3, 1, 1, 1)))]  # extra head-free series
 CALIBRATED_MARKERS = ["h", "X", "p", "*"]  # one per calibration delta
 CRF_LABELS = {"crf_exact": "CRF (exact MAC count)", "crf_paper": "CRF (paper block count)"}
@@ -115,8 +116,8 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
                         CALIBRATED_MARKERS[deltas.index(delta) % len(CALIBRATED_MARKERS)], None,
                         f"calibrated, {policy}{emission_suffix(rule)}, delta={delta:g}", size=10)
             for (policy, rule), series in oracle.groupby(["policy", "emission"], sort=True):
-                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), "D", None,
-                        f"oracle, {policy}{emission_suffix(rule)}", size=7)
+                _series(ax, series, crf, metric, POLICY_COLOURS.get(policy, "tab:gray"), ORACLE_MARKERS.get(rule, "D"),
+                        None, f"oracle, {policy}{emission_suffix(rule)}", size=7 if rule == "last_block" else 9)
             ax.set_title(f"head: {head}" if head else task, fontsize=10)
             ax.grid(alpha=0.3)
             if r == len(metrics) - 1:
