@@ -43,6 +43,16 @@ def write_samples(folder, scores: dict, metric="exact_match"):
     (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def write_points(root, records: dict) -> list:
+    """{path below root: (crf, per-question scores)} -> the records with their samples.jsonl; their paths."""
+    paths = []
+    for rel, (crf, scores) in records.items():
+        path = write_record(root, rel, sum(scores) / len(scores), crf)
+        write_samples(path.parent, dict(enumerate(scores)))
+        paths.append(path)
+    return paths
+
+
 def test_grid_columns_from_samples(tmp_path):
     root = tmp_path / "eval"
     base = write_record(root, "m/baseline/task~triviaqa", 0.5, 1.0)
@@ -93,11 +103,7 @@ def test_versus_pruning_pairs_each_series_with_a_point_saving_at_least_as_much(t
         "m/head~calm/policy~copy/task~triviaqa/threshold~0.2": (1.6, [0.0] * n),
         "m/head~mamba/policy~copy/task~triviaqa/threshold~0.5": (1.15, [1.0] * n),  # never reaches CRF 1.2: absent
     }
-    paths = []
-    for rel, (crf, scores) in records.items():
-        path = write_record(root, rel, sum(scores) / n, crf)
-        write_samples(path.parent, dict(enumerate(scores)))
-        paths.append(path)
+    paths = write_points(root, records)
     table = versus_pruning_table(grid_table(paths, root), root)
     assert len(table) == 1
     row = table.iloc[0]
@@ -121,11 +127,7 @@ def test_versus_rule_pairs_each_last_block_point_with_the_other_rule_saving_at_l
         cell.format(rule="/emission~translator", x="0.5"): (1.5, [1.0] * 30 + [0.0] * 10),
         "m/head~ffn/emission~translator/policy~recompute/task~triviaqa/threshold~0.5": (1.5, [1.0] * n),  # no pair
     }
-    paths = []
-    for rel, (crf, scores) in records.items():
-        path = write_record(root, rel, sum(scores) / n, crf)
-        write_samples(path.parent, dict(enumerate(scores)))
-        paths.append(path)
+    paths = write_points(root, records)
     table = versus_rule_table(grid_table(paths, root), root)
     pairs = list(zip(table["head"], table["emission"], table["default_threshold"], table["threshold"]))
     assert pairs == [("calm", "translator", 0.9, 0.9), ("calm", "translator", 0.5, 0.5)]

@@ -332,8 +332,6 @@ def versus_rule_table(grid: pd.DataFrame, results_root: str | Path = "results/ev
                "default_value", "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n"]
     valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
     exits = valid[valid["method"] == "early_exit"]
-    if "emission" not in exits:
-        return pd.DataFrame(columns=columns)
     question_scores = score_reader(results_root)
     rows = []
     for (backbone, task, head, policy), cell in exits.groupby(["backbone", "task", "head", "policy"], sort=True):

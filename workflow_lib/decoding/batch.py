@@ -265,7 +265,7 @@ class _Step:
                 # last_block: the last block on h_i. The policy's fill of the blocks between is left out: the last
                 # block reads only its own cache, so the token does not depend on it (batch 1 runs it, to the same
                 # top-1; tests/test_batch.py).
-                last = snapshot_cache(self.cache)
+                last = snapshot_cache(self.cache, [d.kept[-1]])  # only the last block's state changes
                 emitted[i] = d.logits(p.layers[d.kept[-1]](h, **kwargs)).argmax(-1)  # (B,)
                 restore_cache(self.cache, last)
         full = d.logits(h).argmax(-1)  # (B,)

@@ -198,15 +198,17 @@ class DecoderCore:
         return None
 
 
-def snapshot_cache(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """What a look-ahead changes in the cache: K/V grow by concatenation (new tensors: references suffice), SSM
-    states are updated in place (cloned)."""
-    return [(layer.keys, layer.values) if hasattr(layer, "keys")
-            else (layer.conv_states[0].clone(), layer.recurrent_states[0].clone()) for layer in cache.layers]
+def snapshot_cache(cache: DynamicCache, layers: list[int] | None = None) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """What a look-ahead changes in the cache (of `layers`, default all): K/V grow by concatenation (new tensors:
+    references suffice), SSM states are updated in place (cloned)."""
+    return [(j, layer.keys, layer.values) if hasattr(layer, "keys")
+            else (j, layer.conv_states[0].clone(), layer.recurrent_states[0].clone())
+            for j, layer in enumerate(cache.layers) if layers is None or j in layers]
 
 
-def restore_cache(cache: DynamicCache, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for layer, (a, b) in zip(cache.layers, saved):
+def restore_cache(cache: DynamicCache, saved: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+    for j, a, b in saved:
+        layer = cache.layers[j]
         if hasattr(layer, "keys"):
             layer.keys, layer.values = a, b
         else:
