@@ -45,6 +45,7 @@ from transformers import DynamicCache
 
 from .accounting import crf_exact, crf_paper
 from .core import DecodeResult, DecoderCore, restore_cache, snapshot_cache
+from .kv_cache import new_cache
 from .pruning import prune_blocks
 
 
@@ -147,7 +148,7 @@ def prefill_rows(decoder: DecoderCore, prompts: list[list[int]], width: int) -> 
     device = decoder.parts.lm_head.weight.device
     logits, caches, states = [], [], []
     for ids in prompts:
-        cache = DynamicCache(config=decoder.model.config)
+        cache = new_cache(decoder.model.config)
         row_states = {layer: head.init_state(1, device, decoder.dtype) for layer, head in decoder.heads.items()}
         logits.append(decoder.prefill(torch.tensor([ids], device=device), cache, row_states))  # (1, V)
         caches.append(cache)
@@ -389,7 +390,7 @@ def generate_batch_thresholds(decoder: DecoderCore, prompts: Sequence[Sequence[i
     if batch.padded and device.type == "cpu":
         logits, cache, states = prefill_rows(decoder, prompts, batch.width)  # (B, V)
     else:
-        cache = DynamicCache(config=decoder.model.config)
+        cache = new_cache(decoder.model.config)
         states = {layer: head.init_state(len(prompts), device, decoder.dtype) for layer, head in decoder.heads.items()}
         logits = prefill_batch(decoder, batch, cache, states)  # (B, V)
     decoder._sync(device)

@@ -199,8 +199,9 @@ class DecoderCore:
 
 
 def snapshot_cache(cache: DynamicCache, layers: list[int] | None = None) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    """What a look-ahead changes in the cache (of `layers`, default all): K/V grow by concatenation (new tensors:
-    references suffice), SSM states are updated in place (cloned)."""
+    """What a look-ahead changes in the cache (of `layers`, default all): K/V only grow (views of their first
+    positions suffice: kv_cache.GrowingLayer writes past them), SSM states are updated in place (cloned). Restore
+    snapshots last-in first-out: a restored K/V view lets later appends overwrite what came after it."""
     return [(j, layer.keys, layer.values) if hasattr(layer, "keys")
             else (j, layer.conv_states[0].clone(), layer.recurrent_states[0].clone())
             for j, layer in enumerate(cache.layers) if layers is None or j in layers]
