@@ -4,6 +4,8 @@ For each backbone, each missing-state policy and each exit layer, a test-only `f
 makes every generated token exit there; the same prompt is decoded with exits disabled, interleaved. Reported:
 ms per decode step, the measured speedup (disabled / forced, paired per round, median over rounds, quartiles)
 next to the exact and paper CRFs of the same run, and speedup / exact CRF (goal >= 0.9 at batch size 1).
+--batch-size B decodes B random prompts together (`generate_batch`, every row forced to the same exit): ms per
+decode step of the whole batch.
 
 To say what bounds the speedup, a line t(step) = fixed + per_block * blocks_run is fitted per policy over the
 exit layers: `per_block` is the measured cost of running one block, `fixed` everything a step pays whatever
@@ -24,6 +26,7 @@ from torch import nn
 
 from timing import add_common_args, interleaved, print_table, save, setup, spread
 
+from workflow_lib.decoding.accounting import crf_exact, crf_paper
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.decoding.policies import POLICIES
 from workflow_lib.models.backbone import PRESETS, build_backbone, default_exit_layers, parts, preset_config
@@ -46,6 +49,7 @@ def parse_args() -> argparse.Namespace:
                    "translators: the same d x d product a trained one runs)")
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens (default: 32)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default: 32)")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts decoded together (default: 1)")
     add_common_args(p, out="results/benchmarks/realised_speedup.json")
     return p.parse_args()
 
@@ -61,12 +65,23 @@ def exit_layers_for(spec: str | None, n_layers: int) -> list[int]:
 
 
 def decode_step_seconds(decoder: ExitDecoder, prompt: torch.Tensor, new_tokens: int, record: dict):
-    """A callable for `interleaved`: one generation, returns seconds per decode step, keeps the last result."""
+    """A callable for `interleaved`: one generation of the (B, T) prompts, returns seconds per decode step of the
+    whole batch, keeps the last results (one per row)."""
     def run() -> float:
-        result = decoder.generate(prompt, max_new_tokens=new_tokens)  # prompt: (1, T)
-        record["result"] = result
-        return result.decode_seconds / max(len(result.costs), 1)
+        if len(prompt) == 1:
+            results = [decoder.generate(prompt, max_new_tokens=new_tokens)]  # prompt: (1, T)
+        else:
+            results = decoder.generate_batch(prompt.tolist(), max_new_tokens=new_tokens)
+        record["results"] = results
+        seconds = results[0].batch_decode_seconds or results[0].decode_seconds  # a batch's time, counted once
+        return seconds / max(max(len(r.costs) for r in results), 1)
     return run
+
+
+def run_crfs(results) -> tuple[float, float]:
+    """Exact and paper CRF over every decode step of every row."""
+    costs = [c for r in results for c in r.costs]
+    return crf_exact(costs), crf_paper(costs)
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -76,6 +91,8 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def bench_backbone(preset: str, args, device, dtype) -> tuple[list[dict], list[dict]]:
+    if args.batch_size < 1:
+        raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}")
     overrides = {k: v for k, v in (("hidden_size", args.hidden_size), ("num_hidden_layers", args.layers)) if v}
     if overrides and not preset.startswith("tiny-"):
         raise SystemExit(f"error: --hidden-size / --layers only apply to the tiny presets, not {preset}")
@@ -93,7 +110,7 @@ def bench_backbone(preset: str, args, device, dtype) -> tuple[list[dict], list[d
         raise SystemExit(f"error: unknown emission rules {sorted(set(emissions) - set(EMISSION_RULES))}")
     translators = Translators(config.hidden_size, layers).to(device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(3, config.vocab_size, (1, args.prompt_len), generator=gen).to(device)  # (1, T)
+    prompt = torch.randint(3, config.vocab_size, (args.batch_size, args.prompt_len), generator=gen).to(device)  # (B, T)
 
     variants, records = {}, {}
     records["disabled"] = {}
@@ -111,26 +128,31 @@ def bench_backbone(preset: str, args, device, dtype) -> tuple[list[dict], list[d
     samples = interleaved(variants, args.repeats, args.warmup)
 
     base = samples["disabled"]
-    rows = [{"backbone": preset, "hidden_size": config.hidden_size, "policy": "disabled", "emission": "-",
+    rows = [{"backbone": preset, "hidden_size": config.hidden_size, "batch_size": args.batch_size, "policy": "disabled",
+             "emission": "-",
              "exit_layer": n - 1,
              "blocks_run": n,
              "ms_per_step": spread([1e3 * s for s in base])["median"], "speedup": 1.0,
-             "crf_exact": records["disabled"]["result"].crf_exact, "tokens": len(records["disabled"]["result"].costs)}]
+             "crf_exact": run_crfs(records["disabled"]["results"])[0],
+             "tokens": sum(len(r.costs) for r in records["disabled"]["results"])}]
     for name, times in samples.items():
         if name == "disabled":
             continue
         policy, e, emission = name.split("@")
-        result = records[name]["result"]
-        if set(result.exit_layers[1:]) != {int(e)}:  # the first token comes from the full-depth prefill
-            raise RuntimeError(f"{name}: forced head at block {e}, tokens exited at {sorted(set(result.exit_layers))}")
+        results = records[name]["results"]
+        exits = {x for r in results for x in r.exit_layers[1:]}  # the first token comes from the full-depth prefill
+        if exits != {int(e)}:
+            raise RuntimeError(f"{name}: forced head at block {e}, tokens exited at {sorted(exits)}")
+        crf, crf_p = run_crfs(results)
         ratio = spread([b / t for b, t in zip(base, times)])  # paired per round
-        rows.append({"backbone": preset, "hidden_size": config.hidden_size, "policy": policy, "emission": emission,
+        rows.append({"backbone": preset, "hidden_size": config.hidden_size, "batch_size": args.batch_size,
+                     "policy": policy, "emission": emission,
                      "exit_layer": int(e), "blocks_run": int(e) + 1 + (emission == "last_block"),
                      "ms_per_step": spread([1e3 * s for s in times])["median"],
                      "ms_per_step_spread": spread([1e3 * s for s in times]),
                      "speedup": ratio["median"], "speedup_q1": ratio["q1"], "speedup_q3": ratio["q3"],
-                     "crf_exact": result.crf_exact, "crf_paper": result.crf_paper,
-                     "speedup_over_crf": ratio["median"] / result.crf_exact, "tokens": len(result.costs)})
+                     "crf_exact": crf, "crf_paper": crf_p,
+                     "speedup_over_crf": ratio["median"] / crf, "tokens": sum(len(r.costs) for r in results)})
 
     fits = []
     for emission in emissions:

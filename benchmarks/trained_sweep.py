@@ -25,6 +25,7 @@ from workflow_lib.decoding.accounting import crf_exact, crf_paper
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import load_backbone
 from workflow_lib.models.heads import load_heads
+from workflow_lib.models.translators import EMISSION_RULES, load_translators
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,7 +39,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95,0.99",
                    help="comma-separated exit thresholds (default: 0.5,...,0.99)")
     p.add_argument("--policy", default=None, help="missing-state policy (default: the decoder's)")
+    p.add_argument("--emission", default="last_block", choices=EMISSION_RULES,
+                   help="emission rule the heads were trained for (default: last_block)")
+    p.add_argument("--translators", default=None, help="translators folder (the translator rule's)")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop string, as the task's `until` (repeatable; e.g. --stop $'\\n' for TriviaQA's answers)")
     add_common_args(p, out="results/benchmarks/trained_sweep.json")
     return p.parse_args()
 
@@ -72,12 +78,15 @@ def main() -> None:
     model = load_backbone(args.backbone, device=device, dtype=dtype)
     heads, meta = load_heads(args.heads, backbone_config=model.config)
     heads = heads.to(device=device, dtype=dtype)
+    translators = None
+    if args.translators:
+        translators, _ = load_translators(args.translators, model.config, device=device, dtype=dtype)
     inputs = [tokenizer(p, return_tensors="pt").input_ids.to(device) for p in prompts]  # each (1, T)
 
     def variant(decoder: ExitDecoder, record: dict):
         def run() -> float:
-            results = [decoder.generate(ids, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id)
-                       for ids in inputs]
+            results = [decoder.generate(ids, max_new_tokens=args.max_new_tokens, stop_strings=args.stop,
+                                        tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id) for ids in inputs]
             record["results"] = results
             return sum(len(r.costs) for r in results) / sum(r.decode_seconds for r in results)  # decode tokens/s
         return run
@@ -86,7 +95,9 @@ def main() -> None:
     variants = {"disabled": variant(ExitDecoder(model), records["disabled"])}
     for t in thresholds:
         records[t] = {}
-        variants[t] = variant(ExitDecoder(model, heads=heads, threshold=t, policy=args.policy), records[t])
+        decoder = ExitDecoder(model, heads=heads, threshold=t, policy=args.policy, emission=args.emission,
+                              translators=translators)
+        variants[t] = variant(decoder, records[t])
     samples = interleaved(variants, args.repeats, args.warmup)
 
     n = model.config.num_hidden_layers

@@ -13,7 +13,9 @@ from workflow_lib.models.backbone import load_backbone
 from workflow_lib.models.translators import load_translators
 from workflow_lib.cli.train_translators import main
 from workflow_lib.training.distill import pack, read_tokens
-from workflow_lib.training.translators import TranslatorConfig, fit_translators, kl_full_to_translated
+from workflow_lib.models.emission import greedy_answers
+from workflow_lib.training.translators import (TranslatorConfig, answer_states, fit_translators,
+                                               kl_full_to_translated)
 
 
 @pytest.fixture(scope="module", params=["tiny-mistral", "tiny-mamba2"])
@@ -47,6 +49,41 @@ def test_training_lowers_held_out_kl_and_is_seeded(setup, init):
     assert record["seconds"] > 0 and set(record["train_kl_last_step"]) == {"1", "2"}
 
 
+def test_answers_join_the_fit(setup):
+    """Answers weighted into the least-squares start fit their own positions better; weight 0 ignores them."""
+    root, backbone = setup
+    model = load_backbone(str(backbone), device="cpu")
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(backbone)
+    train = pack(read_tokens(str(root / "train.txt"), tok, None, "t"), 32, "t", "t")  # (N, 32)
+    answers = greedy_answers(model, tok, ["Q: What is the capital of France?\nA:", "Q: Who wrote Hamlet?\nA:"], 8)
+    assert all(seq.shape[1] > c.nonzero()[0, 1] for seq, c in answers) and sum(int(c.sum()) for _, c in answers) > 0
+    cfg = TranslatorConfig(backbone=str(backbone), train_text="", out="", steps=1, batch_size=4, seq_len=32,
+                           lr=1e-12, init="least_squares", init_batches=4)  # the least-squares start alone
+
+    def fit(weight, given=answers):
+        return fit_translators(model, train, [1, 2], TranslatorConfig(**{**cfg.__dict__, "answers_weight": weight}),
+                               progress=False, answers=given)
+
+    text_alone, record = fit(0.0, None)
+    ignored, _ = fit(0.0)
+    for k, v in text_alone.state_dict().items():
+        assert torch.equal(v, ignored.state_dict()[k])  # weight 0: the answers change nothing
+    assert record["answer_positions"] == 0
+    mixed, record = fit(0.9)
+    again, _ = fit(0.9)
+    for k, v in mixed.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])  # seeded
+    assert record["answer_positions"] == sum(int(c.sum()) for _, c in answers)
+    states = answer_states(model, answers, [1, 2])
+    n = model.config.num_hidden_layers
+    with torch.no_grad():
+        for layer in (1, 2):
+            error = {name: (t(states[layer], layer) - states[n - 1]).pow(2).mean().item()
+                     for name, t in (("text", text_alone), ("mixed", mixed))}
+            assert error["mixed"] < error["text"], (layer, error)
+
+
 def test_entry_point_writes_translators_with_provenance(setup, tmp_path, capsys):
     root, backbone = setup
     out = tmp_path / "translators"
@@ -59,13 +96,38 @@ def test_entry_point_writes_translators_with_provenance(setup, tmp_path, capsys)
     assert "seconds" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_entry_point_bad_input(setup, tmp_path):
+def test_entry_point_fits_answers(setup, task_files, tmp_path):  # noqa: F811
+    root, backbone = setup
+    out = tmp_path / "translators"
+    main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
+          "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu", "--init", "least_squares",
+          "--init-batches", "2", "--answers-task", f"truthfulqa:{task_files['truthfulqa']}", "--answers-prompts", "2",
+          "--answers-tokens", "5", "--answers-weight", "0.5"])
+    _, meta = load_translators(out, load_backbone(str(backbone), device="cpu").config)
+    assert meta["training"]["answers_weight"] == 0.5 and meta["training"]["answers_tokens"] == 5
+    assert meta["run"]["answer_prompts"] == 2 and 0 < meta["run"]["answer_positions"] <= 2 * 4
+
+
+def test_entry_point_bad_input(setup, tmp_path, capsys):
     root, backbone = setup
     with pytest.raises(SystemExit, match="exit layers"):
         main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "3",
               "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--model", str(backbone), "--train-text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
+    for bad, message in ((["--answers-weight", "0.5"], "go together"),
+                         (["--answers-task", "truthfulqa:" + str(tmp_path / "none.jsonl"), "--answers-weight", "0.5"],
+                          "no file"),
+                         (["--answers-task", f"nope:{root / 'train.txt'}", "--answers-weight", "0.5"], "NAME:DATA"),
+                         (["--answers-task", f"truthfulqa:{root / 'train.txt'}:x", "--answers-weight", "0.5"],
+                          "whole number")):
+        with pytest.raises(SystemExit):
+            main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--out", str(tmp_path / "o"),
+                  *bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"not in \[0, 1\)"):
+        main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--out", str(tmp_path / "o"),
+              "--answers-task", f"truthfulqa:{root / 'train.txt'}", "--answers-weight", "1.0"])
     assert not (tmp_path / "o").exists()
     for module in ("train_translators", "agreement"):
         help_text = subprocess.run([sys.executable, "-m", f"workflow_lib.cli.{module}", "--help"], capture_output=True,

@@ -55,16 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.text is None and not a.task:
         p.error("give --text, --task or both: there is nothing to measure")
-    tasks = []
-    for spec in a.task:
-        name, _, rest = spec.partition(":")
-        data, _, shots = rest.partition(":")
-        if name not in TASKS or not data:
-            p.error(f"--task {spec!r}: expected NAME:DATA[:SHOTS] with NAME one of {', '.join(sorted(TASKS))}")
-        if not Path(data).is_file():
-            p.error(f"--task {spec!r}: no file {data!r}")
-        tasks.append((name, data, int(shots) if shots else DEFAULT_SHOTS[name]))
-    a.task = tasks
+    try:
+        a.task = [task_spec(spec) for spec in a.task]
+    except ValueError as e:
+        p.error(f"--task {e}")
     if a.text is not None and not Path(a.text).is_file():
         p.error(f"--text: no file {a.text!r}")
     for name in ("text_tokens", "seq_len", "limit", "max_new_tokens", "batch_size", "resamples"):
@@ -73,6 +67,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     return a
+
+
+def task_spec(spec: str) -> tuple[str, str, int]:
+    """NAME:DATA[:SHOTS] -> (task, data file, shots), the task's default shots if none; ValueError names what is off."""
+    from ..evaluation.tasks import TASKS
+
+    name, _, rest = spec.partition(":")
+    data, _, shots = rest.partition(":")
+    if name not in TASKS or not data:
+        raise ValueError(f"{spec!r}: expected NAME:DATA[:SHOTS] with NAME one of {', '.join(sorted(TASKS))}")
+    if not Path(data).is_file():
+        raise ValueError(f"{spec!r}: no file {data!r}")
+    if shots and not shots.isdigit():
+        raise ValueError(f"{spec!r}: SHOTS must be a whole number, got {shots!r}")
+    return name, data, int(shots) if shots else DEFAULT_SHOTS[name]
 
 
 def task_prompts(task: str, data: str, shots: int, limit: int, fewshot_data: str | None, seed: int) -> list[str]:
@@ -127,6 +136,7 @@ def main(argv=None) -> None:
 
     from ..artifacts import atomic_path
     from ..models.backbone import default_device, load_backbone
+    from ..models.emission import greedy_answers
     from ..models.translators import load_translators
     from ..training.distill import _backbone_config, pack, read_tokens, resolve_exit_layers
 
@@ -149,13 +159,7 @@ def main(argv=None) -> None:
             batches = [(w, torch.ones_like(w, dtype=torch.bool)) for w in windows.split(a.batch_size)]
             table += rows("text", measure(model, batches, layers, rules, translators), a.seed, a.resamples)
         for task, texts in prompts.items():
-            sequences = []
-            for text in texts:
-                ids = tokenizer(text, return_tensors="pt").input_ids.to(device)  # (1, T)
-                seq = model.generate(ids, do_sample=False, max_new_tokens=a.max_new_tokens)  # (1, T + G)
-                counted = torch.zeros_like(seq, dtype=torch.bool)  # (1, T + G)
-                counted[:, ids.shape[1]:seq.shape[1] - 1] = True  # decode steps: read a generated token, emit the next
-                sequences.append((seq, counted))
+            sequences = greedy_answers(model, tokenizer, texts, a.max_new_tokens)
             table += rows(task, measure(model, sequences, layers, rules, translators), a.seed, a.resamples)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"agreement: error: {e}")

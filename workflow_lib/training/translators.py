@@ -8,6 +8,13 @@ AdamW; the translators start at the identity (the logit lens), so step 0 is the 
 the ridge regression of the final hidden state on h_l over the first `init_batches` batches (the "linear shortcut"
 of Din et al., 2023): one backbone pass per batch and a d x d solve, a warm start worth many KL steps where a step
 costs seconds (on SmolLM2-135M, 1 CPU core: a KL step on 4 x 128 tokens and 5 exits took ~10 s).
+
+Answers (optional, `answers_weight` > 0): the full model's own greedy answers to held-out task prompts, the tokens an
+exit really emits at evaluation. Their positions (a generated token read, the next one emitted) join the fit: the
+least-squares start and every KL step weigh them `answers_weight` and the text 1 - `answers_weight`, each side
+averaged over its own positions. Their states are computed once (a few thousand positions); each KL step draws
+batch_size x seq_len of them. On SmolLM2-135M a translator fitted on text alone agrees with the full model far less
+on its answers than on text (docs/results/real-small.md).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from tqdm import tqdm
 from ..artifacts import provenance
 from ..data.schemas import read_corpus
 from ..models.backbone import default_device, load_backbone, parts
-from ..models.emission import exit_states
+from ..models.emission import exit_states, greedy_answers
 from ..models.translators import Translators, save_translators
 from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_schedule, pack,
                       read_tokens, resolve_exit_layers)
@@ -48,6 +55,8 @@ class TranslatorConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_train_tokens: int | None = None
+    answers_weight: float = 0.0  # share of the fit on answer positions (0: text alone; needs answer prompts if > 0)
+    answers_tokens: int = 32  # greedy tokens generated per answer prompt
     seed: int = 0
     device: str | None = None
 
@@ -60,7 +69,9 @@ def validate(cfg: TranslatorConfig):
     """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
     if cfg.init not in INITS:
         raise ValueError(f"unknown translator init {cfg.init!r}; known: {', '.join(INITS)}")
-    check_schedule(cfg, ("steps", "batch_size", "init_batches"))
+    check_schedule(cfg, ("steps", "batch_size", "init_batches", "answers_tokens"))
+    if not 0.0 <= cfg.answers_weight < 1.0:
+        raise ValueError(f"answers_weight {cfg.answers_weight} is not in [0, 1): the text keeps a share of the fit")
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
         raise ValueError(f"max_train_tokens {cfg.max_train_tokens} is less than one sequence of {cfg.seq_len}")
     _check_text_file(cfg.train_text, "training text")
@@ -91,23 +102,64 @@ def kl_full_to_translated(model: nn.Module, translators: Translators, input_ids:
     return torch.stack(losses)  # (E,)
 
 
+def _accumulate(gram: dict, cross: dict, hidden: dict[int, torch.Tensor], final: torch.Tensor) -> None:
+    """Add one set of positions to the normal equations: hidden[l] (N, D) and the final hidden state (N, D)."""
+    target = final.double().cpu()  # (N, D)
+    for l in gram:
+        x = hidden[l].double().cpu()  # (N, D)
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # (N, D+1)
+        gram[l] += xa.T @ xa
+        cross[l] += xa.T @ (target - x)
+
+
+def kl_at_states(model: nn.Module, translators: Translators, hidden: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Per exit (E,): mean KL(full || translated lens) over positions given by their states (answer_states: h_l
+    (N, D) per exit, the final hidden state (N, D) under n_layers - 1), without running the backbone."""
+    p = parts(model)
+    with torch.no_grad():
+        final = p.final_norm(hidden[p.n_layers - 1])  # (N, D)
+        full = p.lm_head(final.to(p.lm_head.weight.dtype)).float().log_softmax(-1)  # (N, V)
+    losses = []
+    for l in translators.exit_layers:
+        z = p.final_norm(translators(hidden[l], l))  # (N, D)
+        translated = p.lm_head(z.to(p.lm_head.weight.dtype)).float().log_softmax(-1)  # (N, V)
+        losses.append(F.kl_div(translated, full, log_target=True, reduction="batchmean"))
+    return torch.stack(losses)  # (E,)
+
+
 @torch.no_grad()
-def least_squares_start(model: nn.Module, translators: Translators, batches) -> None:
+def answer_states(model: nn.Module, answers, exit_layers: list[int]) -> dict[int, torch.Tensor]:
+    """h_l (N, D) at the decode steps of greedy answers [(ids (1, T), counted (1, T))] for every exit layer, and the
+    final hidden state (N, D) there under n_layers - 1: what the answers' side of the fit reads."""
+    keep = [*exit_layers, model.config.num_hidden_layers - 1]
+    states = [exit_states(model, ids, keep) for ids, _ in answers]
+    return {l: torch.cat([s.hidden[l][counted] for s, (_, counted) in zip(states, answers)]) for l in keep}
+
+
+@torch.no_grad()
+def least_squares_start(model: nn.Module, translators: Translators, batches,
+                        answers: dict[int, torch.Tensor] | None = None, answers_weight: float = 0.0) -> None:
     """Set each translator to the ridge regression of the final hidden state (the last block's output, before the
-    final norm) on h_l, in the residual form h + A h + b, accumulated in float64 over `batches` of (B, T) ids."""
+    final norm) on h_l, in the residual form h + A h + b, accumulated in float64 over `batches` of (B, T) ids; with
+    `answers` (answer_states) the two sides' mean normal equations are mixed 1 - answers_weight : answers_weight."""
     n = model.config.num_hidden_layers
     layers = translators.exit_layers
     d = translators.hidden_size
-    gram = {l: torch.zeros(d + 1, d + 1, dtype=torch.float64) for l in layers}  # (D+1, D+1): [h, 1]^T [h, 1]
-    cross = {l: torch.zeros(d + 1, d, dtype=torch.float64) for l in layers}  # (D+1, D): [h, 1]^T (h_final - h)
+    zeros = lambda *shape: {l: torch.zeros(*shape, dtype=torch.float64) for l in layers}  # noqa: E731
+    gram, cross = zeros(d + 1, d + 1), zeros(d + 1, d)  # (D+1, D+1): [h, 1]^T [h, 1]; (D+1, D): [h, 1]^T (h_n - h)
+    count = 0
     for input_ids in batches:
         states = exit_states(model, input_ids, [*layers, n - 1])
-        target = states.hidden[n - 1].flatten(0, 1).double().cpu()  # (N, D)
+        _accumulate(gram, cross, {l: states.hidden[l].flatten(0, 1) for l in layers},
+                    states.hidden[n - 1].flatten(0, 1))
+        count += input_ids.numel()
+    if answers is not None and answers_weight > 0:
+        gram_a, cross_a = zeros(d + 1, d + 1), zeros(d + 1, d)
+        _accumulate(gram_a, cross_a, answers, answers[n - 1])
+        count_a = len(answers[n - 1])
         for l in layers:
-            x = states.hidden[l].flatten(0, 1).double().cpu()  # (N, D)
-            xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # (N, D+1)
-            gram[l] += xa.T @ xa
-            cross[l] += xa.T @ (target - x)
+            gram[l] = (1 - answers_weight) / count * gram[l] + answers_weight / count_a * gram_a[l]
+            cross[l] = (1 - answers_weight) / count * cross[l] + answers_weight / count_a * cross_a[l]
     for l in layers:
         ridge = RIDGE * gram[l].diagonal().mean() * torch.eye(d + 1, dtype=torch.float64)  # (D+1, D+1)
         w = torch.linalg.solve(gram[l] + ridge, cross[l])  # (D+1, D)
@@ -117,26 +169,35 @@ def least_squares_start(model: nn.Module, translators: Translators, batches) -> 
 
 
 def fit_translators(model: nn.Module, train: torch.Tensor, exit_layers: list[int], cfg: TranslatorConfig,
-                    progress: bool = True) -> tuple[Translators, dict]:
-    """Train one translator per exit layer on packed sequences `train` (N, L); returns them and the run's record
-    (per-exit KL at the first and last steps, seconds, tokens)."""
+                    progress: bool = True, answers=None) -> tuple[Translators, dict]:
+    """Train one translator per exit layer on packed sequences `train` (N, L), and on greedy `answers` (see the module
+    docstring) where cfg.answers_weight > 0; returns them and the run's record (per-exit KL at the first and last
+    steps, seconds, tokens)."""
     model.eval().requires_grad_(False)
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     translators = Translators(model.config.hidden_size, exit_layers).to(device).train()
+    weight = cfg.answers_weight if answers else 0.0
+    start = time.perf_counter()
+    states = answer_states(model, answers, exit_layers) if weight > 0 else None  # {l: (N_a, D)}
+    draw = torch.Generator().manual_seed(cfg.seed)  # the answer positions each KL step reads
 
     def batch(step: int) -> torch.Tensor:
         return train[batch_indices(step, cfg.batch_size, len(train), cfg.seed)].to(device)  # (B, L)
 
-    start = time.perf_counter()
     if cfg.init == "least_squares":
-        least_squares_start(model, translators, (batch(s) for s in range(cfg.init_batches)))
+        least_squares_start(model, translators, (batch(s) for s in range(cfg.init_batches)), states, weight)
     init_seconds = time.perf_counter() - start
     opt = torch.optim.AdamW(translators.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     first = last = None
     bar = tqdm(range(cfg.steps), desc="train translators", file=sys.stderr, mininterval=1.0, disable=not progress)
     for step in bar:
         losses = kl_full_to_translated(model, translators, batch(step))  # (E,)
+        if states is not None:
+            n_answers = len(states[exit_layers[0]])
+            picked = torch.randint(n_answers, (cfg.batch_size * cfg.seq_len,), generator=draw).to(device)  # (P,)
+            losses = (1 - weight) * losses + weight * kl_at_states(
+                model, translators, {l: h[picked] for l, h in states.items()})  # (E,)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # translators share nothing: each exit gets its own gradient
         if cfg.grad_clip > 0:
@@ -152,14 +213,19 @@ def fit_translators(model: nn.Module, train: torch.Tensor, exit_layers: list[int
     record = {"train_kl_first_step": dict(zip(map(str, exit_layers), first.tolist())),
               "train_kl_last_step": dict(zip(map(str, exit_layers), last.tolist())),
               "seconds": seconds, "init_seconds": init_seconds, "tokens": tokens,
+              "answer_positions": len(states[exit_layers[0]]) if states is not None else 0,
               "tokens_per_second": tokens / seconds if seconds else math.nan,
               "device": str(device), "train_sequences": len(train)}
     return translators.eval(), record
 
 
-def train_translators(cfg: TranslatorConfig) -> dict:
-    """Train the translators of one backbone and save them to cfg.out (save_translators, atomically)."""
+def train_translators(cfg: TranslatorConfig, answer_prompts: list[str] | None = None) -> dict:
+    """Train the translators of one backbone and save them to cfg.out (save_translators, atomically); with
+    cfg.answers_weight > 0, also on the full model's greedy answers to `answer_prompts` (held-out task prompts)."""
     backbone_config, exit_layers = validate(cfg)
+    if (cfg.answers_weight > 0) != bool(answer_prompts):
+        raise ValueError("answers_weight > 0 and answer prompts go together: "
+                         f"weight {cfg.answers_weight}, {len(answer_prompts or [])} prompts")
     cfg = dataclasses.replace(cfg, exit_layers=exit_layers)
     tokenizer = _load_tokenizer(cfg, backbone_config)
     needed = max(cfg.steps, cfg.init_batches if cfg.init == "least_squares" else 0) * cfg.batch_size * cfg.seq_len
@@ -168,9 +234,13 @@ def train_translators(cfg: TranslatorConfig) -> dict:
                  "training text")  # (N, L)
     device = torch.device(cfg.device) if cfg.device else default_device()
     model = load_backbone(cfg.backbone, device=device, seed=cfg.seed)
-    translators, record = fit_translators(model, train, exit_layers, cfg)
+    start = time.perf_counter()
+    answers = greedy_answers(model, tokenizer, answer_prompts, cfg.answers_tokens) if answer_prompts else None
+    answer_seconds = time.perf_counter() - start
+    translators, record = fit_translators(model, train, exit_layers, cfg, answers=answers)
+    record["answer_prompts"], record["answer_seconds"] = len(answer_prompts or []), answer_seconds
     settings = {k: getattr(cfg, k) for k in ("steps", "batch_size", "seq_len", "lr", "init", "init_batches",
-                                             "weight_decay", "grad_clip")}
+                                             "weight_decay", "grad_clip", "answers_weight", "answers_tokens")}
     save_translators(cfg.out, translators.cpu(), model.config, {
         "training": {**settings, "objective": "KL(full || translated lens)", "optimizer": "AdamW"},
         "run": record, "backbone_id": cfg.backbone, "seed": cfg.seed,
