@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ..artifacts import provenance
 from ..data.schemas import read_corpus
 from ..models.backbone import default_device, load_backbone, parts
-from ..models.emission import exit_states, greedy_answers
+from ..models.emission import exit_hidden, greedy_answers
 from ..models.translators import Translators, save_translators
 from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_schedule, pack,
                       read_tokens, resolve_exit_layers)
@@ -94,11 +94,17 @@ def kl_full_to_translated(model: nn.Module, translators: Translators, input_ids:
     finally:
         for hook in hooks:
             hook.remove()
+    return _kl_per_exit(p, translators, captured, full)
+
+
+def _kl_per_exit(p, translators: Translators, hidden: dict[int, torch.Tensor], full: torch.Tensor) -> torch.Tensor:
+    """Per exit (E,): mean over positions of KL(full || LM head(final_norm(translate(h_l, l)))), from h_l (..., D)
+    and the full model's log-probabilities full (..., V)."""
     losses = []
-    for l in layers:
-        z = p.final_norm(translators(captured[l], l))  # (B, T, D)
-        translated = p.lm_head(z.to(p.lm_head.weight.dtype)).float().log_softmax(-1)  # (B, T, V)
-        losses.append(F.kl_div(translated.flatten(0, 1), full.flatten(0, 1), log_target=True, reduction="batchmean"))
+    for l in translators.exit_layers:
+        z = p.final_norm(translators(hidden[l], l))  # (..., D)
+        translated = p.lm_head(z.to(p.lm_head.weight.dtype)).float().log_softmax(-1)  # (..., V)
+        losses.append(F.kl_div(translated.flatten(0, -2), full.flatten(0, -2), log_target=True, reduction="batchmean"))
     return torch.stack(losses)  # (E,)
 
 
@@ -119,12 +125,7 @@ def kl_at_states(model: nn.Module, translators: Translators, hidden: dict[int, t
     with torch.no_grad():
         final = p.final_norm(hidden[p.n_layers - 1])  # (N, D)
         full = p.lm_head(final.to(p.lm_head.weight.dtype)).float().log_softmax(-1)  # (N, V)
-    losses = []
-    for l in translators.exit_layers:
-        z = p.final_norm(translators(hidden[l], l))  # (N, D)
-        translated = p.lm_head(z.to(p.lm_head.weight.dtype)).float().log_softmax(-1)  # (N, V)
-        losses.append(F.kl_div(translated, full, log_target=True, reduction="batchmean"))
-    return torch.stack(losses)  # (E,)
+    return _kl_per_exit(p, translators, hidden, full)
 
 
 @torch.no_grad()
@@ -132,8 +133,8 @@ def answer_states(model: nn.Module, answers, exit_layers: list[int]) -> dict[int
     """h_l (N, D) at the decode steps of greedy answers [(ids (1, T), counted (1, T))] for every exit layer, and the
     final hidden state (N, D) there under n_layers - 1: what the answers' side of the fit reads."""
     keep = [*exit_layers, model.config.num_hidden_layers - 1]
-    states = [exit_states(model, ids, keep) for ids, _ in answers]
-    return {l: torch.cat([s.hidden[l][counted] for s, (_, counted) in zip(states, answers)]) for l in keep}
+    states = [exit_hidden(model, ids, keep) for ids, _ in answers]  # no LM head over the prompts
+    return {l: torch.cat([s[l][counted] for s, (_, counted) in zip(states, answers)]) for l in keep}
 
 
 @torch.no_grad()
@@ -149,9 +150,8 @@ def least_squares_start(model: nn.Module, translators: Translators, batches,
     gram, cross = zeros(d + 1, d + 1), zeros(d + 1, d)  # (D+1, D+1): [h, 1]^T [h, 1]; (D+1, D): [h, 1]^T (h_n - h)
     count = 0
     for input_ids in batches:
-        states = exit_states(model, input_ids, [*layers, n - 1])
-        _accumulate(gram, cross, {l: states.hidden[l].flatten(0, 1) for l in layers},
-                    states.hidden[n - 1].flatten(0, 1))
+        states = exit_hidden(model, input_ids, [*layers, n - 1])  # the blocks alone: the fit needs no logits
+        _accumulate(gram, cross, {l: states[l].flatten(0, 1) for l in layers}, states[n - 1].flatten(0, 1))
         count += input_ids.numel()
     if answers is not None and answers_weight > 0:
         gram_a, cross_a = zeros(d + 1, d + 1), zeros(d + 1, d)
