@@ -16,7 +16,8 @@ if WORLD is not None:
             # The world's own settings: the stories are the evaluated ones' kind, drawn apart (the world rule and its
             # files stay as they are).
             options=cli(WORLD),
-            stories=lambda wc: CALIBRATION["n"],
+            stories=lambda wc: held_out_pool_n(wc.task),  # the calibration set's and the answer prompts'
+
             seed=SEED,
         log:
             f"{LOGS}/world_calibration_pool/{{task}}.log",
@@ -36,13 +37,15 @@ else:
         wildcard_constraints:
             task="triviaqa|coqa",  # the hub's held-out train splits; TruthfulQA draws from its own file
         params:
-            # TriviaQA: the longest-answer train questions, the evaluation's own selection rule
+            # TriviaQA: train questions chosen by the evaluation's own selection rule (the longest answers, or seeded)
             options=lambda wc: cli(
                 {
                     "source": REAL[wc.task]["source"],
                     "config": REAL[wc.task].get("config"),
                     "split": "train",
-                    "n": CALIBRATION["n"],
+                    "n": held_out_pool_n(wc.task),  # the calibration set's and the answer prompts' (common.smk)
+                    # (longest, the sampler's default, left out: the paper's command stays what it was)
+                    "selection": "seeded" if REAL[wc.task].get("selection") == "seeded" else None,
                 }
             ),
             seed=SEED,
@@ -71,7 +74,7 @@ rule calibration_split:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python -m workflow_lib.cli.calibration_split --task {wildcards.task} --data {input.data} --pool {input.pool}"
+        "python -m workflow_lib.cli.held_out_split --task {wildcards.task} --data {input.data} --pool {input.pool}"
         " {params.options} --out {output} > {log} 2>&1"
 
 

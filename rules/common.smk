@@ -375,6 +375,59 @@ def head_options(wildcards):
 # `emissions:` (per backbone; how an exit emits its token) is read with .get: default the paper's last_block.
 TRANSLATORS = config["translators"]
 AGREEMENT = config["agreement"]
+# translators.answers: the translators are also fitted on the full model's greedy answers to held-out prompts of
+# these tasks, drawn apart from the evaluated questions, the calibration set and the few-shot examples (rule
+# answer_prompts). No tasks: text alone.
+ANSWERS = TRANSLATORS["answers"]
+ANSWER_TASKS = ANSWERS["tasks"]
+for task in ANSWER_TASKS:
+    if task not in TASKS:
+        raise WorkflowError(f"invalid config: translators.answers.tasks: {task} is not among evaluation.tasks (its "
+                            f"prompts are built as its evaluation builds them)")
+    if WORLD is not None and task not in SEPARATE_POOLS:
+        raise WorkflowError(f"invalid config: translators.answers.tasks: {task} has no held-out prompts in the world: "
+                            f"every one of its questions is about a held-out fact and is evaluated (tasks that have "
+                            f"some: {', '.join(SEPARATE_POOLS)})")
+
+
+def answer_prompts_file(task):
+    """The task's held-out prompts whose greedy answers the translators are fitted on (rule answer_prompts)."""
+    return f"{RESULTS}/translators/prompts/{task}.jsonl"
+
+
+def answers_pool(task):
+    """Where the answer prompts are drawn from: the task's separate held-out pool (shared with the calibration set,
+    sized for both), else every question of its source (rule sample_answers_pool; the evaluated ones, the
+    calibration set and the few-shot examples are then left out by question text)."""
+    return calibration_pool(task) if task in SEPARATE_POOLS else f"{DATA}/answers_pool/{task}.jsonl"
+
+
+def held_out_pool_n(task):
+    """Questions a separate pool holds: the calibration set's and the answer prompts' (TriviaQA's few-shot examples
+    come from the same train split, and the answer prompts must avoid them: room for them too)."""
+    n = CALIBRATION["n"] if task in CALIBRATED_TASKS else 0
+    if task in ANSWER_TASKS:
+        n += ANSWERS["prompts"] + (REAL["triviaqa"]["fewshot_n"] if REAL is not None and task == "triviaqa" else 0)
+    return n
+
+
+def translators_options():
+    """train_translators' settings; with translators.answers, each task's held-out prompts with its evaluation's
+    shots, and the answers' weight (without, the command is what it was before answers existed)."""
+    options = cli({k: v for k, v in TRANSLATORS.items() if k != "answers"})
+    if not ANSWER_TASKS:
+        return options
+    words = []
+    for task in ANSWER_TASKS:
+        shots = (EVAL["tasks"][task] or {}).get("shots")
+        words += ["--answers-task", f"{task}:{answer_prompts_file(task)}" + ("" if shots is None else f":{shots}")]
+    if "triviaqa" in ANSWER_TASKS:
+        words += ["--fewshot-data", fewshot_file("triviaqa")]
+    return f"{options} {shlex.join(words)} {cli({f'answers_{k}': ANSWERS[k] for k in ('prompts', 'tokens', 'weight')})}"
+
+
+def answers_inputs(wildcards):
+    return [answer_prompts_file(t) for t in ANSWER_TASKS] + ([fewshot_file("triviaqa")] if "triviaqa" in ANSWER_TASKS else [])
 
 
 def emissions(backbone):

@@ -82,3 +82,25 @@ else:
             "../envs/cpu.yaml"
         shell:
             "python -m workflow_lib.cli.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"
+
+    rule sample_answers_pool:
+        output:
+            f"{DATA}/answers_pool/{{task}}.jsonl",
+        wildcard_constraints:
+            task=one_of([t for t in ANSWER_TASKS if t not in SEPARATE_POOLS]),
+        params:
+            # every question of the task's source: rule answer_prompts leaves out the evaluated ones, the calibration
+            # set and the few-shot examples by question text (a local file or TruthfulQA has no other split)
+            options=lambda wc: sample_options(
+                {k: REAL[wc.task].get(k) for k in ("source", "config", "split") if k in REAL[wc.task]}
+                | ({"n": "all", "selection": "seeded"} if wc.task == "triviaqa" else {})
+            ),
+            seed=SEED,
+        log:
+            f"{LOGS}/sample_answers_pool/{{task}}.log",
+        benchmark:
+            f"{BENCHMARKS}/sample_answers_pool/{{task}}.tsv"
+        conda:
+            "../envs/cpu.yaml"
+        shell:
+            "python -m workflow_lib.cli.sample_data {wildcards.task} {params.options} --seed {params.seed} --out {output} > {log} 2>&1"

@@ -7,8 +7,8 @@ import pytest
 from eval_setup import save_calm_heads, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
 from workflow_lib.cli.calibrate import main
-from workflow_lib.cli.calibration_split import main as split_main
-from workflow_lib.data.calibration import calibration_split, check_disjoint, evaluated_records, question_key
+from workflow_lib.cli.held_out_split import main as split_main
+from workflow_lib.data.calibration import check_disjoint, evaluated_records, held_out_split, question_key
 from workflow_lib.data.schemas import LOADERS, read_triviaqa, write_triviaqa
 from workflow_lib.cli.evaluate import main as evaluate_main
 
@@ -31,17 +31,25 @@ def test_evaluated_records_are_the_documents_the_task_scores(task_files, task):
 def test_split_avoids_the_evaluated_questions_and_refuses_overlap(task_files, tmp_path):
     records = read_triviaqa(task_files["triviaqa"])
     evaluated = evaluated_records("triviaqa", records, limit=3)
-    cal = calibration_split("triviaqa", records, evaluated, n=4, seed=0)
+    cal = held_out_split("triviaqa", records, evaluated, n=4, seed=0)
     assert len(cal) == 4 and not {r["question_id"] for r in cal} & {r["question_id"] for r in evaluated}
-    assert cal == calibration_split("triviaqa", records, evaluated, n=4, seed=0)  # seeded
+    assert cal == held_out_split("triviaqa", records, evaluated, n=4, seed=0)  # seeded
     check_disjoint("triviaqa", cal, evaluated)
     with pytest.raises(ValueError, match="shares 1 of its 5 triviaqa questions"):
         check_disjoint("triviaqa", cal + evaluated[:1], evaluated)
     with pytest.raises(ValueError, match="5 questions outside the 3 evaluated ones, fewer than the 6"):
-        calibration_split("triviaqa", records, evaluated, n=6, seed=0)
+        held_out_split("triviaqa", records, evaluated, n=6, seed=0)
     split_main(["--task", "triviaqa", "--data", str(task_files["triviaqa"]), "--limit", "3", "--n", "4",
                 "--out", str(tmp_path / "cal.jsonl")])
     assert read_triviaqa(tmp_path / "cal.jsonl") == cal
+    # the translators' answer prompts: clear of the evaluated questions and of the calibration set
+    split_main(["--task", "triviaqa", "--data", str(task_files["triviaqa"]), "--limit", "3", "--n", "1",
+                "--exclude", str(tmp_path / "cal.jsonl"), "--out", str(tmp_path / "answers.jsonl")])
+    answers = read_triviaqa(tmp_path / "answers.jsonl")
+    assert len(answers) == 1 and not {question_key("triviaqa", r) for r in answers} & {
+        question_key("triviaqa", r) for r in cal + evaluated}
+    with pytest.raises(ValueError, match="1 questions outside the 3 evaluated ones and the 4 kept apart, fewer than the 2"):
+        held_out_split("triviaqa", records, evaluated, n=2, seed=0, apart=cal)
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +114,9 @@ def test_split_on_the_real_samples(shared_data, tmp_path):
     real TruthfulQA evaluated whole leaves nothing to calibrate on, and says so."""
     trivia = LOADERS["triviaqa"](shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
     evaluated = evaluated_records("triviaqa", trivia)
-    cal = calibration_split("triviaqa", trivia, evaluated, n=100, seed=0)
+    cal = held_out_split("triviaqa", trivia, evaluated, n=100, seed=0)
     assert len(evaluated) == 1000 and len(cal) == 100
     check_disjoint("triviaqa", cal, evaluated)
     truthful = LOADERS["truthfulqa"](next((shared_data / "truthfulqa").glob("*.csv")))
     with pytest.raises(ValueError, match="0 questions outside the 817 evaluated ones"):
-        calibration_split("truthfulqa", truthful, evaluated_records("truthfulqa", truthful), n=10, seed=0)
+        held_out_split("truthfulqa", truthful, evaluated_records("truthfulqa", truthful), n=10, seed=0)

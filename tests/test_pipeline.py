@@ -96,6 +96,34 @@ def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     assert "emission~" not in re.sub(r"results/labels/\S+", "", base.stdout) and "--emission" not in base.stdout
 
 
+def test_translators_fitted_on_answers_add_the_prompt_jobs_only(tmp_path):
+    """translators.answers: one answer_prompts job per task, drawn clear of the evaluated questions, the calibration
+    set and the few-shot examples; the translators' command carries the prompts; nothing else is added."""
+    base = snakemake("-n", "-p", "--directory", str(tmp_path))
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["translators"]["answers"] = {"tasks": ["coqa"], "prompts": 8}
+    (tmp_path / "answers.yaml").write_text(yaml.safe_dump(config))
+    answers = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "answers.yaml"))
+    assert base.returncode == 0 and answers.returncode == 0, answers.stdout + answers.stderr
+    before, after = job_stats(base.stdout), job_stats(answers.stdout)
+    assert after == {**before, "answer_prompts": 1}
+    # the world's extra CoQA stories hold the calibration set's 60 and the 8 prompts; the prompts avoid the former
+    assert "--coqa-calibration results/calibration/pool/coqa.jsonl --stories 68" in answers.stdout
+    assert ("held_out_split --task coqa --data results/world/coqa.json --pool results/calibration/pool/coqa.jsonl"
+            " --exclude results/calibration/data/coqa.jsonl --n 8") in answers.stdout
+    flags = "--answers-task coqa:results/translators/prompts/coqa.jsonl:0 --answers-prompts 8 --answers-tokens 32" \
+            " --answers-weight 0.75"
+    assert answers.stdout.count(flags) == 2 and "--answers" not in base.stdout  # both backbones; off by default
+    # the real model's config: TriviaQA from the hub's train split (clear of its few-shot examples), TruthfulQA
+    # from its whole split (clear of the evaluated and calibration questions)
+    real = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(REPO / "configs/real-small.yaml"))
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert job_stats(real.stdout)["answer_prompts"] == 3
+    assert "--pool results/data/calibration_pool/triviaqa.jsonl --exclude results/data/triviaqa_train.jsonl" in real.stdout
+    assert ("--pool results/data/answers_pool/truthfulqa.jsonl --exclude results/calibration/data/truthfulqa.jsonl"
+            " --limit 200 --n 64") in real.stdout
+
+
 def test_slurm_profile_resolves_from_project_root():
     result = snakemake("-n", "--cores", "all", "--profile", "slurm", "-q")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -139,6 +167,10 @@ def test_install_script_refuses_unknown_extra(tmp_path):
      "backbones.mamba2.emission_heads.lens[0]: no head named 'cal'"),
     (lambda c: c["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_policies={"lens": ["copy"]}),
      "backbones.mamba2.emission_policies.lens[0]: 'copy' is not among backbones.mamba2.policies"),
+    # answer prompts for the translators where the world has none to spare, or a weight leaving no text
+    (lambda c: c.update(translators={"answers": {"tasks": ["triviaqa"]}}),
+     "translators.answers.tasks: triviaqa has no held-out prompts in the world"),
+    (lambda c: c.update(translators={"answers": {"tasks": ["triviaqa"], "weight": 1}}), "translators.answers.weight"),
     # calibration on a task whose every question is evaluated, with no pool of its own (embedded TriviaQA)
     (lambda c: c["evaluation"]["tasks"]["triviaqa"].update(limit=None),
      "calibration.tasks: triviaqa has no calibration questions"),

@@ -58,6 +58,10 @@ def test_triviaqa_seeded_selection(shared_data, tmp_path, triviaqa):
     assert len(longest & {r["question_id"] for r in runs[0]}) < 50  # not the longest-answer subset again
     with pytest.raises(ValueError, match="offset ranks the longest answers"):
         sampling.sample_triviaqa(src, tmp_path / "x.jsonl", n=5, offset=3, selection="seeded")
+    # --n all: every question, a pool to draw held-out questions from (the translators' answer prompts)
+    stats = sample_data.main(["triviaqa", "--source", src, "--out", str(tmp_path / "all.jsonl"), "--n", "all",
+                              "--selection", "seeded"])
+    assert schemas.read_triviaqa(tmp_path / "all.jsonl") == triviaqa and stats["selected"] == 3000
 
 
 def test_triviaqa_too_few_questions_writes_nothing(tmp_path):

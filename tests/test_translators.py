@@ -12,8 +12,8 @@ from workflow_lib.cli.agreement import main as agreement_main
 from workflow_lib.models.backbone import load_backbone
 from workflow_lib.models.translators import load_translators
 from workflow_lib.cli.train_translators import main
+from workflow_lib.decoding.answers import greedy_answers
 from workflow_lib.training.distill import pack, read_tokens
-from workflow_lib.models.emission import greedy_answers
 from workflow_lib.training.translators import (TranslatorConfig, answer_states, fit_translators,
                                                kl_full_to_translated)
 
@@ -47,6 +47,41 @@ def test_training_lowers_held_out_kl_and_is_seeded(setup, init):
         trained, lens = kl_full_to_translated(model, translators, valid), kl_full_to_translated(model, identity, valid)
     assert (trained < lens).all(), (trained, lens)  # every exit closer to the full model than the logit lens
     assert record["seconds"] > 0 and set(record["train_kl_last_step"]) == {"1", "2"}
+
+
+def test_greedy_answers_are_generate_at_batch_1(setup):
+    """Batched answers (2 prompts a batch, 3 prompts of different lengths, out of length order) are transformers' own
+    greedy generate at batch size 1, token for token, also where a row stops at EOS; counted marks the decode steps."""
+    _, backbone = setup
+    model = load_backbone(str(backbone), device="cpu")
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(backbone)
+    prompts = ["Q: Who wrote the play about the prince of Denmark, and in which year?\nA:", "Q: Hi?\nA:",
+               "Q: What is the capital of France?\nA:"]
+    ids = [tok(text, return_tensors="pt").input_ids for text in prompts]  # (1, T) each
+    assert len({i.shape[1] for i in ids}) == 3
+    n = 8
+
+    def check():
+        answers = greedy_answers(model, tok, prompts, n, batch_size=2)
+        assert len(answers) == len(prompts)
+        for prompt_ids, (seq, counted) in zip(ids, answers):
+            reference = model.generate(prompt_ids, do_sample=False, max_new_tokens=n)  # (1, T + G)
+            assert torch.equal(seq, reference)
+            t, g = prompt_ids.shape[1], seq.shape[1] - prompt_ids.shape[1]
+            expected = torch.zeros_like(seq, dtype=torch.bool)  # (1, T + G)
+            expected[:, t:t + g - 1] = True
+            assert counted.dtype == torch.bool and torch.equal(counted, expected)
+        return answers
+
+    answers = check()
+    assert all(seq.shape[1] == i.shape[1] + n for i, (seq, _) in zip(ids, answers))
+    model.generation_config.eos_token_id = int(answers[0][0][0, ids[0].shape[1] + 2])  # prompt 0 stops at token 3
+    answers = check()
+    assert answers[0][0].shape[1] <= ids[0].shape[1] + 3
+    for bad in ({"batch_size": 0}, {"max_new_tokens": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            greedy_answers(model, tok, prompts, **{"max_new_tokens": n, **bad})
 
 
 def test_answers_join_the_fit(setup):

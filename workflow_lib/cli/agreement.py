@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fewshot-data", help="triviaqa's few-shot pool (as evaluate's)")
     p.add_argument("--limit", type=int, default=32, help="prompts per task")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8, help="held-out windows per backbone pass")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="held-out windows per backbone pass; task prompts decoded together for the answers")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
@@ -135,8 +136,8 @@ def main(argv=None) -> None:
     from transformers import AutoTokenizer
 
     from ..artifacts import atomic_path
+    from ..decoding.answers import greedy_answers
     from ..models.backbone import default_device, load_backbone
-    from ..models.emission import greedy_answers
     from ..models.translators import load_translators
     from ..training.distill import _backbone_config, pack, read_tokens, resolve_exit_layers
 
@@ -159,7 +160,7 @@ def main(argv=None) -> None:
             batches = [(w, torch.ones_like(w, dtype=torch.bool)) for w in windows.split(a.batch_size)]
             table += rows("text", measure(model, batches, layers, rules, translators), a.seed, a.resamples)
         for task, texts in prompts.items():
-            sequences = greedy_answers(model, tokenizer, texts, a.max_new_tokens)
+            sequences = greedy_answers(model, tokenizer, texts, a.max_new_tokens, a.batch_size)
             table += rows(task, measure(model, sequences, layers, rules, translators), a.seed, a.resamples)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"agreement: error: {e}")

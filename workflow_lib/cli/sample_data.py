@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "canonical TriviaQA .jsonl")
     c.add_argument("--selection", choices=sampling.TRIVIAQA_SELECTIONS, default="longest",
                    help="longest: the paper's longest-answer subset; seeded: --n drawn with --seed (every answer length)")
-    c.add_argument("--n", type=int, default=1000)
+    c.add_argument("--n", type=lambda s: None if s == "all" else int(s), default=1000,
+                   help="questions to select, or 'all' (default 1000)")
     c.add_argument("--offset", type=int, default=0, help="skip this many longest first (1000 reproduces the "
                    "authors' ranks 1001-2000)")
     c.add_argument("--fewshot-out", default=None, help="also write few-shot examples here (hub: train split; "

@@ -1,5 +1,7 @@
-"""Calibration sets for the calibrated thresholds (evaluation/ltt.py): questions of a task that the evaluation
-does not use, and the check that a calibration set shares no question with the evaluated ones.
+"""Held-out question sets: the calibration sets of the calibrated thresholds (evaluation/ltt.py) and the prompts
+whose greedy answers the translators are fitted on (training/translators.py), questions of a task that the
+evaluation does not use (and, for the answers, that the calibration and the few-shot examples do not use either),
+and the check that a calibration set shares no question with the evaluated ones.
 
 Which records a task evaluates, mirroring the task loaders (evaluation/tasks/helpers.py) and lm-eval's limit:
   triviaqa    the `triviaqa_n` longest-answer questions of the data file (sampling.longest_answers), then the first
@@ -47,11 +49,13 @@ def check_disjoint(task: str, calibration: list[dict], evaluated: list[dict]) ->
                          f"questions the evaluation does not see")
 
 
-def calibration_split(task: str, pool: list[dict], evaluated: list[dict], n: int, seed: int) -> list[dict]:
-    """n records of `pool` drawn with `seed` (in pool order) among those not evaluated, duplicates counted once."""
+def held_out_split(task: str, pool: list[dict], evaluated: list[dict], n: int, seed: int,
+                   apart: list[dict] = ()) -> list[dict]:
+    """n records of `pool` drawn with `seed` (in pool order) among those neither evaluated nor in `apart` (other
+    held-out sets to keep clear of), duplicates counted once."""
     if n < 1:
-        raise ValueError(f"the calibration set needs n >= 1 questions, got {n}")
-    asked = {question_key(task, r) for r in evaluated}
+        raise ValueError(f"a held-out set needs n >= 1 questions, got {n}")
+    asked = {question_key(task, r) for r in [*evaluated, *apart]}
     free, seen = [], set()
     for record in pool:
         key = question_key(task, record)
@@ -59,8 +63,8 @@ def calibration_split(task: str, pool: list[dict], evaluated: list[dict], n: int
             free.append(record)
             seen.add(key)
     if len(free) < n:
-        raise ValueError(f"{task}: {len(free)} questions outside the {len(evaluated)} evaluated ones, fewer than the "
-                         f"{n} the calibration set needs (lower calibration.n or the task's limit, or give a "
-                         f"larger pool)")
+        kept = f" and the {len(apart)} kept apart" if apart else ""
+        raise ValueError(f"{task}: {len(free)} questions outside the {len(evaluated)} evaluated ones{kept}, fewer "
+                         f"than the {n} asked for (ask fewer, lower the task's limit, or give a larger pool)")
     keep = sorted(random.Random(seed).sample(range(len(free)), n))
     return [free[i] for i in keep]

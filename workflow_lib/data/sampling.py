@@ -175,14 +175,14 @@ def _seeded_subset(records: list[dict], n: int | None, seed: int) -> list[dict]:
 TRIVIAQA_SELECTIONS = ("longest", "seeded")
 
 
-def sample_triviaqa(source: str, out: str | os.PathLike, n: int = 1000, offset: int = 0, seed: int = 0,
+def sample_triviaqa(source: str, out: str | os.PathLike, n: int | None = 1000, offset: int = 0, seed: int = 0,
                     config: str | None = TRIVIAQA[1], split: str = TRIVIAQA[2], fewshot_out: str | None = None,
                     fewshot_n: int = 5, fewshot_split: str = "train", selection: str = "longest") -> dict:
     """The n questions with the longest answers (`selection="longest"`, the paper's subset) or n drawn with `seed`
     (`"seeded"`: answers of every length, for a small model that scores nothing on the longest); optionally
     `fewshot_n` seeded few-shot examples from the train split (hub) or, for a local file, from the questions not
-    selected (never the evaluated ones)."""
-    if n < 1 or offset < 0 or fewshot_n < 1:
+    selected (never the evaluated ones). n None: every question (a pool to draw held-out questions from)."""
+    if (n is not None and n < 1) or offset < 0 or fewshot_n < 1:
         raise ValueError(f"need n >= 1 ({n}), offset >= 0 ({offset}), fewshot_n >= 1 ({fewshot_n})")
     if selection not in TRIVIAQA_SELECTIONS:
         raise ValueError(f"unknown TriviaQA selection {selection!r}; known: {', '.join(TRIVIAQA_SELECTIONS)}")
@@ -192,12 +192,15 @@ def sample_triviaqa(source: str, out: str | os.PathLike, n: int = 1000, offset: 
     if fewshot_out is not None:
         _check_out(fewshot_out, (".jsonl", ".json"))
     records = load_eval_set("triviaqa", source, config, split)
-    chosen = longest_answers(records, n, offset) if selection == "longest" else _seeded_subset(records, n, seed)
+    if selection == "longest":
+        chosen = longest_answers(records, len(records) - offset if n is None else n, offset)
+    else:
+        chosen = _seeded_subset(records, n, seed)
     lengths = [answer_length(r) for r in chosen]
     stats = {"source_questions": len(records), "selected": len(chosen), "selection": selection,
              "answer_length_unit": "characters of answer.value", "answer_length_range": [min(lengths), max(lengths)]}
     if selection == "longest":
-        stats["ranks"] = [offset + 1, offset + n]
+        stats["ranks"] = [offset + 1, offset + len(chosen)]
     fewshot = None
     if fewshot_out is not None:
         if is_local(source):

@@ -51,23 +51,6 @@ def exit_states(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int
 
 
 @torch.no_grad()
-def greedy_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: int,
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The full model's greedy answer to each prompt (transformers' generate, batch size 1): per prompt the sequence
-    (1, T + G) and a bool mask (1, T + G) of its decode steps, the positions that read a generated token and emit
-    the next one (where an exit decides; the first answer token comes from the prompt's full-depth pass)."""
-    device = next(model.parameters()).device
-    answers = []
-    for text in prompts:
-        ids = tokenizer(text, return_tensors="pt").input_ids.to(device)  # (1, T)
-        seq = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens)  # (1, T + G)
-        counted = torch.zeros_like(seq, dtype=torch.bool)  # (1, T + G)
-        counted[:, ids.shape[1]:seq.shape[1] - 1] = True
-        answers.append((seq, counted))
-    return answers
-
-
-@torch.no_grad()
 def exit_hidden(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int]) -> dict[int, torch.Tensor]:
     """h_l (B, T, D) for every exit layer, from blocks 0 .. max(exit_layers) only: the model's own forward over its
     first blocks (the rest hidden for the call, as decoding/pruning.prune_blocks does), bit-identical to

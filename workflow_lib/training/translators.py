@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from ..artifacts import provenance
 from ..data.schemas import read_corpus
+from ..decoding.answers import greedy_answers
 from ..models.backbone import default_device, load_backbone, parts
-from ..models.emission import exit_hidden, greedy_answers
+from ..models.emission import exit_hidden
 from ..models.translators import Translators, save_translators
 from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_schedule, pack,
                       read_tokens, resolve_exit_layers)
