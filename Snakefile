@@ -9,6 +9,7 @@
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+include: "rules/answers.smk"
 include: "rules/heads.smk"
 include: "rules/translators.smk"
 include: "rules/evaluate.smk"

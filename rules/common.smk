@@ -346,11 +346,13 @@ LABELS_ROOT = f"{RESULTS}/labels"
 
 def label_cache_dir(backbone, head):
     """The backbone's stored labels (rule label_cache) under the head key's emission rule, when the head spec trains on
-    them: it keeps head_training's sequence length and label source and the backbone's exit layers, and reads no more
-    text than head_training's steps do. Else None: the head job labels its batches itself, as it always could."""
+    them: it keeps head_training's sequence length and label source and the backbone's exit layers, reads no more
+    text than head_training's steps do, and trains on answers only if head_training does (the cache then labels
+    them). Else None: the head job labels its batches itself, as it always could."""
     training = HEAD_SPECS[spec_name(head)]["training"]
     shared = (training[EXIT_LAYERS] is None
               and all(training[k] == HEAD_TRAINING[k] for k in ("seq_len", "label_source"))
+              and (not ANSWER_TASKS or training["answers_weight"] == 0 or HEAD_TRAINING["answers_weight"] > 0)
               and training["steps"] * training["batch_size"] <= HEAD_TRAINING["steps"] * HEAD_TRAINING["batch_size"])
     return f"{LABELS_ROOT}/{backbone}/emission~{key_emission(head)}" if shared else None
 
@@ -375,24 +377,30 @@ def head_options(wildcards):
 # `emissions:` (per backbone; how an exit emits its token) is read with .get: default the paper's last_block.
 TRANSLATORS = config["translators"]
 AGREEMENT = config["agreement"]
-# translators.answers: the translators are also fitted on the full model's greedy answers to held-out prompts of
-# these tasks, drawn apart from the evaluated questions, the calibration set and the few-shot examples (rule
-# answer_prompts). No tasks: text alone.
-ANSWERS = TRANSLATORS["answers"]
+# answers: the full model's greedy answers to held-out prompts of these tasks, drawn apart from the evaluated
+# questions, the calibration set and the few-shot examples (rule answer_prompts), one file per backbone (rule
+# greedy_answers); the translators (translators.answers_weight) and the heads (head_training.answers_weight, per spec)
+# fit them beside the text. No tasks: text alone.
+ANSWERS = config["answers"]
 ANSWER_TASKS = ANSWERS["tasks"]
 for task in ANSWER_TASKS:
     if task not in TASKS:
-        raise WorkflowError(f"invalid config: translators.answers.tasks: {task} is not among evaluation.tasks (its "
-                            f"prompts are built as its evaluation builds them)")
+        raise WorkflowError(f"invalid config: answers.tasks: {task} is not among evaluation.tasks (its prompts are "
+                            f"built as its evaluation builds them)")
     if WORLD is not None and task not in SEPARATE_POOLS:
-        raise WorkflowError(f"invalid config: translators.answers.tasks: {task} has no held-out prompts in the world: "
-                            f"every one of its questions is about a held-out fact and is evaluated (tasks that have "
-                            f"some: {', '.join(SEPARATE_POOLS)})")
+        raise WorkflowError(f"invalid config: answers.tasks: {task} has no held-out prompts in the world: every one "
+                            f"of its questions is about a held-out fact and is evaluated (tasks that have some: "
+                            f"{', '.join(SEPARATE_POOLS)})")
 
 
 def answer_prompts_file(task):
-    """The task's held-out prompts whose greedy answers the translators are fitted on (rule answer_prompts)."""
-    return f"{RESULTS}/translators/prompts/{task}.jsonl"
+    """The task's held-out prompts whose greedy answers the translators and heads are fitted on (rule answer_prompts)."""
+    return f"{RESULTS}/answers/prompts/{task}.jsonl"
+
+
+def answers_file(backbone):
+    """The backbone's greedy answers to every answer task's prompts (rule greedy_answers)."""
+    return f"{RESULTS}/answers/{backbone}/answers.safetensors"
 
 
 def answers_pool(task):
@@ -411,23 +419,26 @@ def held_out_pool_n(task):
     return n
 
 
-def translators_options():
-    """train_translators' settings; with translators.answers, each task's held-out prompts with its evaluation's
-    shots, and the answers' weight (without, the command is what it was before answers existed)."""
-    options = cli({k: v for k, v in TRANSLATORS.items() if k != "answers"})
-    if not ANSWER_TASKS:
-        return options
+def answers_flags(backbone, weight):
+    """--answers FILE --answers-weight W for a fit with this weight on the answers, or nothing (text alone: the
+    command is what it was before answers existed)."""
+    return f"--answers {answers_file(backbone)} --answers-weight {weight}" if ANSWER_TASKS and weight > 0 else ""
+
+
+def answers_input(backbone, weight):
+    return [answers_file(backbone)] if ANSWER_TASKS and weight > 0 else []
+
+
+def answer_task_options():
+    """greedy_answers' prompts: each answer task's held-out prompts with its evaluation's shots, and TriviaQA's
+    few-shot pool."""
     words = []
     for task in ANSWER_TASKS:
         shots = (EVAL["tasks"][task] or {}).get("shots")
-        words += ["--answers-task", f"{task}:{answer_prompts_file(task)}" + ("" if shots is None else f":{shots}")]
+        words += ["--task", f"{task}:{answer_prompts_file(task)}" + ("" if shots is None else f":{shots}")]
     if "triviaqa" in ANSWER_TASKS:
         words += ["--fewshot-data", fewshot_file("triviaqa")]
-    return f"{options} {shlex.join(words)} {cli({f'answers_{k}': ANSWERS[k] for k in ('prompts', 'tokens', 'weight')})}"
-
-
-def answers_inputs(wildcards):
-    return [answer_prompts_file(t) for t in ANSWER_TASKS] + ([fewshot_file("triviaqa")] if "triviaqa" in ANSWER_TASKS else [])
+    return shlex.join(words)
 
 
 def emissions(backbone):

@@ -6,7 +6,8 @@
 # (backbones.B.emissions) the heads train on labels from what that rule emits (train_heads --emission RULE, with the
 # backbone's translators for the translator rule) into head~NAME/emission~RULE/. The labels are computed once per
 # backbone and emission rule (label_cache) for every head spec that shares head_training's text and exits
-# (label_cache_dir); a spec that does not labels its own batches.
+# (label_cache_dir); a spec that does not labels its own batches. With answers.tasks the heads (head_training.
+# answers_weight, per spec) and the label caches also read the backbone's greedy answers (rules/answers.smk).
 
 
 rule label_cache:
@@ -14,6 +15,7 @@ rule label_cache:
         backbone=backbone_input,
         tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
         translators=lambda wc: emission_inputs(wc.backbone, wc.emission),
+        answers=lambda wc: answers_input(wc.backbone, HEAD_TRAINING["answers_weight"]),
         train=corpus_file("train"),
         valid=corpus_file("valid"),
     output:
@@ -27,6 +29,7 @@ rule label_cache:
         tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
         exit_layers=lambda wc: exit_layers_option(wc.backbone),
         emission=lambda wc: emission_flags(wc.backbone, wc.emission),
+        answers=lambda wc, input: f"--answers {input.answers[0]}" if input.answers else "",
         options=cli({"label_source": HEAD_TRAINING["label_source"], "seq_len": HEAD_TRAINING["seq_len"],
                      "batch_size": HEAD_TRAINING["batch_size"],
                      "train_tokens": HEAD_TRAINING["steps"] * HEAD_TRAINING["batch_size"] * HEAD_TRAINING["seq_len"]}),
@@ -42,7 +45,7 @@ rule label_cache:
     shell:
         "python -m workflow_lib.cli.label_cache --backbone {params.backbone} {params.tokenizer} {params.exit_layers}"
         " --train-text {input.train} --valid-text {input.valid} --out {params.out} --seed {params.seed}"
-        " --threads {threads} {params.emission} {params.options} > {log} 2>&1"
+        " --threads {threads} {params.emission} {params.answers} {params.options} > {log} 2>&1"
 
 
 rule train_heads:
@@ -53,6 +56,7 @@ rule train_heads:
         tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
         translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.head)),
         labels=lambda wc: [f"{d}/labels.safetensors" for d in [label_cache_dir(wc.backbone, wc.head)] if d],
+        answers=lambda wc: answers_input(wc.backbone, HEAD_SPECS[spec_name(wc.head)]["training"]["answers_weight"]),
         train=corpus_file("train"),
         valid=corpus_file("valid"),
     output:
@@ -70,7 +74,9 @@ rule train_heads:
         head_options=head_options,
         emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
         labels=lambda wc, input: f"--label-cache {os.path.dirname(input.labels[0])}" if input.labels else "",
-        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[spec_name(wc.head)]["training"].items() if k != EXIT_LAYERS}),
+        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[spec_name(wc.head)]["training"].items()
+                                if k not in (EXIT_LAYERS, "answers_weight")}),
+        answers=lambda wc: answers_flags(wc.backbone, HEAD_SPECS[spec_name(wc.head)]["training"]["answers_weight"]),
     # long jobs that unlock the evaluations: first, so the run does not end on one of them with a core idle
     priority: 1
     threads: 1
@@ -84,7 +90,7 @@ rule train_heads:
         "python -m workflow_lib.cli.train_heads --backbone {params.backbone} {params.tokenizer} --name {params.name}"
         " --head {params.head_type} {params.head_options} {params.exit_layers} --train-text {input.train} --valid-text {input.valid}"
         " --out {params.out} --seed {params.seed} --threads {threads} {params.emission} {params.labels} {params.options}"
-        " > {log} 2>&1"
+        " {params.answers} > {log} 2>&1"
 
 
 rule rule_heads:

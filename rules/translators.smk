@@ -1,32 +1,7 @@
 # Emission stage: tuned-lens translators for the backbones whose emission rules include `translator` (one cached job
-# per backbone, trained from the frozen backbone on the heads' corpus and, with translators.answers, on the full
-# model's greedy answers to held-out prompts of the tasks, drawn per task by answer_prompts), and per backbone the
-# agreement table: each exit's emitted token against the full model, per emission rule, on held-out text and the
-# tasks' greedy answers.
-
-rule answer_prompts:
-    input:
-        data=lambda wc: task_file(wc.task),
-        pool=lambda wc: answers_pool(wc.task),
-        apart=lambda wc: ([calibration_file(wc.task)] if wc.task in CALIBRATED_TASKS else [])
-        + ([fewshot_file(wc.task)] if fewshot_file(wc.task) else []),
-    output:
-        answer_prompts_file("{task}"),
-    wildcard_constraints:
-        task=one_of(ANSWER_TASKS),
-    params:
-        options=lambda wc, input: cli({"limit": task_limit(wc.task), "n": ANSWERS["prompts"], "seed": SEED,
-                                       "exclude": list(input.apart) or None}),
-    log:
-        f"{LOGS}/answer_prompts/{{task}}.log",
-    benchmark:
-        f"{BENCHMARKS}/answer_prompts/{{task}}.tsv"
-    conda:
-        "../envs/cpu.yaml"
-    shell:
-        "python -m workflow_lib.cli.held_out_split --task {wildcards.task} --data {input.data} --pool {input.pool}"
-        " {params.options} --out {output} > {log} 2>&1"
-
+# per backbone, trained from the frozen backbone on the heads' corpus and, with answers.tasks, on the full model's
+# greedy answers to held-out prompts, rules/answers.smk), and per backbone the agreement table: each exit's emitted
+# token against the full model, per emission rule, on held-out text and the tasks' greedy answers.
 
 rule train_translators:
     wildcard_constraints:
@@ -35,7 +10,7 @@ rule train_translators:
         backbone=backbone_input,
         tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
         train=corpus_file("train"),
-        answers=answers_inputs,
+        answers=lambda wc: answers_input(wc.backbone, TRANSLATORS["answers_weight"]),
     output:
         weights=f"{RESULTS}/translators/{{backbone}}/translators.safetensors",
         meta=f"{RESULTS}/translators/{{backbone}}/translators.json",
@@ -44,7 +19,8 @@ rule train_translators:
         model=lambda wc: backbone_path(wc.backbone),
         tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
         exit_layers=lambda wc: exit_layers_option(wc.backbone),
-        options=translators_options(),
+        options=cli({k: v for k, v in TRANSLATORS.items() if k != "answers_weight"}),
+        answers=lambda wc: answers_flags(wc.backbone, TRANSLATORS["answers_weight"]),
         seed=SEED,
     # unlocks the translator heads and their evaluations: first (see train_heads)
     priority: 1
@@ -58,7 +34,7 @@ rule train_translators:
     shell:
         "python -m workflow_lib.cli.train_translators --model {params.model} {params.tokenizer} {params.exit_layers}"
         " --train-text {input.train} --out {params.out} --seed {params.seed} --threads {threads} {params.options}"
-        " > {log} 2>&1"
+        " {params.answers} > {log} 2>&1"
 
 
 rule agreement:

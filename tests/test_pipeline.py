@@ -96,24 +96,39 @@ def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     assert "emission~" not in re.sub(r"results/labels/\S+", "", base.stdout) and "--emission" not in base.stdout
 
 
-def test_translators_fitted_on_answers_add_the_prompt_jobs_only(tmp_path):
-    """translators.answers: one answer_prompts job per task, drawn clear of the evaluated questions, the calibration
-    set and the few-shot examples; the translators' command carries the prompts; nothing else is added."""
+def test_answers_add_the_prompt_and_answer_jobs_only(tmp_path):
+    """answers.tasks: one answer_prompts job per task, drawn clear of the evaluated questions, the calibration set and
+    the few-shot examples; one greedy_answers job per backbone, read by its translators, its label caches and its
+    heads; nothing else is added, and a weight of 0 leaves that fit on text alone."""
     base = snakemake("-n", "-p", "--directory", str(tmp_path))
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["translators"]["answers"] = {"tasks": ["coqa"], "prompts": 8}
+    config["answers"] = {"tasks": ["coqa"], "prompts": 8}
     (tmp_path / "answers.yaml").write_text(yaml.safe_dump(config))
     answers = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "answers.yaml"))
     assert base.returncode == 0 and answers.returncode == 0, answers.stdout + answers.stderr
     before, after = job_stats(base.stdout), job_stats(answers.stdout)
-    assert after == {**before, "answer_prompts": 1}
+    backbones = list(config["backbones"])
+    assert after == {**before, "answer_prompts": 1, "greedy_answers": len(backbones)}
     # the world's extra CoQA stories hold the calibration set's 60 and the 8 prompts; the prompts avoid the former
     assert "--coqa-calibration results/calibration/pool/coqa.jsonl --stories 68" in answers.stdout
     assert ("held_out_split --task coqa --data results/world/coqa.json --pool results/calibration/pool/coqa.jsonl"
             " --exclude results/calibration/data/coqa.jsonl --n 8") in answers.stdout
-    flags = "--answers-task coqa:results/translators/prompts/coqa.jsonl:0 --answers-prompts 8 --answers-tokens 32" \
-            " --answers-weight 0.75"
-    assert answers.stdout.count(flags) == 2 and "--answers" not in base.stdout  # both backbones; off by default
+    assert re.search(r"cli.answers .*--task coqa:results/answers/prompts/coqa.jsonl:0 .*--prompts 8 .*--tokens 32",
+                     answers.stdout)
+    assert "--answers" not in base.stdout  # off by default
+    for backbone in backbones:
+        file = f"--answers results/answers/{backbone}/answers.safetensors"
+        commands = [line for line in answers.stdout.splitlines() if f"results/backbones/{backbone} " in line]
+        translators = [c for c in commands if "cli.train_translators" in c]
+        heads = [c for c in commands if "cli.train_heads" in c and "--train-text" in c]
+        caches = [c for c in commands if "cli.label_cache" in c]
+        assert translators and all(f"{file} --answers-weight 0.75" in c for c in translators)
+        assert heads and all(f"{file} --answers-weight 0.5" in c for c in heads)
+        assert caches and all(file in c and "--answers-weight" not in c for c in caches)
+    config["translators"]["answers_weight"] = config["head_training"]["answers_weight"] = 0
+    (tmp_path / "answers.yaml").write_text(yaml.safe_dump(config))
+    unused = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(tmp_path / "answers.yaml"))
+    assert unused.returncode == 0 and "--answers" not in unused.stdout and "greedy_answers" not in unused.stdout
     # the real model's config: TriviaQA from the hub's train split (clear of its few-shot examples), TruthfulQA
     # from its whole split (clear of the evaluated and calibration questions)
     real = snakemake("-n", "-p", "--directory", str(tmp_path), "--configfile", str(REPO / "configs/real-small.yaml"))
@@ -167,10 +182,10 @@ def test_install_script_refuses_unknown_extra(tmp_path):
      "backbones.mamba2.emission_heads.lens[0]: no head named 'cal'"),
     (lambda c: c["backbones"]["mamba2"].update(emissions=["last_block", "lens"], emission_policies={"lens": ["copy"]}),
      "backbones.mamba2.emission_policies.lens[0]: 'copy' is not among backbones.mamba2.policies"),
-    # answer prompts for the translators where the world has none to spare, or a weight leaving no text
-    (lambda c: c.update(translators={"answers": {"tasks": ["triviaqa"]}}),
-     "translators.answers.tasks: triviaqa has no held-out prompts in the world"),
-    (lambda c: c.update(translators={"answers": {"tasks": ["triviaqa"], "weight": 1}}), "translators.answers.weight"),
+    # answer prompts where the world has none to spare, or a weight leaving no text
+    (lambda c: c.update(answers={"tasks": ["triviaqa"]}), "answers.tasks: triviaqa has no held-out prompts in the world"),
+    (lambda c: c.update(translators={"answers_weight": 1}), "translators.answers_weight"),
+    (lambda c: c["heads"].update(calm_answers={"type": "calm", "answers_weight": -0.5}), "heads.calm_answers.answers_weight"),
     # calibration on a task whose every question is evaluated, with no pool of its own (embedded TriviaQA)
     (lambda c: c["evaluation"]["tasks"]["triviaqa"].update(limit=None),
      "calibration.tasks: triviaqa has no calibration questions"),

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from workflow_lib.decoding.answers import greedy_answers, save_answers
 from workflow_lib.models.backbone import build_backbone, load_backbone, parts, preset_config, signature
 from workflow_lib.models.emission import emitted_logits, exit_hidden, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
@@ -81,7 +82,7 @@ def test_outputs_metadata_and_metrics(workdir):
     assert meta["spec"] == {"name": "ffn_x2_k3", "type": "ffn", "options": {"expansion": 2}, "training": {
         "label_rule": "oracle_in_intermediate_topk", "k": 3, "label_source": "emitted", "mode": "joint_decay",
         "class_balance": True,
-        "seq_len": 32, "batch_size": 8, "steps": 30, "lr": 3e-3, "exit_layers": [1, 2]}}
+        "seq_len": 32, "batch_size": 8, "steps": 30, "lr": 3e-3, "answers_weight": 0.0, "exit_layers": [1, 2]}}
     assert meta["head"] == {"head_type": "ffn", "hidden_size": 64, "expansion": 2} and meta["seed"] == 0
     assert heads["1"].up.out_features == 2 * 64  # the option reached the constructor
     assert meta["backbone_id"] == cfg.backbone and meta["data"]["train_text"].endswith("train.txt")
@@ -379,6 +380,68 @@ def test_stored_labels_of_other_settings_are_refused(workdir, tmp_path):
         assert not Path(cfg.out).exists()
     with pytest.raises(FileNotFoundError, match="has no labels.safetensors"):
         train_heads(_cfg(workdir, str(tmp_path / "none"), steps=4, label_cache=str(tmp_path)))
+
+
+def _answers_file(workdir: Path, preset: str, path: Path, prompts: int = 6) -> Path:
+    """The backbone's greedy answers (8 tokens) to `prompts` lines of held-out text, written as cli/answers does."""
+    model = load_backbone(str(workdir / preset), device="cpu")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(workdir / preset)
+    answers = greedy_answers(model, tokenizer, _text(prompts, 7).splitlines(), 8, progress=False)
+    save_answers(path, answers, {"settings": {}, "backbone": signature(model.config)})
+    return path
+
+
+@pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
+def test_heads_trained_on_answers(workdir, tmp_path, preset):
+    """With answers_weight the heads also train on the full model's greedy answers (their decode steps only): other
+    heads than text alone, the answers' own positive ratio reported, and the label cache's answer labels give the
+    heads of a job that labels its own answers, bit for bit, for a per-token head and the recurrent one."""
+    answers = _answers_file(workdir, preset, tmp_path / "answers.safetensors")
+    cache = LabelCacheConfig(backbone=str(workdir / preset), train_text=str(workdir / "train.txt"),
+                             valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
+                             train_tokens=6 * 8 * 32, seq_len=32, valid_tokens=2048, device="cpu", answers=str(answers))
+    shapes = build_label_cache(cache)
+    assert shapes["answers"][:2] == (2, 6)
+    for head in ("calm", "mamba"):
+        kw = dict(head=head, steps=6, class_balance=True, answers=str(answers), answers_weight=0.5)
+        own = train_heads(_cfg(workdir, str(tmp_path / f"own_{head}"), preset, **kw))
+        stored = train_heads(_cfg(workdir, str(tmp_path / f"stored_{head}"), preset, label_cache=cache.out, **kw))
+        text = train_heads(_cfg(workdir, str(tmp_path / f"text_{head}"), preset, head=head, steps=6, class_balance=True))
+        a, b, t = (load_file(str(tmp_path / f"{which}_{head}" / "heads.safetensors")) for which in ("own", "stored", "text"))
+        assert all(torch.equal(a[k], b[k]) for k in a) and own["answers"] == stored["answers"]
+        assert not all(torch.equal(a[k], t[k]) for k in a)  # the answers changed the heads
+        assert own["answers"]["positions"] == 6 * 7 and own["answers"]["sequences"] == 6  # 8 tokens: 7 decode steps
+        assert set(own["answers"]["train_positive_ratio"]) == {"1", "2"} and own["answers"]["weight"] == 0.5
+        meta = json.loads((tmp_path / f"own_{head}" / "heads.json").read_text())
+        assert meta["spec"]["training"]["answers_weight"] == 0.5
+
+
+def test_answers_bad_input_is_refused(workdir, tmp_path):
+    answers = _answers_file(workdir, "tiny-mistral", tmp_path / "answers.safetensors", prompts=2)
+    other = _answers_file(workdir, "tiny-mistral", tmp_path / "other.safetensors", prompts=3)
+    mamba = _answers_file(workdir, "tiny-mamba2", tmp_path / "mamba.safetensors", prompts=2)
+    plain = LabelCacheConfig(backbone=str(workdir / "tiny-mistral"), train_text=str(workdir / "train.txt"),
+                             valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "plain"),
+                             train_tokens=4 * 8 * 32, seq_len=32, valid_tokens=2048, device="cpu")
+    build_label_cache(plain)
+    build_label_cache(dataclasses.replace(plain, out=str(tmp_path / "with"), answers=str(answers)))
+    cases = [
+        (dict(answers_weight=0.5), "go together", ValueError),
+        (dict(answers=str(answers)), "go together", ValueError),
+        (dict(answers=str(answers), answers_weight=1.0), r"not in \[0, 1\)", ValueError),
+        (dict(answers=str(tmp_path / "none.safetensors"), answers_weight=0.5), "does not exist", FileNotFoundError),
+        (dict(answers=str(workdir / "tiny-mistral" / "model.safetensors"), answers_weight=0.5), "not an answers file",
+         ValueError),
+        (dict(answers=str(mamba), answers_weight=0.5), "generated by backbone", ValueError),
+        (dict(answers=str(answers), answers_weight=0.5, label_cache=plain.out), "answers: None there", ValueError),
+        (dict(answers=str(other), answers_weight=0.5, label_cache=str(tmp_path / "with")), "answers: .* there",
+         ValueError),
+    ]
+    for i, (kw, match, error) in enumerate(cases):
+        cfg = _cfg(workdir, str(tmp_path / f"out{i}"), steps=4, **kw)
+        with pytest.raises(error, match=match):
+            train_heads(cfg)
+        assert not Path(cfg.out).exists()
 
 
 def test_label_cache_entry_point(workdir, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Translator training (training/translators.py, train_translators) and the agreement table (agreement.py)."""
 import json
+import re
 import subprocess
 import sys
 
@@ -8,11 +9,12 @@ import pytest
 import torch
 from eval_setup import TEXT, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
-from workflow_lib.cli.agreement import main as agreement_main
-from workflow_lib.models.backbone import load_backbone
+from workflow_lib.cli.agreement import main as agreement_main, task_prompts
+from workflow_lib.cli.answers import main as answers_main
+from workflow_lib.models.backbone import load_backbone, signature
 from workflow_lib.models.translators import load_translators
 from workflow_lib.cli.train_translators import main
-from workflow_lib.decoding.answers import greedy_answers
+from workflow_lib.decoding.answers import greedy_answers, load_answers, read_answers_meta
 from workflow_lib.training.distill import pack, read_tokens
 from workflow_lib.training.translators import (TranslatorConfig, answer_states, fit_translators,
                                                kl_full_to_translated)
@@ -131,19 +133,33 @@ def test_entry_point_writes_translators_with_provenance(setup, tmp_path, capsys)
     assert "seconds" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_entry_point_fits_answers(setup, task_files, tmp_path):  # noqa: F811
+def test_answers_entry_point_and_the_translators_fitted_on_them(setup, task_files, tmp_path, capsys):  # noqa: F811
+    """cli/answers writes the backbone's greedy answers to the tasks' prompts (those greedy_answers gives, read back
+    unpadded); train_translators --answers fits on their decode steps."""
     root, backbone = setup
+    answers = tmp_path / "answers.safetensors"
+    answers_main(["--model", str(backbone), "--task", f"truthfulqa:{task_files['truthfulqa']}",
+                  "--task", f"coqa:{task_files['coqa']}", "--prompts", "2", "--tokens", "5", "--device", "cpu",
+                  "--out", str(answers)])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answers"] == 4
+    model = load_backbone(str(backbone), device="cpu")
+    from transformers import AutoTokenizer
+    prompts = [*task_prompts("truthfulqa", str(task_files["truthfulqa"]), 0, 2, None, 0),
+               *task_prompts("coqa", str(task_files["coqa"]), 0, 2, None, 0)]
+    expected = greedy_answers(model, AutoTokenizer.from_pretrained(backbone), prompts, 5, progress=False)
+    stored = load_answers(answers, signature(model.config))
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(stored, expected))
+    assert read_answers_meta(answers)["settings"]["tokens"] == 5
     out = tmp_path / "translators"
     main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
           "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu", "--init", "least_squares",
-          "--init-batches", "2", "--answers-task", f"truthfulqa:{task_files['truthfulqa']}", "--answers-prompts", "2",
-          "--answers-tokens", "5", "--answers-weight", "0.5"])
-    _, meta = load_translators(out, load_backbone(str(backbone), device="cpu").config)
-    assert meta["training"]["answers_weight"] == 0.5 and meta["training"]["answers_tokens"] == 5
-    assert meta["run"]["answer_prompts"] == 2 and 0 < meta["run"]["answer_positions"] <= 2 * 4
+          "--init-batches", "2", "--answers", str(answers), "--answers-weight", "0.5"])
+    _, meta = load_translators(out, model.config)
+    assert meta["training"]["answers_weight"] == 0.5 and meta["training"]["answers"] == str(answers)
+    assert meta["run"]["answers"] == 4 and meta["run"]["answer_positions"] == sum(int(c.sum()) for _, c in stored) > 0
 
 
-def test_entry_point_bad_input(setup, tmp_path, capsys):
+def test_entry_point_bad_input(setup, task_files, tmp_path, capsys):  # noqa: F811
     root, backbone = setup
     with pytest.raises(SystemExit, match="exit layers"):
         main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "3",
@@ -151,20 +167,25 @@ def test_entry_point_bad_input(setup, tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--model", str(backbone), "--train-text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
     for bad, message in ((["--answers-weight", "0.5"], "go together"),
-                         (["--answers-task", "truthfulqa:" + str(tmp_path / "none.jsonl"), "--answers-weight", "0.5"],
-                          "no file"),
-                         (["--answers-task", f"nope:{root / 'train.txt'}", "--answers-weight", "0.5"], "NAME:DATA"),
-                         (["--answers-task", f"truthfulqa:{root / 'train.txt'}:x", "--answers-weight", "0.5"],
-                          "whole number")):
-        with pytest.raises(SystemExit):
+                         (["--answers", str(root / "train.txt")], "go together"),
+                         (["--answers", str(tmp_path / "none.safetensors"), "--answers-weight", "0.5"],
+                          "does not exist"),
+                         (["--answers", str(root / "train.txt"), "--answers-weight", "1.0"], "not in [0, 1)")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
             main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--out", str(tmp_path / "o"),
                   *bad])
-        assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit, match=r"not in \[0, 1\)"):
-        main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--out", str(tmp_path / "o"),
-              "--answers-task", f"truthfulqa:{root / 'train.txt'}", "--answers-weight", "1.0"])
     assert not (tmp_path / "o").exists()
-    for module in ("train_translators", "agreement"):
+    for bad, message in ((["--task", "truthfulqa:" + str(tmp_path / "none.jsonl")], "no file"),
+                         (["--task", f"nope:{root / 'train.txt'}"], "NAME:DATA"),
+                         (["--task", f"truthfulqa:{task_files['truthfulqa']}:x"], "whole number"),
+                         (["--task", f"truthfulqa:{task_files['truthfulqa']}", "--prompts", "0"], "--prompts must be"),
+                         (["--task", f"truthfulqa:{task_files['truthfulqa']}", "--out", str(tmp_path / "a.pt")],
+                          ".safetensors")):
+        with pytest.raises(SystemExit):
+            answers_main(["--model", str(backbone), "--out", str(tmp_path / "a.safetensors"), *bad])
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("a.*"))
+    for module in ("train_translators", "agreement", "answers"):
         help_text = subprocess.run([sys.executable, "-m", f"workflow_lib.cli.{module}", "--help"], capture_output=True,
                                    text=True, check=True).stdout
         assert "--out" in help_text

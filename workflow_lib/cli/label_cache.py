@@ -39,6 +39,8 @@ def parse_args(argv=None) -> LabelCacheConfig:
     p.add_argument("--translators", help="translators folder (train_translators), needed by --emission translator")
     p.add_argument("--label-source", choices=LABEL_SOURCES, default=DEFAULT_LABEL_SOURCE,
                    help="emitted: the token the exit emits under --emission; lens: the logit lens (train_heads')")
+    p.add_argument("--answers", help="answers file (python -m workflow_lib.cli.answers) labelled too, for heads "
+                                     "trained on answers (train_heads --answers)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per backbone pass")
     p.add_argument("--seed", type=int, default=0, help="the backbone's seed (random presets only)")
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> LabelCacheConfig:
         backbone=a.backbone, train_text=a.train_text, valid_text=a.valid_text, out=a.out, train_tokens=a.train_tokens,
         exit_layers=a.exit_layers, tokenizer=a.tokenizer, emission=a.emission, translators=a.translators,
         label_source=a.label_source, seq_len=a.seq_len, valid_tokens=a.valid_tokens, batch_size=a.batch_size,
+        answers=a.answers,
         seed=a.seed, device=a.device)
 
 

@@ -69,6 +69,10 @@ def parse_args(argv=None) -> TrainConfig:
                         "head(final_norm(h_l)) whatever the rule (the authors' label, the paper's ablation)")
     p.add_argument("--label-cache", help="labels stored by label_cache under these settings (default: each batch is "
                                           "labelled here, from a full-depth pass)")
+    p.add_argument("--answers", help="answers file (python -m workflow_lib.cli.answers): the heads also train on its "
+                                     "decode steps, where exits decide (needs --answers-weight)")
+    p.add_argument("--answers-weight", type=float, default=0.0,
+                   help="share of each step's loss on a batch of answers, in [0, 1) (default 0: text alone)")
     p.add_argument("--k", type=int, default=1, help="top-k relaxation (k=1: CALM's consistency oracle)")
     p.add_argument("--mode", choices=TRAIN_MODES, default="joint_decay",
                    help="joint_decay: weights E..1 from the earliest exit (paper); uniform; individual optimizers")
@@ -99,6 +103,7 @@ def parse_args(argv=None) -> TrainConfig:
         max_train_tokens=a.max_train_tokens, valid_tokens=a.valid_tokens, seed=a.seed,
         checkpoint_every=a.checkpoint_every, device=a.device, head_options=a.head_options, name=a.name,
         emission=a.emission, translators=a.translators, label_source=a.label_source, label_cache=a.label_cache,
+        answers=a.answers, answers_weight=a.answers_weight,
     )
 
 

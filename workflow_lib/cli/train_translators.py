@@ -3,9 +3,8 @@
   python -m workflow_lib.cli.train_translators --model results/backbones/tiny-mistral --tokenizer results/tokenizer \
       --train-text corpus_train.jsonl --exit-layers 2,3,4 --out results/translators/tiny-mistral
 
-With --answers-task (repeatable) and --answers-weight, the translators are also fitted on the full model's greedy
-answers to that task's first --answers-prompts prompts (built by lm-eval as evaluate builds them): give them
-questions the evaluation and the calibration do not use.
+With --answers (python -m workflow_lib.cli.answers: the full model's greedy answers to held-out task prompts) and
+--answers-weight, the translators are also fitted on the answers' decode steps.
 
 Writes <out>/translators.safetensors + translators.json (load with workflow_lib.models.translators.load_translators;
 the json records the training settings, the per-exit training KL at the first and last steps, the time taken and
@@ -19,7 +18,6 @@ import json
 import sys
 
 
-from .agreement import task_prompts, task_spec
 from .train_heads import layer_list, set_threads
 from ..training.translators import INITS, TranslatorConfig, train_translators, validate
 
@@ -42,11 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--max-train-tokens", type=int, help="cap on training tokens read (default: steps*batch*seq_len)")
-    p.add_argument("--answers-task", action="append", default=[], metavar="NAME:DATA[:SHOTS]",
-                   help="held-out prompts of a task whose greedy answers join the fit (repeatable)")
-    p.add_argument("--fewshot-data", help="triviaqa's few-shot pool for --answers-task (as evaluate's)")
-    p.add_argument("--answers-prompts", type=int, default=64, help="prompts per --answers-task")
-    p.add_argument("--answers-tokens", type=int, default=32, help="greedy tokens generated per answer")
+    p.add_argument("--answers", help="answers file (python -m workflow_lib.cli.answers) whose decode steps join the fit")
     p.add_argument("--answers-weight", type=float, default=0.0,
                    help="share of the fit on the answers' positions, in [0, 1) (default 0: text alone)")
     p.add_argument("--seed", type=int, default=0)
@@ -54,14 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a = p.parse_args(argv)
     set_threads(p, a.threads)
-    try:
-        a.answers_task = [task_spec(spec) for spec in a.answers_task]
-    except ValueError as e:
-        p.error(f"--answers-task {e}")
-    if a.answers_prompts < 1:
-        p.error("--answers-prompts must be >= 1")
-    if bool(a.answers_task) != (a.answers_weight > 0):
-        p.error("--answers-task and --answers-weight > 0 go together")
     return a
 
 
@@ -70,17 +56,14 @@ def config(a: argparse.Namespace) -> TranslatorConfig:
         backbone=a.model, train_text=a.train_text, out=a.out, exit_layers=a.exit_layers, tokenizer=a.tokenizer,
         steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, init=a.init, init_batches=a.init_batches,
         weight_decay=a.weight_decay, grad_clip=a.grad_clip, max_train_tokens=a.max_train_tokens,
-        answers_weight=a.answers_weight, answers_tokens=a.answers_tokens, seed=a.seed, device=a.device)
+        answers=a.answers, answers_weight=a.answers_weight, seed=a.seed, device=a.device)
 
 
 def main(argv=None) -> None:
     a = parse_args(argv)
     cfg = config(a)
     try:
-        validate(cfg)  # what needs no weights, before lm-eval builds any prompt
-        prompts = [text for task, data, shots in a.answers_task
-                   for text in task_prompts(task, data, shots, a.answers_prompts, a.fewshot_data, a.seed)]
-        record = train_translators(cfg, prompts)
+        record = train_translators(cfg)
     except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, nothing written
         sys.exit(f"train_translators: error: {e}")
     print(json.dumps({"train_kl_last_step": {k: round(v, 4) for k, v in record["train_kl_last_step"].items()},

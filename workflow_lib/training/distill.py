@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
+from ..decoding.answers import load_answers, read_answers_meta
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                load_config, load_tokenizer, parts, signature)
 from ..models.emission import emitted_logits, exit_hidden, exit_states
@@ -51,7 +52,9 @@ from ..models.heads import HEAD_TYPES, build_heads, save_heads
 from ..models.translators import EMISSION_RULES, check_emission, load_translators
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .label_cache import StoredLabels, check_settings, read_meta, write_cache
-from .labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, check_label_rule, exit_labels, label_ranks
+from .label_cache import pad_sequences
+from .labels import (DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, RANK_CAP, check_label_rule, exit_labels,
+                     label_ranks)
 
 TRAIN_MODES = ("joint_decay", "uniform", "individual")
 CHECKPOINT_DIR = "checkpoint"
@@ -92,6 +95,8 @@ class TrainConfig:
     translators: str | None = None  # translators folder, needed by the translator emission's labels
     label_source: str = DEFAULT_LABEL_SOURCE  # emitted: labels from the emission rule's token; lens: the logit lens
     label_cache: str | None = None  # labels stored by training/label_cache.py (None: each batch labelled here)
+    answers: str | None = None  # answers file (decoding/answers.py) whose decode steps the heads also train on
+    answers_weight: float = 0.0  # share of each step's loss on the answers (0: text alone; > 0 needs `answers`)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -120,6 +125,18 @@ def check_labelling(cfg) -> None:
         raise ValueError("labels from the translator emission need the trained translators: pass --translators DIR")
     if cfg.translators is not None and not os.path.isdir(cfg.translators):
         raise FileNotFoundError(f"translators folder {cfg.translators!r} does not exist")
+
+
+def check_answers(cfg) -> None:
+    """The answers side of a fit (translators, heads): a weight in [0, 1), above 0 exactly when an answers file
+    (decoding/answers.py) is given."""
+    if not 0.0 <= cfg.answers_weight < 1.0:
+        raise ValueError(f"answers_weight {cfg.answers_weight} is not in [0, 1): the text keeps a share of the fit")
+    if (cfg.answers is not None) != (cfg.answers_weight > 0):
+        raise ValueError(f"an answers file and answers_weight > 0 go together (answers {cfg.answers!r}, "
+                         f"answers_weight {cfg.answers_weight})")
+    if cfg.answers is not None:
+        read_answers_meta(cfg.answers)  # there, and an answers file
 
 
 def _check_text_file(path: str, what: str) -> None:
@@ -234,6 +251,7 @@ class HeadTrainer:
         self.heads.to(self.device).train()
         self.weights = loss_weights(len(self.exit_layers), cfg.mode).to(self.device)  # (E,)
         self.class_weights = None if class_weights is None else class_weights.to(self.device)  # (E, 2)
+        self.answer_class_weights: torch.Tensor | None = None  # (E, 2), the answers' own (their positive ratio)
         groups = ([list(h.parameters()) for h in self._ordered(heads)] if cfg.mode == "individual"
                   else [list(heads.parameters())])
         self.optimizers = [torch.optim.AdamW(g, lr=cfg.lr, weight_decay=cfg.weight_decay) for g in groups]
@@ -269,11 +287,30 @@ class HeadTrainer:
             all_logits.append(logits)
         return torch.stack(losses), torch.stack(all_logits)  # (E,), (E, B, T, 2)
 
-    def train_step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """One optimisation step on a batch (B, T), stored labels (E, B, T) if any; returns the per-exit training
-        losses (E,)."""
+    def answer_positions(self, answers) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head logits (E, P, 2) and labels (E, P) at the decode steps of answers [(ids (1, T), counted (1, T),
+        stored labels (E, 1, T) or None)], one backbone pass each (unpadded: the labels are those of the label
+        cache, bit for bit). The heads read the whole sequence, the prompt too, as the decoder's heads do."""
+        logits, gold = [], []
+        for ids, counted, stored in answers:
+            z, labels = self.backbone_pass(ids.to(self.device), stored)  # (E, 1, T, D), (E, 1, T)
+            mask = counted.to(self.device)  # (1, T)
+            with autocast(self.device):
+                logits.append(torch.stack([head(z[i]).float()[mask] for i, head in enumerate(self._ordered(self.heads))]))
+            gold.append(labels[:, mask])  # (E, P_i)
+        return torch.cat(logits, 1), torch.cat(gold, 1)  # (E, P, 2), (E, P)
+
+    def train_step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, answers=None) -> torch.Tensor:
+        """One optimisation step on a batch (B, T), stored labels (E, B, T) if any, and with cfg.answers_weight > 0
+        a batch of answers (answer_positions'); returns the per-exit training losses (E,)."""
         z, labels = self.backbone_pass(input_ids.to(self.device), labels)  # (E, B, T, D), (E, B, T)
         losses, _ = self._exit_losses(self.heads, z, labels, balanced=True)  # (E,)
+        if answers:
+            logits, gold = self.answer_positions(answers)  # (E, P, 2), (E, P)
+            weights = self.answer_class_weights
+            answer_losses = torch.stack([F.cross_entropy(logits[e], gold[e], weight=None if weights is None else weights[e])
+                                         for e in range(len(self.exit_layers))])  # (E,)
+            losses = (1 - self.cfg.answers_weight) * losses + self.cfg.answers_weight * answer_losses  # (E,)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         # Heads share no parameters, so one backward of the weighted sum gives each exit exactly its own gradient.
@@ -295,6 +332,12 @@ class HeadTrainer:
             total += labels.flatten(1).sum(1)  # (E,)
             count += labels[0].numel()
         return (total / count).cpu()
+
+    @torch.no_grad()
+    def answer_positive_ratio(self, batches) -> torch.Tensor:
+        """Mean exit label per exit (E,) at the decode steps of an iterable of answer batches (answer_positions')."""
+        gold = torch.cat([self.answer_positions(batch)[1] for batch in batches], 1)  # (E, P)
+        return gold.float().mean(1).cpu()
 
     @torch.no_grad()
     def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict],
@@ -422,6 +465,7 @@ def validate(cfg: TrainConfig):
         raise ValueError(f"head type {cfg.head!r} with options {cfg.head_options}: {e}") from None
     check_label_rule(cfg.label_rule, cfg.k)
     check_labelling(cfg)
+    check_answers(cfg)
     if cfg.mode not in TRAIN_MODES:
         raise ValueError(f"unknown training mode {cfg.mode!r}; known: {', '.join(TRAIN_MODES)}")
     check_schedule(cfg, ("steps", "batch_size", "balance_batches", "valid_tokens"))
@@ -487,6 +531,7 @@ class LabelCacheConfig:
     seq_len: int = 256
     valid_tokens: int = 65536
     batch_size: int = 8  # sequences per backbone pass (labels do not depend on it)
+    answers: str | None = None  # answers file (decoding/answers.py) labelled too, for heads trained on answers
     seed: int = 0
     device: str | None = None
 
@@ -497,6 +542,8 @@ def validate_label_cache(cfg: LabelCacheConfig):
     check_schedule(cfg, ("train_tokens", "valid_tokens", "batch_size"), rates=())
     for path, what in ((cfg.train_text, "training text"), (cfg.valid_text, "validation text")):
         _check_text_file(path, what)
+    if cfg.answers is not None:
+        read_answers_meta(cfg.answers)
     config = _backbone_config(cfg.backbone)
     return config, resolve_exit_layers(config, cfg.exit_layers)
 
@@ -529,10 +576,21 @@ def build_label_cache(cfg: LabelCacheConfig) -> dict:
                 ranks.append(label_ranks(intermediate, oracle).cpu())  # (E, B, L, 2)
         tensors[f"{split}_ids"] = ids.to(torch.int32).contiguous()  # (N, L)
         tensors[f"{split}_ranks"] = torch.cat(ranks, 1).contiguous()  # (E, N, L, 2)
+    if cfg.answers is not None:  # one pass per answer, unpadded, as the head job's own (answer_positions)
+        answers = load_answers(cfg.answers, signature(backbone_config))
+        lengths = [ids.shape[1] for ids, _ in answers]
+        ranks = torch.full((len(exit_layers), len(answers), max(lengths), 2), RANK_CAP, dtype=torch.int16)  # (E, Na, Lmax, 2)
+        for i, (ids, _) in enumerate(tqdm(answers, desc="label answers", mininterval=1.0)):
+            with autocast(device):
+                _, intermediate, oracle = exit_predictions(model, ids.to(device), exit_layers, cfg.emission,
+                                                           cfg.label_source, translators)
+                ranks[:, i, :lengths[i]] = label_ranks(intermediate, oracle)[:, 0].cpu()  # (E, T, 2)
+        tensors["answers_ranks"] = ranks
+        tensors["answers_ids"] = pad_sequences([ids[0] for ids, _ in answers])  # (Na, Lmax)
     settings = dataclasses.asdict(cfg)
     write_cache(cfg.out, tensors, {"settings": settings, "backbone": signature(backbone_config),
                                    "provenance": provenance(settings, cfg.seed)})
-    return {split: tuple(tensors[f"{split}_ranks"].shape) for split in sequences}
+    return {split: tuple(tensors[f"{split}_ranks"].shape) for split in (*sequences, *(["answers"] if cfg.answers else []))}
 
 
 def _check_resume(meta: dict, cfg: TrainConfig, backbone_config, ckpt: Path) -> None:
@@ -564,10 +622,13 @@ def train_heads(cfg: TrainConfig) -> dict:
     valid = pack(read_tokens(cfg.valid_text, tokenizer, cfg.valid_tokens, "validation text"), cfg.seq_len,
                  cfg.valid_text, "validation text")  # (Nv, L)
 
+    answers = load_answers(cfg.answers, signature(backbone_config)) if cfg.answers_weight > 0 else []
     stored = None
     if cfg.label_cache is not None:
         stored = StoredLabels(cfg.label_cache, exit_layers, cfg.label_rule, cfg.k)
         stored.check_sequences(train, valid)
+        if answers:
+            stored.check_answers(answers)
 
     device = torch.device(cfg.device) if cfg.device else default_device()
     model = load_backbone(cfg.backbone, device=device, seed=cfg.seed)
@@ -585,25 +646,38 @@ def train_heads(cfg: TrainConfig) -> dict:
         rows = batch_indices(step, cfg.batch_size, len(train), cfg.seed)  # (B,)
         return train[rows], None if stored is None else stored.labels["train"][:, rows]  # (B, L), (E, B, L)
 
+    def answer_batch(step: int) -> list:
+        """cfg.batch_size answers, in their own seeded order: [(ids (1, T), counted (1, T), labels (E, 1, T) or None)]."""
+        if not answers:
+            return []
+        return [(*answers[i], None if stored is None else stored.answer_labels(i, answers[i][0].shape[1]))
+                for i in batch_indices(step, cfg.batch_size, len(answers), cfg.seed).tolist()]
+
     if meta is not None:
         meta = load_checkpoint(ckpt, trainer)
         start, pos_ratio = meta["step"], torch.tensor(meta["train_positive_ratio"])
+        answer_ratio = torch.tensor(meta["answers_positive_ratio"]) if answers else None
         print(f"resuming from step {start} ({ckpt})", file=sys.stderr)
     else:
         start = 0
         # The training labels' positive ratio (first training batches, in training order): reported, and
         # used for class balancing.
         pos_ratio = trainer.positive_ratio(batch(s) for s in range(min(cfg.balance_batches, cfg.steps)))  # (E,)
+        answer_ratio = (trainer.answer_positive_ratio(answer_batch(s) for s in range(min(cfg.balance_batches, cfg.steps)))
+                        if answers else None)  # (E,): the answers are balanced on their own ratio
     if cfg.class_balance:
         trainer.class_weights = balanced_class_weights(pos_ratio).to(trainer.device)  # (E, 2)
+        if answers:
+            trainer.answer_class_weights = balanced_class_weights(answer_ratio).to(trainer.device)  # (E, 2)
 
     ckpt_state = {"config": dataclasses.asdict(cfg), "backbone": signature(backbone_config),
-                  "train_positive_ratio": pos_ratio.tolist()}
+                  "train_positive_ratio": pos_ratio.tolist(),
+                  "answers_positive_ratio": None if answer_ratio is None else answer_ratio.tolist()}
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.head} heads",
                file=sys.stderr, mininterval=1.0)
     for step in bar:
-        losses = trainer.train_step(*batch(step))  # (E,)
+        losses = trainer.train_step(*batch(step), answer_batch(step))  # (E,)
         bar.set_postfix(loss=f"{losses.mean().item():.4f}", refresh=False)
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
@@ -624,6 +698,10 @@ def train_heads(cfg: TrainConfig) -> dict:
         "class_weights": None if trainer.class_weights is None else
         dict(zip(map(str, exit_layers), trainer.class_weights.cpu().tolist())),
         "train_sequences": len(train),
+        "answers": None if not answers else {
+            "file": os.path.abspath(cfg.answers), "weight": cfg.answers_weight, "sequences": len(answers),
+            "positions": sum(int(c.sum()) for _, c in answers),
+            "train_positive_ratio": dict(zip(map(str, exit_layers), answer_ratio.tolist()))},
         "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
         "epochs": cfg.steps * cfg.batch_size / len(train),
         "valid_tokens": valid.numel(),

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Training settings of one head: the `head_training:` keys, each overridable per spec, and train_heads' flags.
-TRAINING_KEYS = ("label_rule", "k", "label_source", "mode", "class_balance", "seq_len", "batch_size", "steps", "lr")
+TRAINING_KEYS = ("label_rule", "k", "label_source", "mode", "class_balance", "seq_len", "batch_size", "steps", "lr",
+                 "answers_weight")
 EXIT_LAYERS = "exit_layers"  # also overridable per spec; otherwise the backbone's
 HEADS_SOURCE = Path(__file__).resolve().parents[1] / "models" / "heads.py"
 

@@ -9,7 +9,9 @@ deepest exit for the heads' inputs (models/emission.exit_hidden). The labels are
 itself (tests/test_label_cache.py), so are the heads. This module is the cache's file.
 
 <out>/labels.safetensors: train_ids (N, L) and valid_ids (Nv, L) int32, the packed token sequences; train_ranks
-(E, N, L, 2) and valid_ranks (E, Nv, L, 2) int16; as metadata the settings it was made with, the backbone's
+(E, N, L, 2) and valid_ranks (E, Nv, L, 2) int16; with answers (decoding/answers.py: the full model's greedy answers,
+for heads trained on them too) answers_ids (Na, Lmax) int32 right-padded with 0 and answers_ranks (E, Na, Lmax, 2),
+each answer labelled in its own pass; as metadata the settings it was made with, the backbone's
 signature and provenance. A head job checks its own sequences against the stored ones (its training set is a
 prefix of the cache's when it reads fewer tokens) and refuses a cache made for other settings or exits.
 """
@@ -31,6 +33,14 @@ CACHE_FILE = "labels.safetensors"
 # Settings a head job must share with the cache to train on it (its exit layers need only be among the cache's; its
 # sequences are compared token by token, StoredLabels.check_sequences).
 SHARED_SETTINGS = ("emission", "label_source", "seq_len")
+
+
+def pad_sequences(sequences: list[torch.Tensor]) -> torch.Tensor:
+    """Token sequences of any lengths (T_i,) -> (N, max T_i) int32, right-padded with 0."""
+    out = torch.zeros(len(sequences), max(len(s) for s in sequences), dtype=torch.int32)  # (N, Lmax)
+    for i, seq in enumerate(sequences):
+        out[i, :len(seq)] = seq
+    return out
 
 
 def write_cache(out: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -57,6 +67,9 @@ def check_settings(meta: dict, directory, wanted: dict, exit_layers: list[int], 
     if settings["emission"] == "translator" and settings["label_source"] == "emitted" and (
             wanted["translators"] is None or os.path.abspath(settings["translators"]) != os.path.abspath(wanted["translators"])):
         diff.append(f"translators: {settings['translators']!r} there, {wanted['translators']!r} here")
+    if wanted.get("answers_weight", 0) > 0 and (settings.get("answers") is None or os.path.abspath(
+            settings["answers"]) != os.path.abspath(wanted["answers"])):
+        diff.append(f"answers: {settings.get('answers')!r} there, {wanted['answers']!r} here")
     if diff:
         raise ValueError(f"label cache {str(directory)!r} was made with other settings ({'; '.join(diff)})")
     missing = sorted(set(exit_layers) - set(settings["exit_layers"]))
@@ -77,6 +90,20 @@ class StoredLabels:
         self.ids = {split: tensors[f"{split}_ids"].long() for split in ("train", "valid")}  # (N, L)
         self.labels = {split: labels_from_ranks(tensors[f"{split}_ranks"][rows], rule, k)
                        for split in ("train", "valid")}  # (E, N, L)
+        self.answer_ids = tensors.get("answers_ids")  # (Na, Lmax) or None
+        self.answers = (labels_from_ranks(tensors["answers_ranks"][rows], rule, k)
+                        if "answers_ranks" in tensors else None)  # (E, Na, Lmax)
+
+    def answer_labels(self, i: int, length: int) -> torch.Tensor:
+        """The labels (E, 1, length) of answer i, `length` tokens long."""
+        return self.answers[:, i:i + 1, :length]
+
+    def check_answers(self, answers) -> None:
+        """The head job's answers [(ids (1, T), counted)] must be the ones the cache labelled."""
+        if self.answer_ids is None:
+            raise ValueError(f"label cache {str(self.directory)!r} holds no answers (label_cache --answers)")
+        if not torch.equal(pad_sequences([ids[0] for ids, _ in answers]), self.answer_ids):
+            raise ValueError(f"label cache {str(self.directory)!r} holds other answers than this job's")
 
     def check_sequences(self, train: torch.Tensor, valid: torch.Tensor) -> None:
         """The head job's own sequences must be the cache's (the training ones a prefix of them)."""

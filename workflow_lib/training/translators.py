@@ -9,9 +9,9 @@ the ridge regression of the final hidden state on h_l over the first `init_batch
 of Din et al., 2023): one backbone pass per batch and a d x d solve, a warm start worth many KL steps where a step
 costs seconds (on SmolLM2-135M, 1 CPU core: a KL step on 4 x 128 tokens and 5 exits took ~10 s).
 
-Answers (optional, `answers_weight` > 0): the full model's own greedy answers to held-out task prompts, the tokens an
-exit really emits at evaluation. Their positions (a generated token read, the next one emitted) join the fit: the
-least-squares start and every KL step weigh them `answers_weight` and the text 1 - `answers_weight`, each side
+Answers (optional, `answers` and `answers_weight` > 0): the full model's own greedy answers to held-out task prompts
+(decoding/answers.py's file), the tokens an exit really emits at evaluation. Their positions (a generated token read,
+the next one emitted) join the fit: the least-squares start and every KL step weigh them `answers_weight` and the text 1 - `answers_weight`, each side
 averaged over its own positions. Their states are computed once (a few thousand positions); each KL step draws
 batch_size x seq_len of them. On SmolLM2-135M a translator fitted on text alone agrees with the full model far less
 on its answers than on text (docs/results/real-small.md).
@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from ..artifacts import provenance
 from ..data.schemas import read_corpus
-from ..decoding.answers import greedy_answers
-from ..models.backbone import default_device, load_backbone, parts
+from ..decoding.answers import load_answers
+from ..models.backbone import default_device, load_backbone, parts, signature
 from ..models.emission import exit_hidden
 from ..models.translators import Translators, save_translators
-from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_schedule, pack,
-                      read_tokens, resolve_exit_layers)
+from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_answers, check_schedule,
+                      pack, read_tokens, resolve_exit_layers)
 
 
 @dataclass
@@ -56,8 +56,8 @@ class TranslatorConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_train_tokens: int | None = None
-    answers_weight: float = 0.0  # share of the fit on answer positions (0: text alone; needs answer prompts if > 0)
-    answers_tokens: int = 32  # greedy tokens generated per answer prompt
+    answers: str | None = None  # answers file (decoding/answers.py) fitted beside the text
+    answers_weight: float = 0.0  # share of the fit on answer positions (0: text alone; > 0 needs `answers`)
     seed: int = 0
     device: str | None = None
 
@@ -70,9 +70,8 @@ def validate(cfg: TranslatorConfig):
     """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
     if cfg.init not in INITS:
         raise ValueError(f"unknown translator init {cfg.init!r}; known: {', '.join(INITS)}")
-    check_schedule(cfg, ("steps", "batch_size", "init_batches", "answers_tokens"))
-    if not 0.0 <= cfg.answers_weight < 1.0:
-        raise ValueError(f"answers_weight {cfg.answers_weight} is not in [0, 1): the text keeps a share of the fit")
+    check_schedule(cfg, ("steps", "batch_size", "init_batches"))
+    check_answers(cfg)
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
         raise ValueError(f"max_train_tokens {cfg.max_train_tokens} is less than one sequence of {cfg.seq_len}")
     _check_text_file(cfg.train_text, "training text")
@@ -220,13 +219,11 @@ def fit_translators(model: nn.Module, train: torch.Tensor, exit_layers: list[int
     return translators.eval(), record
 
 
-def train_translators(cfg: TranslatorConfig, answer_prompts: list[str] | None = None) -> dict:
+def train_translators(cfg: TranslatorConfig) -> dict:
     """Train the translators of one backbone and save them to cfg.out (save_translators, atomically); with
-    cfg.answers_weight > 0, also on the full model's greedy answers to `answer_prompts` (held-out task prompts)."""
+    cfg.answers_weight > 0, also on the full model's greedy answers in cfg.answers."""
     backbone_config, exit_layers = validate(cfg)
-    if (cfg.answers_weight > 0) != bool(answer_prompts):
-        raise ValueError("answers_weight > 0 and answer prompts go together: "
-                         f"weight {cfg.answers_weight}, {len(answer_prompts or [])} prompts")
+    answers = load_answers(cfg.answers, signature(backbone_config)) if cfg.answers_weight > 0 else None
     cfg = dataclasses.replace(cfg, exit_layers=exit_layers)
     tokenizer = _load_tokenizer(cfg, backbone_config)
     needed = max(cfg.steps, cfg.init_batches if cfg.init == "least_squares" else 0) * cfg.batch_size * cfg.seq_len
@@ -235,13 +232,11 @@ def train_translators(cfg: TranslatorConfig, answer_prompts: list[str] | None = 
                  "training text")  # (N, L)
     device = torch.device(cfg.device) if cfg.device else default_device()
     model = load_backbone(cfg.backbone, device=device, seed=cfg.seed)
-    start = time.perf_counter()
-    answers = greedy_answers(model, tokenizer, answer_prompts, cfg.answers_tokens) if answer_prompts else None
-    answer_seconds = time.perf_counter() - start
-    translators, record = fit_translators(model, train, exit_layers, cfg, answers=answers)
-    record["answer_prompts"], record["answer_seconds"] = len(answer_prompts or []), answer_seconds
+    translators, record = fit_translators(model, train, exit_layers, cfg,
+                                          answers=[(ids.to(device), c.to(device)) for ids, c in answers or []])
+    record["answers"] = len(answers or [])
     settings = {k: getattr(cfg, k) for k in ("steps", "batch_size", "seq_len", "lr", "init", "init_batches",
-                                             "weight_decay", "grad_clip", "answers_weight", "answers_tokens")}
+                                             "weight_decay", "grad_clip", "answers", "answers_weight")}
     save_translators(cfg.out, translators.cpu(), model.config, {
         "training": {**settings, "objective": "KL(full || translated lens)", "optimizer": "AdamW"},
         "run": record, "backbone_id": cfg.backbone, "seed": cfg.seed,
