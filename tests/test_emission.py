@@ -80,6 +80,21 @@ def test_lens_and_translator_equal_incremental(tiny_backbone, rule):
             torch.testing.assert_close(emitted[layer][:, t], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("rule", ["last_block", "lens", "translator"])
+def test_logits_at_some_positions_are_those_positions_of_every_position(tiny_backbone, rule):
+    """Asked for a mask of positions (different per row), the full model's and each exit's logits are the rows of the
+    whole-sequence ones at those positions, in the order of h[positions]."""
+    seqs = torch.stack([SEQ[0], SEQ[0].flip(0)])  # (2, T)
+    positions = torch.zeros(seqs.shape, dtype=torch.bool)  # (2, T)
+    positions[0, [2, 9, 13]] = positions[1, [0, 9]] = True
+    translators = random_translators(tiny_backbone.config.hidden_size, EXITS)
+    every, some = exit_states(tiny_backbone, seqs, EXITS), exit_states(tiny_backbone, seqs, EXITS, positions)
+    torch.testing.assert_close(some.logits, every.logits[positions], rtol=1e-4, atol=1e-4)  # (5, V)
+    picked = emitted_logits(tiny_backbone, some, rule, translators, positions)
+    for layer, logits in emitted_logits(tiny_backbone, every, rule, translators).items():
+        torch.testing.assert_close(picked[layer], logits[positions], rtol=1e-4, atol=1e-4)  # (5, V)
+
+
 def test_last_exit_last_block_is_the_full_model(tiny_backbone):
     """At exit n-2 the last block's input is its full-depth input: the emission is the full model's logits."""
     n = tiny_backbone.config.num_hidden_layers

@@ -9,7 +9,7 @@ from workflow_lib.training.head_specs import HeadType, registry, resolve_specs
 # head_training as the pipeline fills it in
 DEFAULTS = {"label_rule": "intermediate_in_oracle_topk", "k": 1, "label_source": "emitted", "mode": "joint_decay",
             "class_balance": False,
-            "seq_len": 64, "batch_size": 8, "steps": 10, "lr": 0.001}
+            "seq_len": 64, "batch_size": 8, "steps": 10, "lr": 0.001, "answers_weight": 0.0}
 
 
 @pytest.mark.parametrize("head_type", ["calm", "ffn", "mamba"])

@@ -105,13 +105,13 @@ def measure(model, sequences, exit_layers: list[int], rules: list[str], translat
 
     out: dict = {}
     for ids, counted in sequences:
-        states = exit_states(model, ids, exit_layers)
-        full = states.logits.log_softmax(-1)  # (B, T, V)
-        top = states.logits.argmax(-1)  # (B, T)
+        states = exit_states(model, ids, exit_layers, counted)  # logits at the counted positions only
+        full = states.logits.log_softmax(-1)  # (N, V)
+        top = states.logits.argmax(-1)  # (N,)
         for rule in rules:
-            for layer, logits in emitted_logits(model, states, rule, translators).items():
-                agree = (logits.argmax(-1) == top)[counted].float()  # (N,)
-                kl = (full.exp() * (full - logits.log_softmax(-1))).sum(-1)[counted]  # (N,)
+            for layer, logits in emitted_logits(model, states, rule, translators, counted).items():  # (N, V)
+                agree = (logits.argmax(-1) == top).float()  # (N,)
+                kl = (full.exp() * (full - logits.log_softmax(-1))).sum(-1)  # (N,)
                 a, k = out.setdefault((layer, rule), ([], []))
                 a.append(agree.cpu())
                 k.append(kl.cpu())

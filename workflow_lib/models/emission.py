@@ -11,7 +11,9 @@ and the last block's full-depth input; each rule then maps h_l to logits:
               starts from its state after the full-depth inputs up to t-1 (Mamba-2)
 
 These are the labels' intermediate predictions (training/distill.py) and the agreement table's (agreement.py);
-tests/test_emission.py checks each against the decoder's emitted logits at a forced exit.
+tests/test_emission.py checks each against the decoder's emitted logits at a forced exit. Given `positions` (a bool
+mask (B, T)), the logits are computed at those positions only: on a greedy answer the decode steps are a few dozen of
+a prompt's hundreds of tokens, and the LM head over a 49k vocabulary at every position and exit is most of the cost.
 """
 from __future__ import annotations
 
@@ -29,24 +31,30 @@ from .translators import Translators, check_emission
 class ExitStates:
     """One full-depth pass over (B, T) tokens: what every rule's emission is computed from."""
 
-    logits: torch.Tensor  # (B, T, V) the full model's logits (fp32)
+    logits: torch.Tensor  # (B, T, V) the full model's logits (fp32); (P, V) at the `positions` asked for
     hidden: dict[int, torch.Tensor]  # exit layer -> h_l (B, T, D), the output of block l
     last_input: torch.Tensor  # (B, T, D) the last block's input at full depth (the output of block n-2)
 
 
 @torch.no_grad()
-def exit_states(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int]) -> ExitStates:
-    """Run the model once on input_ids (B, T), capturing the exit blocks' outputs and the last block's input."""
+def exit_states(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int],
+                positions: torch.Tensor | None = None) -> ExitStates:
+    """Run the model once on input_ids (B, T), capturing the exit blocks' outputs and the last block's input; the
+    full model's logits everywhere, or at `positions` (bool (B, T)) only (transformers' logits_to_keep)."""
     p = parts(model)
     keep = sorted(set(exit_layers) | {p.n_layers - 2})
     captured: dict[int, torch.Tensor] = {}
     hooks = [p.layers[i].register_forward_hook(
         lambda _m, _a, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out)) for i in keep]
+    columns = None if positions is None else positions.any(0).nonzero()[:, 0]  # (K,) the positions any row keeps
     try:
-        logits = model(input_ids=input_ids, use_cache=False).logits.float()  # (B, T, V)
+        logits = model(input_ids=input_ids, use_cache=False,
+                       logits_to_keep=0 if columns is None else columns).logits.float()  # (B, T or K, V)
     finally:
         for hook in hooks:
             hook.remove()
+    if positions is not None:
+        logits = logits[positions[:, columns]]  # (P, V), in the order of h[positions]
     return ExitStates(logits, {i: captured[i] for i in exit_layers}, captured[p.n_layers - 2])
 
 
@@ -75,19 +83,21 @@ def _head(p, h: torch.Tensor) -> torch.Tensor:
     return p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype)).float()  # (..., V)
 
 
-def emitted_logits(model: nn.Module, states: ExitStates, rule: str,
-                   translators: Translators | None = None) -> dict[int, torch.Tensor]:
-    """Per exit layer, the logits (B, T, V) the rule emits at every position (see the module docstring)."""
+def emitted_logits(model: nn.Module, states: ExitStates, rule: str, translators: Translators | None = None,
+                   positions: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """Per exit layer, the logits the rule emits (see the module docstring): (B, T, V) at every position, or (P, V) at
+    `positions` (bool (B, T)) only, the states from exit_states with the same positions."""
     layers = list(states.hidden)
     check_emission(rule, translators, layers)
     p = parts(model)
+    pick = (lambda h: h) if positions is None else (lambda h: h[positions])  # (B, T, D) -> itself or (P, D)
     with torch.no_grad():
         if rule == "lens":
-            return {l: _head(p, h) for l, h in states.hidden.items()}
+            return {l: _head(p, pick(h)) for l, h in states.hidden.items()}
         if rule == "translator":
-            return {l: _head(p, translators(h, l)) for l, h in states.hidden.items()}
-        last = _last_block_attention if p.arch != "mamba2" else _last_block_mamba2
-        return {l: _head(p, out) for l, out in last(model, states).items()}
+            return {l: _head(p, translators(pick(h), l)) for l, h in states.hidden.items()}
+        last = _last_block_attention if p.arch != "mamba2" else _last_block_mamba2  # needs every position's input
+        return {l: _head(p, pick(out)) for l, out in last(model, states).items()}
 
 
 def _last_block_attention(model: nn.Module, states: ExitStates) -> dict[int, torch.Tensor]:

@@ -223,18 +223,19 @@ def autocast(device: torch.device):
 
 @torch.no_grad()
 def exit_predictions(model: nn.Module, input_ids: torch.Tensor, exit_layers: list[int], emission: str,
-                     label_source: str, translators: nn.Module | None = None):
+                     label_source: str, translators: nn.Module | None = None, positions: torch.Tensor | None = None):
     """One full-depth pass over input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) per exit, the intermediate
     logits the labels compare (E, B, T, V): what the exit emits under `emission` (label_source emitted, models/
-    emission.py) or the logit lens (label_source lens, the authors' label), and the full model's logits (B, T, V)."""
+    emission.py) or the logit lens (label_source lens, the authors' label), and the full model's logits (B, T, V).
+    With `positions` (bool (B, T); an answer's decode steps) the logits are (E, P, V) and (P, V) there only."""
     p = parts(model)
-    states = exit_states(model, input_ids, exit_layers)  # one full-depth pass
+    states = exit_states(model, input_ids, exit_layers, positions)  # one full-depth pass
     z = torch.stack([p.final_norm(states.hidden[layer]) for layer in exit_layers])  # (E, B, T, D)
     if label_source == "lens":
-        intermediate = p.lm_head(z)  # (E, B, T, V)
+        intermediate = p.lm_head(z if positions is None else z[:, positions])  # (E, B, T, V) or (E, P, V)
     else:
-        emitted = emitted_logits(model, states, emission, translators)
-        intermediate = torch.stack([emitted[layer] for layer in exit_layers])  # (E, B, T, V)
+        emitted = emitted_logits(model, states, emission, translators, positions)
+        intermediate = torch.stack([emitted[layer] for layer in exit_layers])  # (E, B, T, V) or (E, P, V)
     return z, intermediate, states.logits
 
 
@@ -260,20 +261,22 @@ class HeadTrainer:
         return [heads[str(layer)] for layer in self.exit_layers]
 
     @torch.no_grad()
-    def backbone_pass(self, input_ids: torch.Tensor,
-                      labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T).
+    def backbone_pass(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                      positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T), or (E, P) at
+        `positions` (bool (B, T)) only.
 
         Without `labels` the pass labels the batch itself (`exit_predictions`, then the label rule); with them (stored
-        by training/label_cache.py) only the blocks up to the deepest exit run."""
+        by training/label_cache.py, (E, B, T)) only the blocks up to the deepest exit run."""
         with autocast(self.device):
             if labels is not None:
                 hidden = exit_hidden(self.model, input_ids, self.exit_layers)  # blocks 0 .. deepest exit
                 z = torch.stack([self.parts.final_norm(hidden[layer]) for layer in self.exit_layers])  # (E, B, T, D)
-                return z, labels.to(self.device)
+                labels = labels.to(self.device)
+                return z, labels if positions is None else labels[:, positions]
             z, intermediate, oracle = exit_predictions(self.model, input_ids, self.exit_layers, self.cfg.emission,
-                                                       self.cfg.label_source, self.translators)
-            return z, exit_labels(intermediate, oracle, self.cfg.label_rule, self.cfg.k)  # (E, B, T)
+                                                       self.cfg.label_source, self.translators, positions)
+            return z, exit_labels(intermediate, oracle, self.cfg.label_rule, self.cfg.k)  # (E, B, T) or (E, P)
 
     def _exit_losses(self, heads: nn.ModuleDict, z: torch.Tensor, labels: torch.Tensor,
                      balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -293,11 +296,12 @@ class HeadTrainer:
         cache, bit for bit). The heads read the whole sequence, the prompt too, as the decoder's heads do."""
         logits, gold = [], []
         for ids, counted, stored in answers:
-            z, labels = self.backbone_pass(ids.to(self.device), stored)  # (E, 1, T, D), (E, 1, T)
             mask = counted.to(self.device)  # (1, T)
+            z, labels = self.backbone_pass(ids.to(self.device), stored, mask)  # (E, 1, T, D), (E, P_i)
             with autocast(self.device):
-                logits.append(torch.stack([head(z[i]).float()[mask] for i, head in enumerate(self._ordered(self.heads))]))
-            gold.append(labels[:, mask])  # (E, P_i)
+                heads = self._ordered(self.heads)
+                logits.append(torch.stack([head(z[i]).float()[mask] for i, head in enumerate(heads)]))  # (E, P_i, 2)
+            gold.append(labels)  # (E, P_i)
         return torch.cat(logits, 1), torch.cat(gold, 1)  # (E, P, 2), (E, P)
 
     def train_step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, answers=None) -> torch.Tensor:
@@ -307,9 +311,10 @@ class HeadTrainer:
         losses, _ = self._exit_losses(self.heads, z, labels, balanced=True)  # (E,)
         if answers:
             logits, gold = self.answer_positions(answers)  # (E, P, 2), (E, P)
-            weights = self.answer_class_weights
-            answer_losses = torch.stack([F.cross_entropy(logits[e], gold[e], weight=None if weights is None else weights[e])
-                                         for e in range(len(self.exit_layers))])  # (E,)
+            weights = self.answer_class_weights  # (E, 2) or None
+            answer_losses = torch.stack([
+                F.cross_entropy(logits[e], gold[e], weight=None if weights is None else weights[e])
+                for e in range(len(self.exit_layers))])  # (E,)
             losses = (1 - self.cfg.answers_weight) * losses + self.cfg.answers_weight * answer_losses  # (E,)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -578,19 +583,20 @@ def build_label_cache(cfg: LabelCacheConfig) -> dict:
         tensors[f"{split}_ranks"] = torch.cat(ranks, 1).contiguous()  # (E, N, L, 2)
     if cfg.answers is not None:  # one pass per answer, unpadded, as the head job's own (answer_positions)
         answers = load_answers(cfg.answers, signature(backbone_config))
-        lengths = [ids.shape[1] for ids, _ in answers]
-        ranks = torch.full((len(exit_layers), len(answers), max(lengths), 2), RANK_CAP, dtype=torch.int16)  # (E, Na, Lmax, 2)
-        for i, (ids, _) in enumerate(tqdm(answers, desc="label answers", mininterval=1.0)):
+        shape = (len(exit_layers), len(answers), max(ids.shape[1] for ids, _ in answers), 2)
+        ranks = torch.full(shape, RANK_CAP, dtype=torch.int16)  # (E, Na, Lmax, 2): set at the decode steps only
+        for i, (ids, counted) in enumerate(tqdm(answers, desc="label answers", mininterval=1.0)):
             with autocast(device):
                 _, intermediate, oracle = exit_predictions(model, ids.to(device), exit_layers, cfg.emission,
-                                                           cfg.label_source, translators)
-                ranks[:, i, :lengths[i]] = label_ranks(intermediate, oracle)[:, 0].cpu()  # (E, T, 2)
+                                                           cfg.label_source, translators, counted.to(device))
+                ranks[:, i, :ids.shape[1]][:, counted[0]] = label_ranks(intermediate, oracle).cpu()  # (E, P, 2)
         tensors["answers_ranks"] = ranks
         tensors["answers_ids"] = pad_sequences([ids[0] for ids, _ in answers])  # (Na, Lmax)
     settings = dataclasses.asdict(cfg)
     write_cache(cfg.out, tensors, {"settings": settings, "backbone": signature(backbone_config),
                                    "provenance": provenance(settings, cfg.seed)})
-    return {split: tuple(tensors[f"{split}_ranks"].shape) for split in (*sequences, *(["answers"] if cfg.answers else []))}
+    splits = [*sequences, *(["answers"] if cfg.answers else [])]
+    return {split: tuple(tensors[f"{split}_ranks"].shape) for split in splits}
 
 
 def _check_resume(meta: dict, cfg: TrainConfig, backbone_config, ckpt: Path) -> None:
@@ -647,7 +653,7 @@ def train_heads(cfg: TrainConfig) -> dict:
         return train[rows], None if stored is None else stored.labels["train"][:, rows]  # (B, L), (E, B, L)
 
     def answer_batch(step: int) -> list:
-        """cfg.batch_size answers, in their own seeded order: [(ids (1, T), counted (1, T), labels (E, 1, T) or None)]."""
+        """cfg.batch_size answers in their own seeded order: [(ids (1, T), counted (1, T), labels (E, 1, T) or None)]."""
         if not answers:
             return []
         return [(*answers[i], None if stored is None else stored.answer_labels(i, answers[i][0].shape[1]))
@@ -663,7 +669,8 @@ def train_heads(cfg: TrainConfig) -> dict:
         # The training labels' positive ratio (first training batches, in training order): reported, and
         # used for class balancing.
         pos_ratio = trainer.positive_ratio(batch(s) for s in range(min(cfg.balance_batches, cfg.steps)))  # (E,)
-        answer_ratio = (trainer.answer_positive_ratio(answer_batch(s) for s in range(min(cfg.balance_batches, cfg.steps)))
+        first = range(min(cfg.balance_batches, cfg.steps))
+        answer_ratio = (trainer.answer_positive_ratio(answer_batch(s) for s in first)
                         if answers else None)  # (E,): the answers are balanced on their own ratio
     if cfg.class_balance:
         trainer.class_weights = balanced_class_weights(pos_ratio).to(trainer.device)  # (E, 2)

@@ -11,7 +11,7 @@ itself (tests/test_label_cache.py), so are the heads. This module is the cache's
 <out>/labels.safetensors: train_ids (N, L) and valid_ids (Nv, L) int32, the packed token sequences; train_ranks
 (E, N, L, 2) and valid_ranks (E, Nv, L, 2) int16; with answers (decoding/answers.py: the full model's greedy answers,
 for heads trained on them too) answers_ids (Na, Lmax) int32 right-padded with 0 and answers_ranks (E, Na, Lmax, 2),
-each answer labelled in its own pass; as metadata the settings it was made with, the backbone's
+each answer labelled in its own pass at its decode steps (elsewhere RANK_CAP: no label rule exits there); as metadata the settings it was made with, the backbone's
 signature and provenance. A head job checks its own sequences against the stored ones (its training set is a
 prefix of the cache's when it reads fewer tokens) and refuses a cache made for other settings or exits.
 """
@@ -57,6 +57,10 @@ def read_meta(directory: str | os.PathLike) -> dict:
         return json.loads(f.metadata()["cache"])
 
 
+def _same_file(there: str | None, here: str | None) -> bool:
+    return there is not None and here is not None and os.path.abspath(there) == os.path.abspath(here)
+
+
 def check_settings(meta: dict, directory, wanted: dict, exit_layers: list[int], backbone_config) -> None:
     """Refuse, naming the difference, a cache made for another backbone, other settings or other exits."""
     settings = meta["settings"]
@@ -64,11 +68,10 @@ def check_settings(meta: dict, directory, wanted: dict, exit_layers: list[int], 
         raise ValueError(f"label cache {str(directory)!r} was made for backbone {meta['backbone']}, not "
                          f"{signature(backbone_config)}")
     diff = [f"{k}: {settings[k]!r} there, {wanted[k]!r} here" for k in SHARED_SETTINGS if settings[k] != wanted[k]]
-    if settings["emission"] == "translator" and settings["label_source"] == "emitted" and (
-            wanted["translators"] is None or os.path.abspath(settings["translators"]) != os.path.abspath(wanted["translators"])):
+    if settings["emission"] == "translator" and settings["label_source"] == "emitted" and not _same_file(
+            settings["translators"], wanted["translators"]):
         diff.append(f"translators: {settings['translators']!r} there, {wanted['translators']!r} here")
-    if wanted.get("answers_weight", 0) > 0 and (settings.get("answers") is None or os.path.abspath(
-            settings["answers"]) != os.path.abspath(wanted["answers"])):
+    if wanted.get("answers_weight", 0) > 0 and not _same_file(settings.get("answers"), wanted["answers"]):
         diff.append(f"answers: {settings.get('answers')!r} there, {wanted['answers']!r} here")
     if diff:
         raise ValueError(f"label cache {str(directory)!r} was made with other settings ({'; '.join(diff)})")

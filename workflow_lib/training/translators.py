@@ -11,8 +11,8 @@ costs seconds (on SmolLM2-135M, 1 CPU core: a KL step on 4 x 128 tokens and 5 ex
 
 Answers (optional, `answers` and `answers_weight` > 0): the full model's own greedy answers to held-out task prompts
 (decoding/answers.py's file), the tokens an exit really emits at evaluation. Their positions (a generated token read,
-the next one emitted) join the fit: the least-squares start and every KL step weigh them `answers_weight` and the text 1 - `answers_weight`, each side
-averaged over its own positions. Their states are computed once (a few thousand positions); each KL step draws
+the next one emitted) join the fit: the least-squares start and every KL step weigh them `answers_weight` and the
+text 1 - `answers_weight`, each side averaged over its own positions. Their states are computed once (a few thousand positions); each KL step draws
 batch_size x seq_len of them. On SmolLM2-135M a translator fitted on text alone agrees with the full model far less
 on its answers than on text (docs/results/real-small.md).
 """
