@@ -56,13 +56,19 @@ def greedy_answers(model: nn.Module, tokenizer, prompts: list[str], max_new_toke
     return answers
 
 
-def save_answers(path: str | os.PathLike, answers: Answers, meta: dict) -> None:
-    """Write `answers` (greedy_answers') to `path` atomically, `meta` as JSON metadata (see the module docstring)."""
+def pad_answers(answers: Answers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """answers -> ids (N, Lmax) int32 right-padded with 0, counted (N, Lmax) bool, lengths (N,) int64."""
     lengths = torch.tensor([ids.shape[1] for ids, _ in answers])  # (N,)
     ids = torch.zeros(len(answers), int(lengths.max()), dtype=torch.int32)  # (N, Lmax)
     counted = torch.zeros(ids.shape, dtype=torch.bool)  # (N, Lmax)
     for i, (seq, mask) in enumerate(answers):
         ids[i, :seq.shape[1]], counted[i, :seq.shape[1]] = seq[0].cpu(), mask[0].cpu()
+    return ids, counted, lengths
+
+
+def save_answers(path: str | os.PathLike, answers: Answers, meta: dict) -> None:
+    """Write `answers` (greedy_answers') to `path` atomically, `meta` as JSON metadata (see the module docstring)."""
+    ids, counted, lengths = pad_answers(answers)
     with atomic_path(path) as tmp:
         save_file({"ids": ids, "counted": counted, "lengths": lengths}, str(tmp),
                   metadata={"answers": json.dumps(meta, default=str)})

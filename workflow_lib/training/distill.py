@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from ..artifacts import atomic_path, provenance, write_json
 from ..data.schemas import read_corpus
-from ..decoding.answers import load_answers, read_answers_meta
+from ..decoding.answers import load_answers, pad_answers, read_answers_meta
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_exit_layers, load_backbone,
                                load_config, load_tokenizer, parts, signature)
 from ..models.emission import emitted_logits, exit_hidden, exit_states
@@ -52,7 +52,6 @@ from ..models.heads import HEAD_TYPES, build_heads, save_heads
 from ..models.translators import EMISSION_RULES, check_emission, load_translators
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .label_cache import StoredLabels, check_settings, read_meta, write_cache
-from .label_cache import pad_sequences
 from .labels import (DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, RANK_CAP, check_label_rule, exit_labels,
                      label_ranks)
 
@@ -340,9 +339,12 @@ class HeadTrainer:
 
     @torch.no_grad()
     def answer_positive_ratio(self, batches) -> torch.Tensor:
-        """Mean exit label per exit (E,) at the decode steps of an iterable of answer batches (answer_positions')."""
-        gold = torch.cat([self.answer_positions(batch)[1] for batch in batches], 1)  # (E, P)
-        return gold.float().mean(1).cpu()
+        """Mean exit label per exit (E,) at the decode steps of an iterable of answer batches (answer_positions'):
+        stored labels are read as they are, the others labelled by a pass (no head runs)."""
+        gold = [stored.to(self.device)[:, counted.to(self.device)] if stored is not None
+                else self.backbone_pass(ids.to(self.device), None, counted.to(self.device))[1]
+                for batch in batches for ids, counted, stored in batch]  # (E, P_i) each
+        return torch.cat(gold, 1).float().mean(1).cpu()
 
     @torch.no_grad()
     def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict],
@@ -591,7 +593,7 @@ def build_label_cache(cfg: LabelCacheConfig) -> dict:
                                                            cfg.label_source, translators, counted.to(device))
                 ranks[:, i, :ids.shape[1]][:, counted[0]] = label_ranks(intermediate, oracle).cpu()  # (E, P, 2)
         tensors["answers_ranks"] = ranks
-        tensors["answers_ids"] = pad_sequences([ids[0] for ids, _ in answers])  # (Na, Lmax)
+        tensors["answers_ids"] = pad_answers(answers)[0]  # (Na, Lmax)
     settings = dataclasses.asdict(cfg)
     write_cache(cfg.out, tensors, {"settings": settings, "backbone": signature(backbone_config),
                                    "provenance": provenance(settings, cfg.seed)})

@@ -11,8 +11,8 @@ itself (tests/test_label_cache.py), so are the heads. This module is the cache's
 <out>/labels.safetensors: train_ids (N, L) and valid_ids (Nv, L) int32, the packed token sequences; train_ranks
 (E, N, L, 2) and valid_ranks (E, Nv, L, 2) int16; with answers (decoding/answers.py: the full model's greedy answers,
 for heads trained on them too) answers_ids (Na, Lmax) int32 right-padded with 0 and answers_ranks (E, Na, Lmax, 2),
-each answer labelled in its own pass at its decode steps (elsewhere RANK_CAP: no label rule exits there); as metadata the settings it was made with, the backbone's
-signature and provenance. A head job checks its own sequences against the stored ones (its training set is a
+each answer labelled in its own pass at its decode steps (elsewhere RANK_CAP: no label rule exits there); as metadata
+the settings it was made with, the backbone's signature and provenance. A head job checks its own sequences against the stored ones (its training set is a
 prefix of the cache's when it reads fewer tokens) and refuses a cache made for other settings or exits.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..artifacts import atomic_path
+from ..decoding.answers import pad_answers
 from ..models.backbone import signature
 from .labels import labels_from_ranks
 
@@ -33,14 +34,6 @@ CACHE_FILE = "labels.safetensors"
 # Settings a head job must share with the cache to train on it (its exit layers need only be among the cache's; its
 # sequences are compared token by token, StoredLabels.check_sequences).
 SHARED_SETTINGS = ("emission", "label_source", "seq_len")
-
-
-def pad_sequences(sequences: list[torch.Tensor]) -> torch.Tensor:
-    """Token sequences of any lengths (T_i,) -> (N, max T_i) int32, right-padded with 0."""
-    out = torch.zeros(len(sequences), max(len(s) for s in sequences), dtype=torch.int32)  # (N, Lmax)
-    for i, seq in enumerate(sequences):
-        out[i, :len(seq)] = seq
-    return out
 
 
 def write_cache(out: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -105,7 +98,7 @@ class StoredLabels:
         """The head job's answers [(ids (1, T), counted)] must be the ones the cache labelled."""
         if self.answer_ids is None:
             raise ValueError(f"label cache {str(self.directory)!r} holds no answers (label_cache --answers)")
-        if not torch.equal(pad_sequences([ids[0] for ids, _ in answers]), self.answer_ids):
+        if not torch.equal(pad_answers(answers)[0], self.answer_ids):
             raise ValueError(f"label cache {str(self.directory)!r} holds other answers than this job's")
 
     def check_sequences(self, train: torch.Tensor, valid: torch.Tensor) -> None:
