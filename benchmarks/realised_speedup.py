@@ -28,10 +28,10 @@ from timing import add_common_args, interleaved, print_table, save, setup, sprea
 
 from workflow_lib.decoding.accounting import crf_exact, crf_paper
 from workflow_lib.decoding.decoder import ExitDecoder
-from workflow_lib.decoding.policies import POLICIES
+from workflow_lib.choices import EMISSION_RULES, POLICIES
 from workflow_lib.models.backbone import PRESETS, build_backbone, default_exit_layers, parts, preset_config
 from workflow_lib.models.heads import build_head
-from workflow_lib.models.translators import EMISSION_RULES, Translators
+from workflow_lib.models.translators import Translators
 
 
 def parse_args() -> argparse.Namespace:

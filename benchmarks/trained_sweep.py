@@ -25,7 +25,8 @@ from workflow_lib.decoding.accounting import crf_exact, crf_paper
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import load_backbone
 from workflow_lib.models.heads import load_heads
-from workflow_lib.models.translators import EMISSION_RULES, load_translators
+from workflow_lib.choices import EMISSION_RULES
+from workflow_lib.models.translators import load_translators
 
 
 def parse_args() -> argparse.Namespace:

@@ -7,7 +7,7 @@ import torch
 from test_decoder import byte_tokenizer, greedy
 
 from workflow_lib.decoding.decoder import ExitDecoder
-from workflow_lib.decoding.policies import POLICIES
+from workflow_lib.choices import POLICIES
 from workflow_lib.models.backbone import family
 from workflow_lib.evaluation.records import generation_summary
 from workflow_lib.models.heads import build_heads

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from workflow_lib.training.labels import LABEL_RULES, RANK_CAP, exit_labels, label_ranks, labels_from_ranks
+from workflow_lib.choices import LABEL_RULES
+from workflow_lib.training.labels import RANK_CAP, exit_labels, label_ranks, labels_from_ranks
 
 # Vocabulary of 5 tokens. Oracle ranking: 2 > 0 > 4 > 1 > 3.
 ORACLE = torch.tensor([3.0, 1.0, 5.0, 0.0, 2.0])

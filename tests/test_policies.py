@@ -8,7 +8,8 @@ from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 from workflow_lib.decoding import policies_reference
 from workflow_lib.decoding.decoder import ExitDecoder
-from workflow_lib.decoding.policies import POLICIES, _mamba2_state_step_kernels, make_fill, resolve_policy
+from workflow_lib.choices import POLICIES
+from workflow_lib.decoding.policies import _mamba2_state_step_kernels, make_fill, resolve_policy
 from conftest import TINY
 from workflow_lib.models.backbone import build_backbone, family, parts
 from workflow_lib.models.heads import build_heads

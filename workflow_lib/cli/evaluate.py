@@ -34,7 +34,7 @@ from pathlib import Path
 from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASK_DIR, TASKS
 from workflow_lib.models.names import PRESET_PREFIX, check_local
-from workflow_lib.models.translators import EMISSION_RULES
+from workflow_lib.choices import EMISSION_RULES, PRUNE_RULES
 
 
 def number_list(text: str, kind=float) -> list[tuple[str, float | int]]:
@@ -173,8 +173,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_task_arguments(p, args)
     return args
 
-
-PRUNE_RULES = ("deepest", "angular")
 
 
 def angular_sequences(tokenizer, path: str, n: int, tokens: int, device) -> list:

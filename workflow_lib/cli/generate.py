@@ -23,12 +23,13 @@ import sys
 import torch
 
 from ..decoding.decoder import ExitDecoder
-from ..decoding.policies import POLICIES, resolve_policy
+from ..choices import EMISSION_RULES, POLICIES
+from ..decoding.policies import resolve_policy
 from ..decoding.pruning import kept_blocks
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone, load_config,
                               load_tokenizer)
 from ..models.heads import build_heads, load_heads
-from ..models.translators import EMISSION_RULES, load_translators
+from ..models.translators import load_translators
 
 DEFAULT_EXIT_THRESHOLD = 0.5
 

@@ -17,9 +17,8 @@ import json
 import sys
 
 from .train_heads import layer_list, set_threads
-from ..models.translators import EMISSION_RULES
+from ..choices import DEFAULT_LABEL_SOURCE, EMISSION_RULES, LABEL_SOURCES
 from ..training.distill import LabelCacheConfig, build_label_cache
-from ..training.labels import DEFAULT_LABEL_SOURCE, LABEL_SOURCES
 
 
 def parse_args(argv=None) -> LabelCacheConfig:

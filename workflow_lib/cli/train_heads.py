@@ -22,9 +22,8 @@ import sys
 import torch
 
 from ..models.heads import HEAD_TYPES
-from ..training.distill import TRAIN_MODES, TrainConfig, train_heads, write_rule_heads
-from ..models.translators import EMISSION_RULES
-from ..training.labels import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_RULES, LABEL_SOURCES
+from ..choices import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, EMISSION_RULES, LABEL_RULES, LABEL_SOURCES, TRAIN_MODES
+from ..training.distill import TrainConfig, train_heads, write_rule_heads
 
 
 def layer_list(text: str) -> list[int]:

@@ -19,7 +19,8 @@ import sys
 
 
 from .train_heads import layer_list, set_threads
-from ..training.translators import INITS, TranslatorConfig, train_translators, validate
+from ..choices import TRANSLATOR_INITS
+from ..training.translators import TranslatorConfig, train_translators, validate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--init", choices=INITS, default="identity",
+    p.add_argument("--init", choices=TRANSLATOR_INITS, default="identity",
                    help="identity (the tuned lens' zero init) or least_squares (ridge fit of the final hidden state)")
     p.add_argument("--init-batches", type=int, default=16, help="batches the least-squares start is fitted on")
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -40,7 +40,7 @@ from fractions import Fraction
 from transformers import PretrainedConfig
 
 from ..models.backbone import architecture, family
-from ..models.translators import EMISSION_RULES
+from ..choices import EMISSION_RULES
 
 # Per backbone family: which missing-state policies do work for a skipped block (True) and which only move or keep
 # state (False).

@@ -33,13 +33,11 @@ from torch import nn
 from transformers import Cache
 from transformers.models.mistral.modeling_mistral import rotate_half
 
+from workflow_lib.choices import DEFAULT_POLICY, POLICIES
 from workflow_lib.models.backbone import ARCHITECTURES, family
 from workflow_lib.models.mamba2_step import advance_state
 
 # keyed by backbone family (models/backbone.py): every Llama-layout transformer shares the transformer policies
-POLICIES: dict[str, tuple[str, ...]] = {"transformer": ("recompute", "copy", "copy_prev"),
-                                        "mamba2": ("recompute", "skip")}
-DEFAULT_POLICY: dict[str, str] = {"transformer": "recompute", "mamba2": "recompute"}
 
 # fill(layers, cache, h_exit (R,1,D), exit_layer, skipped block indices, position_embeddings (R,1,hd) or None,
 #      rows=None, write=None): rows (R,) are the batch rows h_exit belongs to (None: all of them); write(j, k, v) stores

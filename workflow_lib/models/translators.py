@@ -19,13 +19,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..artifacts import atomic_path
+from ..choices import EMISSION_RULES
 from .backbone import signature
 
 # How an exit turns its hidden state h_l into the emitted token (per backbone; docs/policies.md):
 #   last_block  the paper's Algorithm 1: the last block runs on h_l, then final norm and LM head
 #   lens        final norm and LM head on h_l (the logit lens); the last block is skipped like the others
 #   translator  final norm and LM head on translate(h_l, l) (the tuned lens); the last block is skipped too
-EMISSION_RULES = ("last_block", "lens", "translator")
+# (the names: choices.EMISSION_RULES)
 
 def check_emission(rule: str, translators: "Translators | None", exit_layers: list[int]) -> None:
     """A clear error for an unknown rule, or the translator rule without a translator for every exit layer."""

@@ -49,13 +49,12 @@ from ..models.backbone import (PRESET_PREFIX, architecture, default_device, defa
                                load_config, load_tokenizer, parts, signature)
 from ..models.emission import emitted_logits, exit_hidden, exit_states
 from ..models.heads import HEAD_TYPES, build_heads, save_heads
-from ..models.translators import EMISSION_RULES, check_emission, load_translators
+from ..choices import DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, EMISSION_RULES, LABEL_SOURCES, TRAIN_MODES
+from ..models.translators import check_emission, load_translators
 from .head_specs import EXIT_LAYERS, TRAINING_KEYS
 from .label_cache import StoredLabels, check_settings, read_meta, write_cache
-from .labels import (DEFAULT_LABEL_RULE, DEFAULT_LABEL_SOURCE, LABEL_SOURCES, RANK_CAP, check_label_rule, exit_labels,
-                     label_ranks)
+from .labels import RANK_CAP, check_label_rule, exit_labels, label_ranks
 
-TRAIN_MODES = ("joint_decay", "uniform", "individual")
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.safetensors"
 METRICS_FILE = "metrics.json"

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import torch
 
-LABEL_RULES = ("intermediate_in_oracle_topk", "oracle_in_intermediate_topk")
-DEFAULT_LABEL_RULE = LABEL_RULES[0]
+from ..choices import DEFAULT_LABEL_RULE, LABEL_RULES
+
 # Which intermediate prediction is labelled: `emitted`, the token the exit really emits under the backbone's emission
 # rule (models/emission.py), or `lens`, the logit lens LM head(final_norm(h_l)) whatever the rule (the authors' label,
 # kept for the paper's ablation). Under the lens emission rule both are the same.
-LABEL_SOURCES = ("emitted", "lens")
-DEFAULT_LABEL_SOURCE = LABEL_SOURCES[0]
 
 
 def check_label_rule(rule: str, k: int) -> None:

@@ -35,6 +35,7 @@ from ..data.schemas import read_corpus
 from ..decoding.answers import load_answers
 from ..models.backbone import default_device, load_backbone, parts, signature
 from ..models.emission import exit_hidden
+from ..choices import TRANSLATOR_INITS
 from ..models.translators import Translators, save_translators
 from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_answers, check_schedule,
                       pack, read_tokens, resolve_exit_layers)
@@ -62,14 +63,13 @@ class TranslatorConfig:
     device: str | None = None
 
 
-INITS = ("identity", "least_squares")
 RIDGE = 1e-3  # least-squares ridge, relative to the mean diagonal of X^T X: keeps the solve well posed
 
 
 def validate(cfg: TranslatorConfig):
     """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
-    if cfg.init not in INITS:
-        raise ValueError(f"unknown translator init {cfg.init!r}; known: {', '.join(INITS)}")
+    if cfg.init not in TRANSLATOR_INITS:
+        raise ValueError(f"unknown translator init {cfg.init!r}; known: {', '.join(TRANSLATOR_INITS)}")
     check_schedule(cfg, ("steps", "batch_size", "init_batches"))
     check_answers(cfg)
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
