@@ -1,9 +1,11 @@
-"""Batched decoding (`ExitDecoder.generate_batch`): every row equals its batch-1 run (`generate`), exits off, forced,
-and with heads whose decisions differ between the rows of one batch; rows stop on their own; bad input refused."""
+"""Batched decoding (`ExitDecoder.generate_batch`): every row equals the reference batch-1 loop on its prompt alone
+(tests/reference_decoder.py), exits off, forced, and with heads whose decisions differ between the rows of one batch;
+rows stop on their own; bad input refused."""
 import copy
 
 import pytest
 import torch
+from reference_decoder import reference_of
 from test_decoder import byte_tokenizer, greedy
 
 from workflow_lib.decoding.decoder import ExitDecoder
@@ -23,7 +25,9 @@ def model_for(request, arch):
 
 
 def batch1(decoder, prompts, **kw):
-    return [decoder.generate(torch.tensor([p]), **kw) for p in prompts]
+    """Each prompt alone through the reference batch-1 loop with the decoder's configuration."""
+    reference = reference_of(decoder)
+    return [reference.generate(torch.tensor([p]), **kw) for p in prompts]
 
 
 def same(a, b) -> bool:
@@ -100,7 +104,8 @@ def test_softmax_rule_through_the_translator_batched_equals_batch1(request, arch
 
 
 class Trace:
-    """Per decode step of a batch-1 run: every p_exit a head gave, and the top-2 logit gap of the chosen token."""
+    """Per decode step of a reference batch-1 run: every p_exit a head gave, and the top-2 logit gap of the chosen
+    token."""
 
     def __init__(self, decoder):
         self.p: list[list[float]] = []  # p[s - 1]: the heads of decode step s (token s)
@@ -131,9 +136,10 @@ class Trace:
 def explained(decoder, prompt, ref, got, **kw) -> str | None:
     """Why a batched row differs from its batch-1 run, if it is a floating-point near-tie at the first difference:
     'exit' when a head's p_exit was within 1e-5 of the threshold, 'token' when the top-2 logits were within 1e-4."""
-    trace = Trace(decoder)
+    reference = reference_of(decoder)
+    trace = Trace(reference)
     try:
-        again = decoder.generate(torch.tensor([prompt]), **kw)
+        again = reference.generate(torch.tensor([prompt]), **kw)
     finally:
         trace.close()
     assert same(again, ref)  # the batch-1 run is deterministic
@@ -181,14 +187,15 @@ def test_explained_identifies_a_flip(tiny_mistral):
     identified as one; a difference with no near-tie behind it is not."""
     heads = build_heads("calm", 256, [3, 4, 5, 6], seed=11)
     kw = dict(max_new_tokens=6, eos_token_id=[])
-    probe = ExitDecoder(tiny_mistral, heads, threshold=1.0)  # no head reaches 1: every head runs at every step
+    probe = reference_of(ExitDecoder(tiny_mistral, heads, threshold=1.0))  # no head reaches 1: every head runs
     trace = Trace(probe)
     probe.generate(torch.tensor([PROMPTS[0]]), **kw)
     trace.close()
     threshold = trace.p[0][0]  # decode step 1, the head at block 3: p_exit == threshold, an exact tie
     decoder = ExitDecoder(tiny_mistral, heads, threshold=threshold)
-    ref = decoder.generate(torch.tensor([PROMPTS[0]]), **kw)
-    flipped = ExitDecoder(tiny_mistral, heads, threshold=threshold + 1e-6).generate(torch.tensor([PROMPTS[0]]), **kw)
+    ref = reference_of(decoder).generate(torch.tensor([PROMPTS[0]]), **kw)
+    flipped = reference_of(ExitDecoder(tiny_mistral, heads, threshold=threshold + 1e-6)).generate(
+        torch.tensor([PROMPTS[0]]), **kw)
     assert ref.exit_layers[1] == 3 and flipped.exit_layers[1] != 3  # what a rounding difference would do
     assert explained(decoder, PROMPTS[0], ref, flipped, **kw) == "exit"
     wrong = copy.deepcopy(ref)
@@ -292,10 +299,10 @@ def test_padded_forward_prefill_equals_row_prefill(tiny_any):
     row-by-row prefill (the CPU path for padded batches) stacks from batch-1 prefills, up to rounding."""
     from transformers import DynamicCache
 
-    from workflow_lib.decoding.batch import _Batch, prefill_batch, prefill_rows
+    from workflow_lib.decoding.decoder import Rows, prefill_batch, prefill_rows
 
     decoder = ExitDecoder(tiny_any, build_heads("mamba", 256, [3, 5], seed=4), threshold=0.5)
-    batch = _Batch(decoder, PROMPTS, 4)
+    batch = Rows(decoder, PROMPTS, 4)
     assert batch.padded
     cache = DynamicCache(config=tiny_any.config)
     states = {layer: head.init_state(len(PROMPTS), torch.device("cpu"), torch.float32)
@@ -319,12 +326,12 @@ def test_padded_forward_prefill_equals_row_prefill(tiny_any):
 
 
 def test_decoding_imports_run_one_way():
-    """decoder.py -> batch.py -> core.py: importing the batched decoder does not import the batch-1 one."""
+    """decoder.py -> step.py -> core.py: importing the step does not import the loop."""
     import subprocess
     import sys
 
-    code = ("import sys, workflow_lib.decoding.batch; "
-            "assert 'workflow_lib.decoding.decoder' not in sys.modules, 'batch.py imports decoder.py'")
+    code = ("import sys, workflow_lib.decoding.step; "
+            "assert 'workflow_lib.decoding.decoder' not in sys.modules, 'step.py imports decoder.py'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

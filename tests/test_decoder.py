@@ -4,8 +4,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from reference_decoder import ReferenceDecoder
+
 from workflow_lib.decoding.accounting import CostModel
 from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.decoding.step import Step
 from workflow_lib.models.backbone import build_backbone, parts, preset_config
 from workflow_lib.models.heads import build_head, build_heads
 
@@ -16,6 +19,13 @@ def greedy(model, input_ids, max_new_tokens, **kw):
     out = model.generate(input_ids, do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
                          return_dict_in_generate=True, **kw)
     return out.sequences[0, input_ids.shape[1]:].tolist(), out.logits[-1].float()  # ids, (1, V)
+
+
+def one_step(decoder, tok, position_ids, cache, states):
+    """One decode step of the decoder's own `Step` on a batch of one row at the decoder's threshold: fp32 logits (1, V),
+    the exit block, the head MACs and the translations run."""
+    logits, exits, macs, translations = Step(decoder, cache, 1, decoder.threshold)(tok, position_ids, states, None)
+    return logits, exits[0], macs[0], translations[0]
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -35,7 +45,9 @@ def test_exits_disabled_equals_generate(tiny_any, threshold, with_heads):
     assert res.token_ids == ids
     assert res.exit_layers == [7] * 24
     assert res.stop_reason == "max_new_tokens"
-    torch.testing.assert_close(res.last_logits, logits, rtol=1e-5, atol=1e-5)
+    reference = ReferenceDecoder(tiny_any, heads, threshold=threshold)  # the reference's logits are generate's
+    assert reference.generate(PROMPT, max_new_tokens=24, eos_token_id=[]).token_ids == ids
+    torch.testing.assert_close(reference.last_logits, logits, rtol=1e-5, atol=1e-5)
     assert res.crf_exact == res.crf_paper == 1.0 and len(res.costs) == 23
     cost_model = CostModel(tiny_any.config)  # step i reads the token at position T+i, attending to T+i+1
     assert [c.macs_full for c in res.costs] == [cost_model.full_token_macs(PROMPT.shape[1] + i + 1) for i in range(23)]
@@ -249,10 +261,10 @@ def test_oracle_compares_what_an_exit_would_emit(request, arch, policy, emission
     tok = oracle.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
     for s in range(6):
         pos = torch.full((1, 1), PROMPT.shape[1] + s)
-        want, _, _, _ = full_depth.step(tok, pos, copy.deepcopy(cache), {})
-        agree = [e for e in exits if torch.equal(forced[e].step(tok, pos, copy.deepcopy(cache), {e: None})[0].argmax(-1),
+        want, _, _, _ = one_step(full_depth, tok, pos, copy.deepcopy(cache), {})
+        agree = [e for e in exits if torch.equal(one_step(forced[e], tok, pos, copy.deepcopy(cache), {e: None})[0].argmax(-1),
                                                  want.argmax(-1))]
-        logits, exit_layer, _, translations = oracle.step(tok, pos, cache, {})
+        logits, exit_layer, _, translations = one_step(oracle, tok, pos, cache, {})
         assert exit_layer == (agree[0] if agree else 7)
         assert torch.equal(logits.argmax(-1), want.argmax(-1)) or not agree
         assert translations == (emission == "translator" and exit_layer < 7)
@@ -298,7 +310,8 @@ def test_emission_rules_leave_full_depth_alone_and_read_the_exit_state(tiny_back
         cache = DynamicCache(config=tiny_backbone.config)
         tok = decoder.prefill(PROMPT, cache, {}).argmax(-1)
         seen.clear()
-        logits, exit_layer, _, translations = decoder.step(tok, torch.full((1, 1), PROMPT.shape[1]), cache, {3: None})
+        logits, exit_layer, _, translations = one_step(decoder, tok, torch.full((1, 1), PROMPT.shape[1]), cache,
+                                                       {3: None})
     finally:
         for hook in hooks:
             hook.remove()

@@ -3,6 +3,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from reference_decoder import ReferenceDecoder
+
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import parts
 from workflow_lib.models.emission import emitted_logits, exit_states
@@ -48,12 +50,15 @@ def test_last_block_equals_decoder_forced_exit(tiny_backbone, layer):
     that position, for several prefix lengths (the first position included)."""
     heads = build_heads("forced", tiny_backbone.config.hidden_size, [layer])
     decoder = ExitDecoder(tiny_backbone, heads, threshold=0.5)
+    reference = ReferenceDecoder(tiny_backbone, heads, threshold=0.5)  # keeps the last step's logits
     for t in (1, 2, 7, 12):
         res = decoder.generate(SEQ[:, :t], max_new_tokens=2, eos_token_id=[])
         assert res.exit_layers == [tiny_backbone.config.num_hidden_layers - 1, layer]
+        assert reference.generate(SEQ[:, :t], max_new_tokens=2, eos_token_id=[]).token_ids == res.token_ids
         seq = torch.cat([SEQ[:, :t], torch.tensor([[res.token_ids[0]]])], 1)  # prefix + the token that exits
         emitted = emitted_logits(tiny_backbone, exit_states(tiny_backbone, seq, EXITS), "last_block")[layer]
-        torch.testing.assert_close(emitted[:, t], res.last_logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(emitted[:, t], reference.last_logits, rtol=1e-4, atol=1e-4)
+        assert int(emitted[0, t].argmax()) == res.token_ids[1]
 
 
 def test_last_block_batch_rows_independent(tiny_backbone):

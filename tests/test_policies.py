@@ -6,7 +6,8 @@ import torch
 from transformers import DynamicCache
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
-from workflow_lib.decoding import policies_reference
+import policies_reference
+from test_decoder import one_step
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.choices import POLICIES
 from workflow_lib.decoding.policies import _mamba2_state_step_kernels, make_fill, resolve_policy
@@ -43,7 +44,7 @@ def exit_step(model, policy, exit_layer=EXIT, emission="last_block"):
              p.layers[p.n_layers - 1].register_forward_pre_hook(at_last)]
     seen["last_in"] = None  # stays None when the last block does not run (lens / translator)
     with torch.no_grad():
-        _, got_exit, _, _ = dec.step(tok, torch.full((1, 1), T), cache, {exit_layer: None})
+        _, got_exit, _, _ = one_step(dec, tok, torch.full((1, 1), T), cache, {exit_layer: None})
     for h in hooks:
         h.remove()
     assert got_exit == exit_layer
@@ -54,7 +55,7 @@ def exit_step(model, policy, exit_layer=EXIT, emission="last_block"):
 def full_depth_step(model, before, tok):
     cache = copy.deepcopy(before)
     with torch.no_grad():
-        ExitDecoder(model).step(tok, torch.full((1, 1), T), cache, {})
+        one_step(ExitDecoder(model), tok, torch.full((1, 1), T), cache, {})
     return cache
 
 
@@ -239,5 +240,5 @@ def test_lens_fills_the_last_block_too_fast_path_equals_reference(request, arch,
         assert all(torch.equal(a, b) for a, b in zip(states(after, last), states(before, last)))
     dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy, emission="lens")
     with torch.no_grad():
-        logits, _, _, _ = dec.step(tok, torch.full((1, 1), T), copy.deepcopy(before), {exit_layer: None})
+        logits, _, _, _ = one_step(dec, tok, torch.full((1, 1), T), copy.deepcopy(before), {exit_layer: None})
         torch.testing.assert_close(logits, p.lm_head(p.final_norm(h))[:, -1].float())

@@ -148,6 +148,20 @@ class CostModel:
             blocks_full_paper=float(n),
         )
 
+    def climb_macs(self, blocks: int, context_len: int, head_macs: list[int], translations: int = 0) -> int:
+        """Speculative drafting: a token that ran `blocks` blocks and these heads, and emitted nothing (it did not exit
+        by the deepest exit layer; the verification runs the rest)."""
+        return blocks * self.block_macs(context_len) + sum(head_macs) + translations * self.translation_macs
+
+    def verify_macs(self, start_block: int, context_lens: list[int]) -> int:
+        """Speculative verification: blocks start_block .. n-1, the final norm and the LM head, once per position
+        (`context_lens`: the positions each attends to, itself included)."""
+        return sum((self.n_layers - start_block) * self.block_macs(c) + self.lm_head_macs for c in context_lens)
+
+    def rerun_macs(self, context_lens: list[int]) -> int:
+        """Every block on these positions, no LM head (a Mamba-2 rollback re-runs the kept positions)."""
+        return sum(self.n_layers * self.block_macs(c) for c in context_lens)
+
     def pruned_token_cost(self, n_pruned: int, context_len: int) -> TokenCost:
         """One token of the layer-pruning baseline: `n_pruned` blocks before the last dropped, no exits."""
         return self.token_cost(self.n_layers - 1, context_len, "recompute", [], prune=n_pruned)

@@ -2,7 +2,7 @@
 
 Here rather than in models/ because models/ must not import decoding/. Our batched decoder with exits off gives
 every row exactly its batch-1 answer, the tokens of transformers' `generate(do_sample=False)` at batch size 1
-(decoding/batch.py; tests/test_translators.py checks it), several times faster than `generate` one prompt at a time.
+(decoding/decoder.py; tests/test_translators.py checks it), several times faster than `generate` one prompt at a time.
 
 answers.safetensors (cli/answers.py writes it once per backbone; the translators, the label cache and the heads read
 it): ids (N, Lmax) int32, each answer's prompt then answer, right-padded with 0; counted (N, Lmax) bool, its decode

@@ -1,7 +1,9 @@
-"""What the batch-1 decoder (decoder.py) and the batched one (batch.py) share: the decoder's configuration and its
-checks, the emission rule, the prefill, the greedy choice, the stop test and the per-row result.
+"""The decoder's configuration and its checks, and the pieces its per-token step (step.py) and its loop (decoder.py)
+read: the emission rule, the policy's fill, the causal mask, one row's prefill, the greedy choice, the stop test, the
+per-row result. The reference decoder in tests/ (the batch-1 loop the equivalence tests compare against) reads the
+same interface.
 
-Imports run one way: decoder.py -> batch.py -> core.py (and decoder.py -> core.py).
+Imports run one way: decoder.py -> step.py -> core.py (and decoder.py -> core.py).
 
 The emission rule (models/translators.py, docs/policies.md) says how an exit at block e turns h_e into the token:
   last_block  blocks e+1 .. n-2 skipped (the policy fills them), the last block runs on h_e, final norm, LM head
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -36,11 +39,11 @@ class DecodeResult:
     costs: list[TokenCost] = field(default_factory=list)  # one per decode step (token_ids[1:]; the first comes from prefill)
     crf_exact: float = 1.0
     crf_paper: float = 1.0
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0  # this row's latency: decode start to its last token
     prefill_seconds: float = 0.0
-    last_logits: torch.Tensor | None = None  # (1, V) fp32 logits of the last step, before any penalty (batch 1)
-    batch_size: int = 1  # rows decoded together (generate_batch); decode_seconds is then this row's latency
-    batch_decode_seconds: float | None = None  # the whole batch's decode time (None at batch size 1: decode_seconds)
+    batch_size: int = 1  # rows decoded together
+    batch_decode_seconds: float | None = None  # the whole batch's decode time, which throughput divides by
+    speculation: dict | None = None  # speculative decoding's totals (decoding/speculative.py); None otherwise
 
     @property
     def tokens_per_second(self) -> float:
@@ -67,7 +70,7 @@ def check_decoder_emission(emission: str, translators: Translators | None, exit_
 
 
 class DecoderCore:
-    """The decoder's configuration (checked at construction) and the pieces both decoders run.
+    """The decoder's configuration (checked at construction) and the pieces its step and loop run.
 
     Build it once the model sits on its device in its dtype: the Mistral `recompute` policy stacks the skippable
     blocks' K/V weights at construction (policies.StackedKV).
@@ -76,7 +79,8 @@ class DecoderCore:
     def __init__(self, model: nn.Module, heads: nn.ModuleDict | None = None, threshold: float = 2.0,
                  policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0,
                  prune_start: int | None = None, oracle_exits: list[int] | None = None,
-                 emission: str = "last_block", translators: Translators | None = None):
+                 emission: str = "last_block", translators: Translators | None = None, max_draft: int | None = None,
+                 draft_vocab: Sequence[int] | None = None):
         self.model = model
         self.parts = parts(model)
         n = self.parts.n_layers
@@ -85,12 +89,12 @@ class DecoderCore:
             raise ValueError(f"threshold must be a number, got {threshold!r}")
         if not repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
-        self.threshold = float(threshold)
+        self.threshold = float(threshold)  # the point `generate_batch` decodes at
         self.kept = kept_blocks(n, prune, prune_start)
         self.prune, self.prune_start = prune, n - 1 - prune if prune_start is None else prune_start
         # Costs depend on block counts only: an exit at the k-th kept block costs what an exit at block k does
         # when the pruned blocks are the ones before the last, which is the form accounting takes.
-        self._cost_layer = {b: k for k, b in enumerate(self.kept[:-1])} | {n - 1: n - 1}
+        self.cost_layer = {b: k for k, b in enumerate(self.kept[:-1])} | {n - 1: n - 1}
         heads = heads if heads is not None else nn.ModuleDict()
         if oracle_exits is not None and (len(heads) or not oracle_exits):
             raise ValueError("the oracle decides the exits itself: give oracle_exits (a non-empty list) or heads, not both")
@@ -122,13 +126,40 @@ class DecoderCore:
         body = self.kept[:-1]  # an exit at a body block skips the body blocks after it (and the tail)
         first = min(self.heads or self.oracle_exits or [n])
         skippable = body[body.index(first) + 1:] + self.tail if first < n else []
-        self._fill = make_fill(self.parts.arch, self.policy, self.parts.layers, skippable)
+        # fill(layers, cache, h_exit, exit_layer, skipped, position_embeddings, rows=None, write=None): policies.py
+        self.fill = make_fill(self.parts.arch, self.policy, self.parts.layers, skippable)
         self.cost_model = CostModel(model.config)
         self.dtype = self.parts.final_norm.weight.dtype  # heads read z in the model's dtype (Mamba keeps h in fp32)
         self.penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
         config = model.config
-        self._mask_fn = (create_causal_mask if getattr(config, "sliding_window", None) is None
-                         else create_sliding_window_causal_mask)
+        self.mask_fn = (create_causal_mask if getattr(config, "sliding_window", None) is None
+                        else create_sliding_window_causal_mask)  # transformers' own, as the model's forward picks it
+        # Speculative (decoding/speculative.py): exits draft up to max_draft tokens, the full model verifies them
+        self.max_draft = max_draft
+        self.draft_vocab, self.draft_head = None, None
+        if max_draft is not None:
+            self._check_speculative(max_draft, heads, repetition_penalty)
+            if draft_vocab is not None:
+                self.draft_vocab = torch.as_tensor(list(draft_vocab), dtype=torch.long,
+                                                   device=self.parts.lm_head.weight.device)  # (V',)
+                if self.draft_vocab.numel() == 0 or self.draft_vocab.unique().numel() != self.draft_vocab.numel() \
+                        or not 0 <= int(self.draft_vocab.min()) <= int(self.draft_vocab.max()) < config.vocab_size:
+                    raise ValueError(f"draft_vocab must hold distinct token ids in 0..{config.vocab_size - 1}")
+                # the LM head's rows of the draft vocabulary, copied once: the draft's emission costs V'/V of the head
+                self.draft_head = self.parts.lm_head.weight[self.draft_vocab].detach().clone()  # (V', D)
+        elif draft_vocab is not None:
+            raise ValueError("draft_vocab is for speculative decoding (max_draft)")
+
+    def _check_speculative(self, max_draft: int, heads: nn.ModuleDict, repetition_penalty: float) -> None:
+        if isinstance(max_draft, bool) or not isinstance(max_draft, int) or max_draft < 1:
+            raise ValueError(f"max_draft must be an integer >= 1, got {max_draft!r}")
+        if self.prune:
+            raise ValueError("speculative decoding verifies with the full model: no pruning")
+        if repetition_penalty != 1.0:
+            raise ValueError("speculative decoding is greedy decoding of the full model: no repetition penalty")
+        if any(stateful(h) for h in heads.values()):
+            raise ValueError("speculative decoding takes heads without a recurrent state (not the mamba head: its "
+                             "state would have to roll back with the rejected drafts)")
 
     stateful = staticmethod(stateful)
 
@@ -142,27 +173,38 @@ class DecoderCore:
         last block itself, which the rule cannot read from h alone (it keeps the logit lens)."""
         return self.emission == "translator" and getattr(head, "reads_emitted_distribution", False)
 
+    def draft_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """The tokens drafts emit from h (E, 1, D): the LM head's top-1, over the draft vocabulary when there is one."""
+        if self.draft_head is None:
+            return self.logits(h).argmax(-1)  # (E,)
+        z = self.parts.final_norm(h)[:, -1].to(self.draft_head.dtype)  # (E, D)
+        return self.draft_vocab[(z @ self.draft_head.T).argmax(-1)]  # (E,)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head: h (R, 1, D) -> fp32 logits (R, V)."""
+        return self.logits_all(h)[:, -1, :]  # (R, V)
+
+    def logits_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head at every position: h (R, K, D) -> fp32 logits (R, K, V)."""
         p = self.parts
-        return p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype))[:, -1, :].float()  # (R, V)
+        return p.lm_head(p.final_norm(h).to(p.lm_head.weight.dtype)).float()  # (R, K, V)
 
     def token_cost(self, exit_layer: int, context_len: int, head_macs: list[int], translations: int) -> TokenCost:
-        return self.cost_model.token_cost(self._cost_layer[exit_layer], context_len, self.policy, head_macs,
+        return self.cost_model.token_cost(self.cost_layer[exit_layer], context_len, self.policy, head_macs,
                                           self.prune, self.emission, translations)
 
-    def _eos_ids(self, eos_token_id) -> set[int]:
+    def eos_ids(self, eos_token_id) -> set[int]:
         if eos_token_id is None:
             eos_token_id = self.model.generation_config.eos_token_id
         if eos_token_id is None:
             return set()
         return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
 
-    def _sync(self, device: torch.device) -> None:
+    def sync(self, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def _next_token(self, logits: torch.Tensor, seq: torch.Tensor | None) -> torch.Tensor:
+    def next_token(self, logits: torch.Tensor, seq: torch.Tensor | None) -> torch.Tensor:
         """Greedy choice from fp32 logits (B, V), after the optional repetition penalty; stays on device."""
         if self.penalty is not None:
             logits = self.penalty(seq, logits)  # (B, V)
@@ -186,7 +228,7 @@ class DecoderCore:
         return out.logits[:, -1, :].float()  # (1, V)
 
     @staticmethod
-    def _stop_reason(token_ids: list[int], eos: set[int], stop_strings: list[str] | None, tokenizer) -> str | None:
+    def stop_reason(token_ids: list[int], eos: set[int], stop_strings: list[str] | None, tokenizer) -> str | None:
         if token_ids[-1] in eos:
             return "eos"
         # Like transformers' StopStringCriteria, match on decoded text (a stop string may span tokens); only the

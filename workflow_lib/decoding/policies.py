@@ -15,12 +15,13 @@ state h_e (R, 1, D) of the R batch rows that exit at this step (R = 1 at batch s
                       on CUDA (fused kernels when installed), models/mamba2_step.py on CPU
            skip       states untouched
 
-These are the fast paths, which a decoder gets from `make_fill`; `policies_reference.py` holds a minimal,
+These are the fast paths, which a decoder gets from `make_fill`; `tests/policies_reference.py` holds a minimal,
 literal version of each and the tests check that both write the same cache. Every policy works in place on
 transformers' own `DynamicCache` (one `update` per skipped block for attention, in-place state updates for
 Mamba), with no host sync. In a batch, `rows` names the rows that exit (the cache holds every row) and an attention
 policy hands each skipped block's K, V for those rows to `write(j, k, v)`, which the batched decoder merges with
-the rows still climbing (decoding/batch.py); without them the policy updates the cache of a batch-1 decode.
+the rows still climbing (decoding/step.py); without them the policy appends to the cache itself (the reference
+decoder in tests/, batch 1).
 """
 from __future__ import annotations
 

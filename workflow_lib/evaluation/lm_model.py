@@ -123,11 +123,13 @@ class DynamaxLM(HFLM):
         return (threshold, self.prune, self.prune_start, *request_key)
 
     def warm_up(self, new_tokens: int = 8) -> None:
-        """One short untimed generation at the current point: the first calls pay one-off costs (allocator,
-        lazy kernels) that would otherwise land in the first grid point's tokens/s."""
-        ids = torch.tensor([[self.eot_token_id] * 4], device=self.device)  # (1, 4)
+        """One short untimed generation at the current point, through the path the grid point times (a batch of
+        `batch_size` rows): the first calls pay one-off costs (allocator, lazy kernels) that would otherwise land in
+        the first grid point's tokens/s."""
+        rows = self.batch_size if isinstance(self.batch_size, int) else 1
         with torch.no_grad():
-            self.decoder.generate(ids, max_new_tokens=new_tokens, eos_token_id=-1)  # no EOS: all steps run
+            self.decoder.generate_batch([[self.eot_token_id] * 4] * rows, max_new_tokens=new_tokens,
+                                        eos_token_id=[])  # no EOS: all steps run
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         if self.prune == 0:

@@ -1,0 +1,135 @@
+"""Speculative decoding (decoding/speculative.py): the exits draft, the full model verifies, every token is the full
+model's greedy token: equal to transformers' `generate` at batch size 1 and batched, both backbone families, every
+emission rule, EOS and stop strings; drafts accepted where they are right, rolled back where they are not; costs."""
+import pytest
+import torch
+from test_decoder import _lossless_after, byte_tokenizer, greedy, random_translators
+
+from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.models.backbone import build_backbone, preset_config
+from workflow_lib.models.heads import build_heads
+
+# different lengths (a padded batch); the 1-token prompt has no context at all
+PROMPTS = [[1, 17, 250, 33, 980, 4, 77, 512, 9], [1, 40, 300], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [3]]
+EXITS = [2, 4, 6]
+
+
+def reference(model, prompts, n, **kw):
+    """transformers' greedy generate, one prompt at a time."""
+    return [greedy(model, torch.tensor([p]), n, **kw)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("arch", ["mistral", "llama", "mamba2"])
+@pytest.mark.parametrize("emission", ["last_block", "lens", "translator"])
+def test_every_token_is_the_full_models(request, arch, emission):
+    """Random heads draft at random: most drafts are wrong and roll back, some are right; the tokens are generate's,
+    at batch size 1 and in a padded batch where rows keep different numbers of tokens per cycle."""
+    model = request.getfixturevalue(f"tiny_{arch}")
+    want = reference(model, PROMPTS, 12, eos_token_id=None)
+    translators = random_translators(EXITS) if emission == "translator" else None
+    decoder = ExitDecoder(model, build_heads("calm", 256, EXITS, seed=1).eval(), threshold=0.45, emission=emission,
+                          translators=translators, max_draft=3)
+    alone = [decoder.generate_batch([p], max_new_tokens=12, eos_token_id=[])[0] for p in PROMPTS]
+    batched = decoder.generate_batch(PROMPTS, max_new_tokens=12, eos_token_id=[])
+    assert [r.token_ids for r in alone] == [r.token_ids for r in batched] == want
+    drafted = sum(r.speculation["drafted"] for r in batched)
+    rejected = sum(r.speculation["drafted"] - r.speculation["accepted"] for r in batched)
+    assert drafted > 10 and rejected > 0  # the test means something: drafts were made and some rolled back
+    if emission != "translator":  # random translators: no draft is ever right
+        assert len({r.speculation["accepted"] for r in batched}) > 1  # rows accept different numbers
+    for a, b in zip(alone, batched):  # a row's cycles do not depend on its neighbours
+        assert {k: a.speculation[k] for k in ("cycles", "drafted", "accepted")} == \
+            {k: b.speculation[k] for k in ("cycles", "drafted", "accepted")}
+
+
+@pytest.mark.parametrize("arch", ["mistral", "mamba2"])
+@pytest.mark.parametrize("max_draft", [1, 4])
+def test_right_drafts_are_all_kept(arch, max_draft):
+    """Blocks after 3 made identities and a head that always exits at 3 under last_block: every draft is the full
+    model's token, so each cycle keeps max_draft tokens (a capped cycle keeps its drafts, the next one starts from
+    the last), and the tokens are generate's."""
+    model = _lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
+                                           dtype=torch.float32), 3, 0.3)
+    n = 13
+    want = reference(model, PROMPTS, n, eos_token_id=None)
+    decoder = ExitDecoder(model, build_heads("forced", 256, [3]), threshold=0.5, max_draft=max_draft)
+    got = decoder.generate_batch(PROMPTS, max_new_tokens=n, eos_token_id=[])
+    assert [r.token_ids for r in got] == want
+    for r in got:
+        s = r.speculation
+        assert s["accepted"] == s["drafted"] == s["kept"] == n - 1
+        assert s["cycles"] == -(-(n - 1) // max_draft)
+        assert r.exit_layers == [7] + [3] * (n - 1)  # every kept token was a draft of the exit at block 3
+
+
+def test_eos_and_stop_strings_end_a_row_inside_a_cycle(tiny_mistral):
+    """A stop that falls inside a cycle's kept tokens ends the row there, as generate stops."""
+    free = reference(tiny_mistral, PROMPTS, 16, eos_token_id=None)
+    decoder = ExitDecoder(tiny_mistral, build_heads("calm", 256, EXITS, seed=1).eval(), threshold=0.45, max_draft=4)
+    for prompt, ids in zip(PROMPTS, free):
+        eos = ids[6]
+        got = decoder.generate_batch([prompt], max_new_tokens=16, eos_token_id=eos)[0]
+        assert got.token_ids == ids[:ids.index(eos) + 1] and got.stop_reason == "eos"
+    tokenizer = byte_tokenizer()
+    model = _lossless_after(build_backbone(preset_config("tiny-mistral", vocab_size=len(tokenizer),
+                                                         num_hidden_layers=8), seed=1, device="cpu"), 3, 0.3)
+    prompt = tokenizer("the quick", return_tensors="pt").input_ids
+    plain = ExitDecoder(model).generate(prompt, max_new_tokens=20, eos_token_id=[])
+    text = tokenizer.decode(plain.token_ids)
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    want = ExitDecoder(model).generate(prompt, max_new_tokens=20, stop_strings=[stop], tokenizer=tokenizer,
+                                       eos_token_id=[])
+    spec = ExitDecoder(model, build_heads("forced", 256, [3]), threshold=0.5, max_draft=4)
+    got = spec.generate(prompt, max_new_tokens=20, stop_strings=[stop], tokenizer=tokenizer, eos_token_id=[])
+    assert want.stop_reason == got.stop_reason == "stop_string" and got.token_ids == want.token_ids
+
+
+def test_draft_vocabulary(tiny_mistral):
+    """Drafts from a few rows of the LM head: still the full model's tokens; a draft outside that vocabulary is
+    never made, and the emission is charged for its rows only."""
+    want = reference(tiny_mistral, PROMPTS, 10, eos_token_id=None)
+    vocab = sorted({t for ids in want for t in ids})[::2]  # half of the tokens the model says
+    heads = build_heads("calm", 256, EXITS, seed=1).eval()
+    full = ExitDecoder(tiny_mistral, heads, threshold=0.45, max_draft=3)
+    small = ExitDecoder(tiny_mistral, heads, threshold=0.45, max_draft=3, draft_vocab=vocab)
+    got = small.generate_batch(PROMPTS, max_new_tokens=10, eos_token_id=[])
+    assert [r.token_ids for r in got] == want
+    drafted = [t for r in got for t, e in zip(r.token_ids, r.exit_layers) if e < 7]
+    assert set(drafted) <= set(vocab)
+    cheaper = sum(r.speculation["macs_draft"] for r in got)
+    dearer = sum(r.speculation["macs_draft"] for r in full.generate_batch(PROMPTS, max_new_tokens=10,
+                                                                          eos_token_id=[]))
+    assert cheaper < dearer
+
+
+def test_costs_add_up(tiny_mistral):
+    """A cycle's MACs (drafts, verification) are shared by the tokens it keeps: the run's spent MACs are the drafts'
+    plus the verifications'; the full model's are one full token per kept token."""
+    decoder = ExitDecoder(tiny_mistral, build_heads("calm", 256, EXITS, seed=1).eval(), threshold=0.45, max_draft=3)
+    got = decoder.generate_batch([PROMPTS[0]], max_new_tokens=12, eos_token_id=[])[0]
+    s = got.speculation
+    assert sum(c.macs_spent for c in got.costs) == s["macs_draft"] + s["macs_verify"]
+    cm = decoder.cost_model
+    assert [c.macs_full for c in got.costs] == [cm.full_token_macs(len(PROMPTS[0]) + i + 1) for i in range(11)]
+    assert s["kept"] == 11 and 0 < s["macs_rejected"] < s["macs_draft"] + s["macs_verify"]
+
+
+def test_exits_off_is_plain_decoding(tiny_mamba2):
+    decoder = ExitDecoder(tiny_mamba2, build_heads("calm", 256, EXITS), threshold=2.0, max_draft=3)
+    got = decoder.generate_batch(PROMPTS, max_new_tokens=8, eos_token_id=[])
+    assert [r.token_ids for r in got] == reference(tiny_mamba2, PROMPTS, 8, eos_token_id=None)
+    assert all(r.speculation is None for r in got)
+
+
+def test_refused(tiny_mistral):
+    heads = build_heads("calm", 256, [2, 4])
+    for kwargs, message in [(dict(max_draft=0), "max_draft must be an integer >= 1"),
+                            (dict(max_draft=2, prune=1), "no pruning"),
+                            (dict(max_draft=2, repetition_penalty=1.2), "no repetition penalty"),
+                            (dict(max_draft=2, draft_vocab=[1, 1]), "distinct token ids"),
+                            (dict(max_draft=2, draft_vocab=[10 ** 6]), "distinct token ids"),
+                            (dict(draft_vocab=[1, 2]), "is for speculative decoding")]:
+        with pytest.raises(ValueError, match=message):
+            ExitDecoder(tiny_mistral, heads, threshold=0.5, **kwargs)
+    with pytest.raises(ValueError, match="mamba head"):
+        ExitDecoder(tiny_mistral, build_heads("mamba", 256, EXITS), threshold=0.5, max_draft=2)
