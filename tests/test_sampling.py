@@ -175,9 +175,13 @@ def test_held_out_text_follows_the_training_text(tmp_path, text_source):
     assert json.loads((tmp_path / "valid.jsonl.meta.json").read_text())["stats"] == stats["valid"]
     with pytest.raises(formats.DataFormatError, match="no documents left for the held-out text"):
         sampling.sample_corpus(str(src), train, token_budget=10**6, valid_out=valid, valid_budget=10)
-    with pytest.raises(SystemExit):
-        sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-out",
-                          str(valid)])
+    with pytest.raises(SystemExit):  # a budget without the held-out file it is for
+        sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-tokens",
+                          "10"])
+    # --valid-out alone: the pipeline's budget (real_data.corpus.valid_tokens), more than this source has left
+    stats = sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-out",
+                              str(valid)])
+    assert stats["valid"]["exhausted_before_budget"] and stats["valid"]["documents"] == len(lines) - stats["documents"]
 
 
 def test_text_sampling_from_jsonl_through_datasets(tmp_path, text_source):
