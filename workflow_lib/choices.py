@@ -16,7 +16,7 @@ POLICIES: dict[str, tuple[str, ...]] = {"transformer": ("recompute", "copy", "co
                                         "mamba2": ("recompute", "skip")}
 DEFAULT_POLICY: dict[str, str] = {"transformer": "recompute", "mamba2": "recompute"}
 
-# How the exits' losses are weighed in head distillation (training/distill.loss_weights).
+# How the exits' losses are weighed in head distillation (training/losses.loss_weights).
 TRAIN_MODES = ("joint_decay", "uniform", "individual")
 DEFAULT_TRAIN_MODE = "joint_decay"  # the paper's
 
