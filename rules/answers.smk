@@ -52,5 +52,5 @@ rule greedy_answers:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.cli.answers --model {params.model} {params.tokenizer} {params.tasks}"
+        "python -m workflow_lib.cli.answers --backbone {params.model} {params.tokenizer} {params.tasks}"
         " --threads {threads} {params.options} --out {output} > {log} 2>&1"

@@ -32,7 +32,7 @@ rule train_translators:
     conda:
         "../envs/gpu.yaml"
     shell:
-        "python -m workflow_lib.cli.train_translators --model {params.model} {params.tokenizer} {params.exit_layers}"
+        "python -m workflow_lib.cli.train_translators --backbone {params.model} {params.tokenizer} {params.exit_layers}"
         " --train-text {input.train} --out {params.out} --seed {params.seed} --threads {threads} {params.options}"
         " {params.answers} > {log} 2>&1"
 

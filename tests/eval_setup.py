@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from workflow_lib.data.schemas import coqa_record, triviaqa_record, truthfulqa_record, write_coqa, write_triviaqa, write_truthfulqa
+from workflow_lib.data.formats import coqa_record, triviaqa_record, truthfulqa_record, write_coqa, write_triviaqa, write_truthfulqa
 from workflow_lib.models.backbone import build_backbone, preset_config
 
 SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2: the tiny presets' pad / bos / eos

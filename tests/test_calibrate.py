@@ -9,7 +9,7 @@ from eval_setup import save_calm_heads, save_tiny_backbone, task_files  # noqa: 
 from workflow_lib.cli.calibrate import main
 from workflow_lib.cli.held_out_split import main as split_main
 from workflow_lib.data.calibration import check_disjoint, evaluated_records, held_out_split, question_key
-from workflow_lib.data.schemas import LOADERS, read_triviaqa, write_triviaqa
+from workflow_lib.data.formats import LOADERS, read_triviaqa, write_triviaqa
 from workflow_lib.cli.evaluate import main as evaluate_main
 
 

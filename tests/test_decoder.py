@@ -195,7 +195,7 @@ def test_zero_parameter_rules_read_the_right_hidden_states(tiny_backbone, rule):
             assert seen[layer] == [pytest.approx(expected, abs=1e-5)]
 
 
-def _lossless_after(model, first_exit: int, last_scale: float):
+def lossless_after(model, first_exit: int, last_scale: float):
     """Blocks first_exit+1 .. n-2 made identities on the residual stream (output projections zeroed), so that an
     exit at `first_exit` or later loses nothing; the last block's output scaled by `last_scale`, so that the
     intermediate top-1 agrees with the final one at some steps and not at others."""
@@ -215,7 +215,7 @@ def _lossless_after(model, first_exit: int, last_scale: float):
 def test_oracle_exits_at_the_earliest_agreeing_layer(arch, policy, emission):
     from workflow_lib.training.pretrain import layer_predictions
 
-    model = _lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
+    model = lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
                                            dtype=torch.float32), 3, 0.3)
     exits = [3, 4, 5, 6]
     full, _ = greedy(model, PROMPT, 20, eos_token_id=None)

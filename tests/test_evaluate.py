@@ -45,7 +45,7 @@ def test_thresholds_write_one_record_each(mistral_dir, task_files, tmp_path):
     assert sum(low["exit_histogram"].values()) == low["speed"]["decode_tokens"]
     assert low["speed"]["decode_tokens_per_second"] > 0 and low["wall_seconds"] > 0
     assert set(low["degenerate"]) == {"count", "share", "limit", "valid"} and low["valid"] == low["degenerate"]["valid"]
-    assert low["provenance"]["config"]["task"] == "triviaqa" and low["provenance"]["seed"] == 1234
+    assert low["provenance"]["config"]["task"] == "triviaqa" and low["provenance"]["seed"] == 0  # the pipeline's seed
     assert low["provenance"]["packages"]["lm_eval"] == "0.4.13"
     samples = [json.loads(line) for line in (tmp_path / "out" / "threshold~0.0" / "samples.jsonl").open()]
     assert len(samples) == 3
@@ -202,7 +202,7 @@ def test_heads_for_another_backbone_are_refused(mistral_dir, task_files, tmp_pat
 def test_records_made_before_the_emission_rule_are_reused_as_last_block():
     """A record whose config predates --emission / --translators was made under last_block: same settings; a record
     under another rule is not."""
-    from workflow_lib.cli.evaluate import settings
+    from workflow_lib.evaluation.points import settings
 
     old = {"backbone": "b", "policy": "copy", "thresholds": [("0.5", 0.5)]}
     new = {**old, "emission": "last_block", "translators": None, "thresholds": [("0.9", 0.9)]}
@@ -215,9 +215,8 @@ def test_heads_of_another_emission_rule_are_not_a_points_input(tmp_path):
     """results/heads/B/head~H/emission~lens/ sits inside the last_block heads' folder: retraining it must not make
     the last_block points look out of date."""
     import os
-    from argparse import Namespace
 
-    from workflow_lib.cli.evaluate import newest_input
+    from workflow_lib.evaluation.points import newest_input
 
     heads = tmp_path / "head~calm"
     (heads / "emission~lens").mkdir(parents=True)
@@ -225,6 +224,43 @@ def test_heads_of_another_emission_rule_are_not_a_points_input(tmp_path):
     (heads / "emission~lens" / "heads.json").write_text("{}")
     os.utime(heads / "heads.json", (1000, 1000))
     os.utime(heads / "emission~lens" / "heads.json", (5000, 5000))
-    args = Namespace(backbone="preset:x", tokenizer=None, heads=str(heads), data=None, fewshot_data=None,
-                     angular_text=None, translators=None)
-    assert newest_input(args) == 1000
+    assert newest_input(["preset:x", None, str(heads)]) == 1000
+
+
+def test_answer_prompts_are_the_evaluated_prompts(mistral_dir, task_files, tmp_path):
+    """A task given as NAME:DATA without SHOTS (answers, agreement) gets the prompts evaluate builds without --shots:
+    the task file's shots (TruthfulQA's 1; the entry points used to give it 0, so the answers the heads and translators
+    were fitted on were not to the prompts evaluated)."""
+    from workflow_lib.arguments import task_spec
+    from workflow_lib.evaluation.tasks import default_shots, task_prompts
+
+    _run(tmp_path, "--backbone", str(mistral_dir), "--no-heads", "--task", "truthfulqa",
+         "--data", str(task_files["truthfulqa"]))
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").open()]
+    evaluated = [s["arguments"][0][0] for s in sorted(samples, key=lambda s: s["doc_id"])]
+    task, data, shots = task_spec(f"truthfulqa:{task_files['truthfulqa']}")
+    assert shots == default_shots("truthfulqa") == 1
+    assert task_prompts(task, data, shots, 3, None, seed=0) == evaluated  # evaluate's seed: the pipeline's, 0
+    assert task_prompts(task, data, 0, 3, None, seed=0) != evaluated  # the primer alone: another prompt
+    assert [default_shots(t) for t in ("triviaqa", "coqa")] == [2, 0]
+
+
+def test_oracle_exits_of_a_gguf_backbone(tmp_path):
+    """--oracle without --exit-layers takes the heads' default exits from the backbone's config, read as every entry
+    point reads it (models.backbone.load_config): a GGUF file's from its header (it used to be read as a folder's
+    config.json, and failed)."""
+    from gguf import GGUFWriter
+
+    from workflow_lib.evaluation.points import oracle_exits
+    from workflow_lib.models.backbone import default_exit_layers
+
+    path = tmp_path / "tiny.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(12)
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 8).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert oracle_exits(str(path), None) == default_exit_layers(12) == [5, 6, 8, 9]
+    assert oracle_exits(str(path), [3, 4]) == [3, 4]

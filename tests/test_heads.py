@@ -48,7 +48,7 @@ def test_heads_round_trip_keep_each_exit_own_weights(tmp_path, tiny_mistral):
 def test_saving_heads_keeps_another_emission_rules_heads_in_the_folder(tmp_path, tiny_mistral):
     """The pipeline keeps a non-default rule's heads inside the default rule's folder (head~calm/emission~lens/);
     writing the default heads after them must leave them there (a from-scratch run trains them in either order),
-    and a zero-parameter rule written over trained heads leaves no stale weights."""
+    and an untrained head written over trained heads leaves no stale weights."""
     folder = tmp_path / "head~calm"
     save_heads(folder / "emission~lens", build_heads("calm", 256, [3], seed=1), tiny_mistral.config)
     save_heads(folder, build_heads("calm", 256, [3], seed=2), tiny_mistral.config)

@@ -10,7 +10,7 @@ import policies_reference
 from test_decoder import one_step
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.choices import POLICIES
-from workflow_lib.decoding.policies import _mamba2_state_step_kernels, make_fill, resolve_policy
+from workflow_lib.decoding.policies import mamba2_state_step_kernels, make_fill, resolve_policy
 from conftest import TINY
 from workflow_lib.models.backbone import build_backbone, family, parts
 from workflow_lib.models.heads import build_heads
@@ -204,7 +204,7 @@ def test_mamba2_recompute_kernel_path_equals_cpu_step(tiny_mamba2):
             m = p.layers[j].mixer
             x = p.layers[j].norm(h)  # (1, 1, D)
             xbc, dt = m.in_proj(x)[..., m.intermediate_size:].split([m.conv_dim, m.num_heads], dim=-1)
-            _mamba2_state_step_kernels(m, kernels.layers[j].conv_states[0], kernels.layers[j].recurrent_states[0], xbc, dt)
+            mamba2_state_step_kernels(m, kernels.layers[j].conv_states[0], kernels.layers[j].recurrent_states[0], xbc, dt)
             advance_state(m, cpu.layers[j].conv_states[0], cpu.layers[j].recurrent_states[0], xbc[:, 0], dt[:, 0])
     for j in range(3, p.n_layers - 1):
         for a, b, old in zip(mamba_states(kernels, j), mamba_states(cpu, j), mamba_states(at_exit, j)):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from workflow_lib.data.schemas import read_corpus
+from workflow_lib.data.formats import read_corpus
 from workflow_lib.data.world import WorldConfig, write_world
 from workflow_lib.models.backbone import architecture, load_backbone
 from workflow_lib.cli.pretrain import main as pretrain_main

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from workflow_lib.cli import evaluate
-from workflow_lib.data import schemas
+from workflow_lib.data import formats
 from workflow_lib.data.tokenizer import train_tokenizer
 from workflow_lib.models.backbone import build_backbone, load_backbone, preset_config
 from workflow_lib.models.names import is_local
@@ -28,7 +28,7 @@ TASKS = ["triviaqa", "coqa", "truthfulqa"]
 def folders(shared_data, tmp_path_factory) -> dict[str, Path]:
     """Random tiny Mistral and Mamba-2 saved with the project's tokenizer trained on WikiText-2 text."""
     out = tmp_path_factory.mktemp("models")
-    docs = list(schemas.read_corpus(shared_data / "wikitext2" / "test.txt"))[:400]
+    docs = list(formats.read_corpus(shared_data / "wikitext2" / "test.txt"))[:400]
     tokenizer = train_tokenizer(docs, vocab_size=512)
     folders = {}
     for arch in ("mistral", "mamba2"):
@@ -118,16 +118,16 @@ def test_real_data_pipeline_end_to_end(shared_data, folders, tmp_path):
 
     # the data rules: the longest-answer questions with few-shot examples outside them, the seeded subsets, the text
     data = results / "data"
-    chosen = schemas.read_triviaqa(data / "triviaqa.jsonl")
-    pool = schemas.read_triviaqa(data / "triviaqa_train.jsonl")
-    source = schemas.load_triviaqa(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
+    chosen = formats.read_triviaqa(data / "triviaqa.jsonl")
+    pool = formats.read_triviaqa(data / "triviaqa_train.jsonl")
+    source = formats.load_triviaqa(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
     assert len(chosen) == 3 and len(pool) == 4 and not {r["question_id"] for r in chosen} & {r["question_id"] for r in pool}
     lengths = sorted((len(r["answer"]["value"]) for r in source), reverse=True)
     assert [len(r["answer"]["value"]) for r in chosen] == lengths[:3]
-    coqa = schemas.read_coqa(data / "coqa.json")
+    coqa = formats.read_coqa(data / "coqa.json")
     assert len(coqa) == 1 and sorted(coqa[0]["additional_answers"]) == ["0", "1", "2"]
-    assert len(schemas.read_truthfulqa(data / "truthfulqa.jsonl")) == 2
-    train, valid = (list(schemas.read_corpus(data / f"corpus_{s}.jsonl")) for s in ("train", "valid"))
+    assert len(formats.read_truthfulqa(data / "truthfulqa.jsonl")) == 2
+    train, valid = (list(formats.read_corpus(data / f"corpus_{s}.jsonl")) for s in ("train", "valid"))
     assert sum(len(d.split()) for d in train) >= 3000 and sum(len(d.split()) for d in valid) >= 1500
     assert not set(train) & set(valid)  # the held-out text follows the training text in one stream
     assert json.loads((data / "corpus_train.jsonl.meta.json").read_text())["config"]["config"] is None

@@ -6,13 +6,13 @@ import random
 import pytest
 
 from workflow_lib.cli import sample_data
-from workflow_lib.data import sampling, schemas
+from workflow_lib.data import formats, sampling
 from workflow_lib.data.sampling import answer_length
 
 
 @pytest.fixture(scope="module")
 def triviaqa(shared_data):
-    return schemas.load_triviaqa(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
+    return formats.load_triviaqa(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl")
 
 
 def test_longest_answers_on_real_sample(triviaqa):
@@ -34,9 +34,9 @@ def test_triviaqa_cli_on_real_sample(shared_data, tmp_path, triviaqa):
     out, fewshot = tmp_path / "triviaqa.jsonl", tmp_path / "fewshot.jsonl"
     stats = sample_data.main(["triviaqa", "--source", str(shared_data / "triviaqa" / "triviaqa_sm_sub.jsonl"),
                               "--out", str(out), "--n", "100", "--fewshot-out", str(fewshot), "--fewshot-n", "2"])
-    got = schemas.read_triviaqa(out)
+    got = formats.read_triviaqa(out)
     assert got == sampling.longest_answers(triviaqa, 100) and stats["selected"] == 100
-    shots = schemas.read_triviaqa(fewshot)
+    shots = formats.read_triviaqa(fewshot)
     assert len(shots) == 2 and not {r["question_id"] for r in shots} & {r["question_id"] for r in got}
     meta = json.loads((tmp_path / "triviaqa.jsonl.meta.json").read_text())
     assert meta["config"]["n"] == 100 and "packages" in meta and meta["stats"]["answer_length_unit"]
@@ -50,8 +50,8 @@ def test_triviaqa_seeded_selection(shared_data, tmp_path, triviaqa):
         out, fewshot = tmp_path / f"t{i}.jsonl", tmp_path / f"f{i}.jsonl"
         stats = sample_data.main(["triviaqa", "--source", src, "--out", str(out), "--n", "200", "--selection",
                                   "seeded", "--seed", str(seed), "--fewshot-out", str(fewshot), "--fewshot-n", "2"])
-        runs.append(schemas.read_triviaqa(out))
-        shots = schemas.read_triviaqa(fewshot)
+        runs.append(formats.read_triviaqa(out))
+        shots = formats.read_triviaqa(fewshot)
         assert not {r["question_id"] for r in shots} & {r["question_id"] for r in runs[-1]}
     assert runs[0] == runs[1] != runs[2] and stats["selection"] == "seeded" and "ranks" not in stats
     longest = {r["question_id"] for r in sampling.longest_answers(triviaqa, 200)}
@@ -61,12 +61,12 @@ def test_triviaqa_seeded_selection(shared_data, tmp_path, triviaqa):
     # --n all: every question, a pool to draw held-out questions from (the translators' answer prompts)
     stats = sample_data.main(["triviaqa", "--source", src, "--out", str(tmp_path / "all.jsonl"), "--n", "all",
                               "--selection", "seeded"])
-    assert schemas.read_triviaqa(tmp_path / "all.jsonl") == triviaqa and stats["selected"] == 3000
+    assert formats.read_triviaqa(tmp_path / "all.jsonl") == triviaqa and stats["selected"] == 3000
 
 
 def test_triviaqa_too_few_questions_writes_nothing(tmp_path):
     src = tmp_path / "src.jsonl"
-    schemas.write_triviaqa(src, [schemas.triviaqa_record(f"Q{i}?", f"q{i}", "x" * i) for i in range(1, 4)])
+    formats.write_triviaqa(src, [formats.triviaqa_record(f"Q{i}?", f"q{i}", "x" * i) for i in range(1, 4)])
     out = tmp_path / "out.jsonl"
     with pytest.raises(ValueError, match="asked for ranks 1-5 but the source has 3 questions"):
         sampling.sample_triviaqa(str(src), out, n=5)
@@ -81,7 +81,7 @@ def test_seeded_subsets_are_deterministic(shared_data, tmp_path, kind, name):
     for out, seed in zip(outs, (7, 7, 8)):
         sample_data.main([kind, "--source", src, "--out", str(out), "--n", "20", "--seed", str(seed)])
     assert outs[0].read_bytes() == outs[1].read_bytes() != outs[2].read_bytes()
-    sub, full = schemas.LOADERS[kind](outs[0]), schemas.LOADERS[kind](src)
+    sub, full = formats.LOADERS[kind](outs[0]), formats.LOADERS[kind](src)
     positions = [full.index(r) for r in sub]
     assert len(sub) == 20 and positions == sorted(positions)  # source order kept
 
@@ -114,10 +114,10 @@ def test_hub_code_path_on_local_dataset_folder(tmp_path):
     out, shots = tmp_path / "t.jsonl", tmp_path / "f.jsonl"
     sample_data.main(["triviaqa", "--source", str(hub), "--config", "", "--n", "2", "--out", str(out),
                       "--fewshot-out", str(shots), "--fewshot-n", "2"])
-    got = schemas.read_triviaqa(out)
+    got = formats.read_triviaqa(out)
     assert [r["question_id"] for r in got] == ["tc_5", "tc_4"] and "entity_pages" not in got[0]
     assert got[0]["answer"] == hf_row(5)["answer"]
-    assert {r["question_id"] for r in schemas.read_triviaqa(shots)} <= {"tc_10", "tc_11", "tc_12"}
+    assert {r["question_id"] for r in formats.read_triviaqa(shots)} <= {"tc_10", "tc_11", "tc_12"}
 
     tq = tmp_path / "truthful_qa"
     tq.mkdir()
@@ -125,7 +125,7 @@ def test_hub_code_path_on_local_dataset_folder(tmp_path):
            "correct_answers": ["No", "Never"], "incorrect_answers": ["Yes", ""], "source": "s"}
     (tq / "validation.jsonl").write_text(json.dumps(row) + "\n")
     sampling.sample_eval_set("truthfulqa", str(tq), tmp_path / "tq.jsonl", config=None)
-    assert schemas.read_truthfulqa(tmp_path / "tq.jsonl") == [{**row, "incorrect_answers": ["Yes"]}]
+    assert formats.read_truthfulqa(tmp_path / "tq.jsonl") == [{**row, "incorrect_answers": ["Yes"]}]
 
     text = tmp_path / "fineweb"
     text.mkdir()
@@ -152,7 +152,7 @@ def test_text_sampling_deterministic_by_seed(tmp_path, text_source):
     for out, seed in zip(outs, (1, 1, 2)):
         stats = sampling.sample_corpus(str(src), out, token_budget=300, seed=seed, shuffle_buffer=50)
     assert outs[0].read_bytes() == outs[1].read_bytes() != outs[2].read_bytes()
-    docs = list(schemas.read_corpus(outs[0]))
+    docs = list(formats.read_corpus(outs[0]))
     assert set(docs) <= set(lines)
     words = [len(d.split()) for d in docs]
     assert sum(words) >= 300 and sum(words[:-1]) < 300  # whole documents until the budget is reached
@@ -168,16 +168,20 @@ def test_held_out_text_follows_the_training_text(tmp_path, text_source):
     stats = sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "300", "--seed", "1",
                               "--shuffle-buffer", "50", "--valid-out", str(valid), "--valid-tokens", "200"])
     assert train.read_bytes() == alone.read_bytes()
-    train_docs, valid_docs = list(schemas.read_corpus(train)), list(schemas.read_corpus(valid))
+    train_docs, valid_docs = list(formats.read_corpus(train)), list(formats.read_corpus(valid))
     assert not set(train_docs) & set(valid_docs) and set(valid_docs) <= set(lines)
     words = [len(d.split()) for d in valid_docs]
     assert stats["valid"]["tokens"] == sum(words) >= 200 > sum(words[:-1])
     assert json.loads((tmp_path / "valid.jsonl.meta.json").read_text())["stats"] == stats["valid"]
-    with pytest.raises(schemas.DataFormatError, match="no documents left for the held-out text"):
+    with pytest.raises(formats.DataFormatError, match="no documents left for the held-out text"):
         sampling.sample_corpus(str(src), train, token_budget=10**6, valid_out=valid, valid_budget=10)
-    with pytest.raises(SystemExit):
-        sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-out",
-                          str(valid)])
+    with pytest.raises(SystemExit):  # a budget without the held-out file it is for
+        sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-tokens",
+                          "10"])
+    # --valid-out alone: the pipeline's budget (real_data.corpus.valid_tokens), more than this source has left
+    stats = sample_data.main(["fineweb", "--source", str(src), "--out", str(train), "--tokens", "3", "--valid-out",
+                              str(valid)])
+    assert stats["valid"]["exhausted_before_budget"] and stats["valid"]["documents"] == len(lines) - stats["documents"]
 
 
 def test_text_sampling_from_jsonl_through_datasets(tmp_path, text_source):
@@ -187,7 +191,7 @@ def test_text_sampling_from_jsonl_through_datasets(tmp_path, text_source):
     out = tmp_path / "c.txt"
     stats = sample_data.main(["fineweb", "--source", str(src), "--out", str(out), "--tokens", "100000", "--seed", "3",
                               "--shuffle-buffer", "64"])
-    docs = list(schemas.read_corpus(out))
+    docs = list(formats.read_corpus(out))
     assert stats["exhausted_before_budget"] and stats["documents"] == 200
     assert sorted(docs) == sorted(lines) and docs != lines
 
@@ -203,7 +207,7 @@ def test_text_sampling_real_wikitext_with_tokenizer(tmp_path, shared_data):
     out = tmp_path / "wiki.jsonl"
     stats = sampling.sample_corpus(str(shared_data / "wikitext2" / "valid.txt"), out, token_budget=5000, seed=0,
                                    shuffle_buffer=500, tokenizer=str(tmp_path / "tok"))
-    docs = list(schemas.read_corpus(out))
+    docs = list(formats.read_corpus(out))
     assert stats["tokens"] == sum(len(d.split()) for d in docs) >= 5000 and stats["documents"] == len(docs)
 
 
@@ -218,6 +222,6 @@ def test_text_sampling_bad_input(tmp_path, text_source):
         sampling.sample_corpus(str(src), tmp_path / "out.parquet", token_budget=10)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"body": "no text field"}\n')
-    with pytest.raises(schemas.DataFormatError, match="no string field 'text'"):
+    with pytest.raises(formats.DataFormatError, match="no string field 'text'"):
         sampling.sample_corpus(str(bad), out, token_budget=10)
     assert not out.exists() and not (tmp_path / "out.jsonl.meta.json").exists()

@@ -3,7 +3,7 @@ model's greedy token: equal to transformers' `generate` at batch size 1 and batc
 emission rule, EOS and stop strings; drafts accepted where they are right, rolled back where they are not; costs."""
 import pytest
 import torch
-from test_decoder import _lossless_after, byte_tokenizer, greedy, random_translators
+from test_decoder import lossless_after, byte_tokenizer, greedy, random_translators
 
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.models.backbone import build_backbone, preset_config
@@ -48,7 +48,7 @@ def test_right_drafts_are_all_kept(arch, max_draft):
     """Blocks after 3 made identities and a head that always exits at 3 under last_block: every draft is the full
     model's token, so each cycle keeps max_draft tokens (a capped cycle keeps its drafts, the next one starts from
     the last), and the tokens are generate's."""
-    model = _lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
+    model = lossless_after(build_backbone(preset_config(f"tiny-{arch}"), seed=1, device="cpu",
                                            dtype=torch.float32), 3, 0.3)
     n = 13
     want = reference(model, PROMPTS, n, eos_token_id=None)
@@ -71,7 +71,7 @@ def test_eos_and_stop_strings_end_a_row_inside_a_cycle(tiny_mistral):
         got = decoder.generate_batch([prompt], max_new_tokens=16, eos_token_id=eos)[0]
         assert got.token_ids == ids[:ids.index(eos) + 1] and got.stop_reason == "eos"
     tokenizer = byte_tokenizer()
-    model = _lossless_after(build_backbone(preset_config("tiny-mistral", vocab_size=len(tokenizer),
+    model = lossless_after(build_backbone(preset_config("tiny-mistral", vocab_size=len(tokenizer),
                                                          num_hidden_layers=8), seed=1, device="cpu"), 3, 0.3)
     prompt = tokenizer("the quick", return_tensors="pt").input_ids
     plain = ExitDecoder(model).generate(prompt, max_new_tokens=20, eos_token_id=[])

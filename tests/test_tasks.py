@@ -6,7 +6,7 @@ import pytest
 from eval_setup import task_files, task_metadata  # noqa: F401  (fixture)
 from lm_eval.tasks import TaskManager
 
-from workflow_lib.data.schemas import load_coqa, load_triviaqa, write_coqa
+from workflow_lib.data.formats import load_coqa, load_triviaqa, write_coqa
 from workflow_lib.evaluation.tasks import TASK_DIR
 from workflow_lib.evaluation.tasks.helpers import coqa_doc_to_text, coqa_scores
 

@@ -2,7 +2,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from workflow_lib.data.schemas import read_corpus
+from workflow_lib.data.formats import read_corpus
 from workflow_lib.data.world import WorldConfig, write_world
 from workflow_lib.cli.tokenizer import main as tokenizer_main
 

@@ -1,10 +1,9 @@
 """Head distillation: outputs and metadata, one backbone pass per batch, training helps, resume after kill -9
-gives bit-identical weights, bad input fails early with nothing written; heads trained on stored labels (the label
-cache) are bit-identical to heads that label their own batches."""
+gives bit-identical weights, bad input fails early with nothing written, heads trained on the model's own answers.
+(Heads trained on stored labels: tests/test_label_cache.py.)"""
 import dataclasses
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,63 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
-from workflow_lib.decoding.answers import greedy_answers, save_answers
-from workflow_lib.models.backbone import build_backbone, load_backbone, parts, preset_config, signature
-from workflow_lib.models.emission import emitted_logits, exit_hidden, exit_states
+from distill_setup import answers_file, count_block_calls, train_config, workdir  # noqa: F401 (fixture)
+from workflow_lib.cli.train_heads import main
+from workflow_lib.models.backbone import load_backbone, parts, preset_config, signature
+from workflow_lib.models.emission import emitted_logits, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
 from workflow_lib.models.translators import Translators
-from workflow_lib.cli.label_cache import main as label_cache_main
-from workflow_lib.cli.train_heads import main
-from workflow_lib.training.distill import (CHECKPOINT_DIR, METRICS_FILE, HeadTrainer, LabelCacheConfig, TrainConfig,
-                                           batch_indices, build_label_cache, exit_metrics, loss_weights,
-                                           save_checkpoint, train_heads)
+from workflow_lib.training.checkpoints import CHECKPOINT_DIR, save_checkpoint
+from workflow_lib.training.distill import METRICS_FILE, HeadTrainer, TrainConfig, train_heads
+from workflow_lib.training.label_cache import LabelCacheConfig, build_label_cache
+from workflow_lib.training.losses import loss_weights
+from workflow_lib.training.metrics import exit_metrics
+from workflow_lib.training.text import batch_indices
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["Avel", "Borin", "Cassa", "Doran", "Elkin", "Farra", "Gorm", "Hesta"]
-PLACES = ["Quell", "Rindmoor", "Saltby", "Tarn", "Umber", "Vesk"]
-THINGS = ["lanterns", "copper", "moss", "kites", "ink", "salt"]
-
-
-def _text(n_lines: int, seed: int) -> str:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n_lines):
-        name, place, thing = rng.choice(NAMES), rng.choice(PLACES), rng.choice(THINGS)
-        lines.append(f"{name} lives in {place} and trades {thing}. {name} likes {place}.\n")
-    return "".join(lines)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """Train/valid text, a tiny BPE tokenizer, and tiny random Mistral and Mamba-2 folders that carry it."""
-    root = tmp_path_factory.mktemp("train_heads")
-    (root / "train.txt").write_text(_text(400, 0))
-    (root / "valid.txt").write_text(_text(120, 1))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train([str(root / "train.txt")], trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    for preset in ("tiny-mistral", "tiny-mamba2"):
-        folder = root / preset
-        config = preset_config(preset, vocab_size=320, hidden_size=64, num_hidden_layers=4)
-        build_backbone(config, seed=0, device="cpu", dtype=torch.float32).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    return root
-
-
-def _cfg(workdir: Path, out: str, preset: str = "tiny-mistral", **kw) -> TrainConfig:
-    base = dict(backbone=str(workdir / preset), head="calm", train_text=str(workdir / "train.txt"),
-                valid_text=str(workdir / "valid.txt"), out=str(workdir / out), steps=30, batch_size=8, seq_len=32,
-                lr=3e-3, valid_tokens=2048, checkpoint_every=0, device="cpu")
-    return TrainConfig(**{**base, **kw})
 
 
 def test_outputs_metadata_and_metrics(workdir):
-    cfg = _cfg(workdir, "out_meta", head="ffn", label_rule="oracle_in_intermediate_topk", k=3, class_balance=True,
+    cfg = train_config(workdir, "out_meta", head="ffn", label_rule="oracle_in_intermediate_topk", k=3, class_balance=True,
                checkpoint_every=10, head_options={"expansion": 2}, name="ffn_x2_k3")
     metrics = train_heads(cfg)
     out = Path(cfg.out)
@@ -106,20 +67,12 @@ def test_outputs_metadata_and_metrics(workdir):
         load_heads(out, other)
 
 
-def _count_block_calls(model) -> tuple[list[int], list]:
-    """Per block, how often it runs from now on (a list counted by forward hooks), and the hooks to remove."""
-    calls = [0] * len(parts(model).layers)
-    hooks = [block.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
-             for i, block in enumerate(parts(model).layers)]
-    return calls, hooks
-
-
 @pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
 def test_one_backbone_pass_per_batch_for_all_exits(workdir, preset):
     model = load_backbone(str(workdir / preset), device="cpu")
-    calls, hooks = _count_block_calls(model)
+    calls, hooks = count_block_calls(model)
     # lens labels: the last_block emission reruns the last block (Mamba-2: per position), timed in docs/training.md
-    cfg = _cfg(workdir, "unused", preset, head="mamba", mode="individual", label_source="lens")
+    cfg = train_config(workdir, "unused", preset, head="mamba", mode="individual", label_source="lens")
     heads = build_heads("mamba", 64, [0, 1, 2], seed=0)
     before = {k: v.clone() for k, v in heads.state_dict().items()}
     trainer = HeadTrainer(model, heads, cfg)
@@ -137,7 +90,7 @@ def test_one_backbone_pass_per_batch_for_all_exits(workdir, preset):
 
 def test_captured_hidden_states_are_the_exit_block_outputs(workdir):
     model = load_backbone(str(workdir / "tiny-mistral"), device="cpu")
-    trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), _cfg(workdir, "unused", label_source="lens"))
+    trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), train_config(workdir, "unused", label_source="lens"))
     ids = torch.randint(3, 300, (2, 16))  # (B, T)
     z, labels = trainer.backbone_pass(ids)  # (E, B, T, D), (E, B, T)
     with torch.no_grad():
@@ -159,9 +112,9 @@ def test_emitted_labels_follow_the_emission_rule(workdir, preset, emission):
     torch.manual_seed(0)
     for linear in translators.linears.values():
         torch.nn.init.normal_(linear.weight, std=0.2)
-    cfg = _cfg(workdir, "unused", preset, emission=emission)
+    cfg = train_config(workdir, "unused", preset, emission=emission)
     trainer = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), cfg, translators=translators)
-    lens = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), _cfg(workdir, "unused", preset,
+    lens = HeadTrainer(model, build_heads("calm", 64, [0, 2], seed=0), train_config(workdir, "unused", preset,
                                                                               label_source="lens"))
     ids = torch.randint(3, 300, (2, 16))  # (B, T)
     _, labels = trainer.backbone_pass(ids)  # (E, B, T)
@@ -175,9 +128,9 @@ def test_emitted_labels_follow_the_emission_rule(workdir, preset, emission):
 
 def test_translator_labels_need_translators(workdir, tmp_path):
     with pytest.raises(ValueError, match="--translators DIR"):
-        train_heads(_cfg(workdir, str(tmp_path / "o"), emission="translator"))
+        train_heads(train_config(workdir, str(tmp_path / "o"), emission="translator"))
     with pytest.raises(FileNotFoundError, match="translators folder"):
-        train_heads(_cfg(workdir, str(tmp_path / "o"), emission="translator", translators=str(tmp_path / "none")))
+        train_heads(train_config(workdir, str(tmp_path / "o"), emission="translator", translators=str(tmp_path / "none")))
     assert not (tmp_path / "o").exists()
 
 
@@ -209,7 +162,7 @@ def test_loss_weights_and_data_order():
 def test_training_beats_untrained_heads_on_held_out_text(workdir, preset, head):
     # labels of the lens rule: on a random backbone the last block run on an early exit state agrees with the full
     # model on no token, so the last_block labels would leave nothing to learn (and no AUROC)
-    cfg = _cfg(workdir, f"out_{preset}_{head}", preset, head=head, mode="uniform", class_balance=True,
+    cfg = train_config(workdir, f"out_{preset}_{head}", preset, head=head, mode="uniform", class_balance=True,
                steps=20 if head == "mamba" else 40, emission="lens")
     metrics = train_heads(cfg)
     for layer, trained in metrics["trained"].items():
@@ -227,7 +180,7 @@ def _argv(cfg: TrainConfig) -> list[str]:
 
 
 def test_resume_after_kill_is_bit_identical(workdir, capsys):
-    killed = _cfg(workdir, "resume_killed", head="ffn", steps=80, checkpoint_every=5)
+    killed = train_config(workdir, "resume_killed", head="ffn", steps=80, checkpoint_every=5)
     clean = dataclasses.replace(killed, out=str(workdir / "resume_clean"), checkpoint_every=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     victim = subprocess.Popen([sys.executable, "-m", "workflow_lib.cli.train_heads", *_argv(killed)], env=env,
@@ -282,7 +235,7 @@ def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
         (dict(lr=0.0), ValueError, "lr must be > 0, got 0.0"),
     ]
     for i, (kw, exc, match) in enumerate(cases):
-        cfg = dataclasses.replace(_cfg(workdir, "unused", **kw), out=str(tmp_path / f"out{i}"))
+        cfg = dataclasses.replace(train_config(workdir, "unused", **kw), out=str(tmp_path / f"out{i}"))
         with pytest.raises(exc, match=match):
             train_heads(cfg)
         assert not Path(cfg.out).exists()
@@ -293,13 +246,13 @@ def test_bad_input_fails_before_work_and_writes_nothing(workdir, tmp_path):
 
 
 def test_resuming_with_another_backbone_is_refused(workdir):
-    cfg = _cfg(workdir, "resume_other", steps=4, checkpoint_every=2)
+    cfg = train_config(workdir, "resume_other", steps=4, checkpoint_every=2)
     # A checkpoint left by a run on the Mamba-2 backbone, then a restart on the Mistral one with the same --out.
     mamba = load_backbone(str(workdir / "tiny-mamba2"), device="cpu")
     other = dataclasses.replace(cfg, backbone=str(workdir / "tiny-mamba2"), exit_layers=[1, 2])
     trainer = HeadTrainer(mamba, build_heads("calm", 64, [1, 2], seed=0), other)
     ckpt = Path(cfg.out) / CHECKPOINT_DIR / "state.safetensors"
-    save_checkpoint(ckpt, trainer, 2, {"config": dataclasses.asdict(other), "backbone": signature(mamba.config),
+    save_checkpoint(ckpt, trainer.heads, trainer.optimizers, 2, {"config": dataclasses.asdict(other), "backbone": signature(mamba.config),
                                        "train_positive_ratio": [0.5, 0.5]})
     with pytest.raises(ValueError, match="built for backbone"):
         train_heads(cfg)
@@ -308,7 +261,7 @@ def test_resuming_with_another_backbone_is_refused(workdir):
     assert not (Path(cfg.out) / "heads.json").exists()
 
 
-def test_zero_parameter_rule_gets_a_config_only_folder_without_text(tmp_path, capsys):
+def test_untrained_head_gets_a_config_only_folder_without_text(tmp_path, capsys):
     main(["--backbone", "preset:tiny-mistral", "--head", "saturation", "--name", "sat", "--exit-layers", "4,6",
           "--out", str(tmp_path / "rule")])
     assert sorted(p.name for p in (tmp_path / "rule").iterdir()) == ["heads.json"]
@@ -325,78 +278,11 @@ def test_zero_parameter_rule_gets_a_config_only_folder_without_text(tmp_path, ca
 
 
 @pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
-def test_exit_hidden_runs_only_up_to_the_deepest_exit(workdir, preset):
-    model = load_backbone(str(workdir / preset), device="cpu")
-    calls, hooks = _count_block_calls(model)
-    ids = torch.randint(3, 300, (2, 16))  # (B, T)
-    hidden = exit_hidden(model, ids, [0, 1])
-    for h in hooks:
-        h.remove()
-    assert calls == [1, 1, 0, 0] and len(parts(model).layers) == 4  # blocks 2, 3 skipped, then restored
-    states = exit_states(model, ids, [0, 1])
-    assert all(torch.equal(hidden[layer], states.hidden[layer]) for layer in (0, 1))  # bit-identical
-
-
-@pytest.mark.parametrize("preset, emission", [("tiny-mistral", "last_block"), ("tiny-mamba2", "last_block"),
-                                              ("tiny-mistral", "lens")])
-def test_heads_trained_on_stored_labels_are_bit_identical(workdir, tmp_path, preset, emission):
-    """One label cache per backbone and emission rule serves every head: the heads, their metrics and positive
-    ratios are exactly those of a job that labels its own batches, also for a job reading fewer tokens."""
-    cache = LabelCacheConfig(backbone=str(workdir / preset), train_text=str(workdir / "train.txt"),
-                             valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
-                             train_tokens=12 * 8 * 32, emission=emission, seq_len=32, valid_tokens=2048,
-                             batch_size=5, device="cpu")
-    shapes = build_label_cache(cache)
-    assert shapes["train"][0] == 2 and shapes["train"][2:] == (32, 2)  # exits 1 and 2 of 4 blocks
-    for head, steps, kw in [("calm", 12, {}), ("mamba", 7, dict(label_rule="oracle_in_intermediate_topk", k=2))]:
-        own = train_heads(_cfg(workdir, str(tmp_path / f"own_{head}"), preset, head=head, steps=steps,
-                               emission=emission, **kw))
-        stored = train_heads(_cfg(workdir, str(tmp_path / f"stored_{head}"), preset, head=head, steps=steps,
-                                  emission=emission, label_cache=cache.out, **kw))
-        a = load_file(str(tmp_path / f"own_{head}" / "heads.safetensors"))
-        b = load_file(str(tmp_path / f"stored_{head}" / "heads.safetensors"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        for key in ("trained", "untrained", "train_positive_ratio"):
-            assert own[key] == stored[key]
-
-
-def test_stored_labels_of_other_settings_are_refused(workdir, tmp_path):
-    cache = LabelCacheConfig(backbone=str(workdir / "tiny-mistral"), train_text=str(workdir / "train.txt"),
-                             valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
-                             train_tokens=4 * 8 * 32, exit_layers=[1, 2], seq_len=32, valid_tokens=2048, device="cpu")
-    build_label_cache(cache)
-    cases = [
-        (dict(emission="lens"), "other settings .*emission: 'last_block' there, 'lens' here"),
-        (dict(seq_len=16), "other settings .*seq_len"),
-        (dict(exit_layers=[0, 1]), r"no labels at exit layers \[0\]"),
-        (dict(steps=5), "other training sequences"),  # reads more text than was labelled
-        (dict(preset="tiny-mamba2"), "made for backbone"),
-    ]
-    for i, (kw, match) in enumerate(cases):
-        preset = kw.pop("preset", "tiny-mistral")
-        cfg = _cfg(workdir, str(tmp_path / f"out{i}"), preset, steps=kw.pop("steps", 4), label_cache=cache.out, **kw)
-        with pytest.raises(ValueError, match=match):
-            train_heads(cfg)
-        assert not Path(cfg.out).exists()
-    with pytest.raises(FileNotFoundError, match="has no labels.safetensors"):
-        train_heads(_cfg(workdir, str(tmp_path / "none"), steps=4, label_cache=str(tmp_path)))
-
-
-def _answers_file(workdir: Path, preset: str, path: Path, prompts: int = 6) -> Path:
-    """The backbone's greedy answers (8 tokens) to `prompts` lines of held-out text, written as cli/answers does."""
-    model = load_backbone(str(workdir / preset), device="cpu")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(workdir / preset)
-    answers = greedy_answers(model, tokenizer, _text(prompts, 7).splitlines(), 8, progress=False)
-    save_answers(path, answers, {"settings": {}, "backbone": signature(model.config)})
-    return path
-
-
-@pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
 def test_heads_trained_on_answers(workdir, tmp_path, preset):
     """With answers_weight the heads also train on the full model's greedy answers (their decode steps only): other
     heads than text alone, the answers' own positive ratio reported, and the label cache's answer labels give the
     heads of a job that labels its own answers, bit for bit, for a per-token head and the recurrent one."""
-    answers = _answers_file(workdir, preset, tmp_path / "answers.safetensors")
+    answers = answers_file(workdir, preset, tmp_path / "answers.safetensors")
     cache = LabelCacheConfig(backbone=str(workdir / preset), train_text=str(workdir / "train.txt"),
                              valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
                              train_tokens=6 * 8 * 32, seq_len=32, valid_tokens=2048, device="cpu", answers=str(answers))
@@ -404,9 +290,9 @@ def test_heads_trained_on_answers(workdir, tmp_path, preset):
     assert shapes["answers"][:2] == (2, 6)
     for head in ("calm", "mamba"):
         kw = dict(head=head, steps=6, class_balance=True, answers=str(answers), answers_weight=0.5)
-        own = train_heads(_cfg(workdir, str(tmp_path / f"own_{head}"), preset, **kw))
-        stored = train_heads(_cfg(workdir, str(tmp_path / f"stored_{head}"), preset, label_cache=cache.out, **kw))
-        text = train_heads(_cfg(workdir, str(tmp_path / f"text_{head}"), preset, head=head, steps=6, class_balance=True))
+        own = train_heads(train_config(workdir, str(tmp_path / f"own_{head}"), preset, **kw))
+        stored = train_heads(train_config(workdir, str(tmp_path / f"stored_{head}"), preset, label_cache=cache.out, **kw))
+        text = train_heads(train_config(workdir, str(tmp_path / f"text_{head}"), preset, head=head, steps=6, class_balance=True))
         a, b, t = (load_file(str(tmp_path / f"{which}_{head}" / "heads.safetensors")) for which in ("own", "stored", "text"))
         assert all(torch.equal(a[k], b[k]) for k in a) and own["answers"] == stored["answers"]
         assert not all(torch.equal(a[k], t[k]) for k in a)  # the answers changed the heads
@@ -417,9 +303,9 @@ def test_heads_trained_on_answers(workdir, tmp_path, preset):
 
 
 def test_answers_bad_input_is_refused(workdir, tmp_path):
-    answers = _answers_file(workdir, "tiny-mistral", tmp_path / "answers.safetensors", prompts=2)
-    other = _answers_file(workdir, "tiny-mistral", tmp_path / "other.safetensors", prompts=3)
-    mamba = _answers_file(workdir, "tiny-mamba2", tmp_path / "mamba.safetensors", prompts=2)
+    answers = answers_file(workdir, "tiny-mistral", tmp_path / "answers.safetensors", prompts=2)
+    other = answers_file(workdir, "tiny-mistral", tmp_path / "other.safetensors", prompts=3)
+    mamba = answers_file(workdir, "tiny-mamba2", tmp_path / "mamba.safetensors", prompts=2)
     plain = LabelCacheConfig(backbone=str(workdir / "tiny-mistral"), train_text=str(workdir / "train.txt"),
                              valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "plain"),
                              train_tokens=4 * 8 * 32, seq_len=32, valid_tokens=2048, device="cpu")
@@ -438,27 +324,7 @@ def test_answers_bad_input_is_refused(workdir, tmp_path):
          ValueError),
     ]
     for i, (kw, match, error) in enumerate(cases):
-        cfg = _cfg(workdir, str(tmp_path / f"out{i}"), steps=4, **kw)
+        cfg = train_config(workdir, str(tmp_path / f"out{i}"), steps=4, **kw)
         with pytest.raises(error, match=match):
             train_heads(cfg)
         assert not Path(cfg.out).exists()
-
-
-def test_label_cache_entry_point(workdir, tmp_path, capsys):
-    out = tmp_path / "labels"
-    common = ["--backbone", str(workdir / "tiny-mistral"), "--train-text", str(workdir / "train.txt"),
-              "--valid-text", str(workdir / "valid.txt"), "--seq-len", "32", "--valid-tokens", "2048"]
-    with pytest.raises(SystemExit, match="label_cache: error: .*--translators DIR"):
-        label_cache_main([*common, "--train-tokens", "1024", "--emission", "translator", "--out", str(out)])
-    with pytest.raises(SystemExit, match="label_cache: error: train_tokens must be >= 1"):
-        label_cache_main([*common, "--train-tokens", "0", "--out", str(out)])
-    assert not out.exists()
-    label_cache_main([*common, "--train-tokens", "1024", "--out", str(out)])
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ranks"]["train"] == [2, 32, 32, 2]
-    main(["--backbone", str(workdir / "tiny-mistral"), "--head", "calm", "--train-text", str(workdir / "train.txt"),
-          "--valid-text", str(workdir / "valid.txt"), "--seq-len", "32", "--valid-tokens", "2048", "--steps", "4",
-          "--label-cache", str(out), "--out", str(tmp_path / "heads"), "--device", "cpu"])
-    assert (tmp_path / "heads" / "heads.safetensors").is_file()
-    help_text = subprocess.run([sys.executable, "-m", "workflow_lib.cli.label_cache", "--help"], capture_output=True,
-                               text=True, check=True).stdout
-    assert "--train-tokens" in help_text and "--label-cache" in help_text

@@ -9,13 +9,14 @@ import pytest
 import torch
 from eval_setup import TEXT, save_tiny_backbone, task_files  # noqa: F401  (fixture)
 
-from workflow_lib.cli.agreement import main as agreement_main, task_prompts
+from workflow_lib.cli.agreement import main as agreement_main
 from workflow_lib.cli.answers import main as answers_main
-from workflow_lib.models.backbone import load_backbone, signature
-from workflow_lib.models.translators import load_translators
 from workflow_lib.cli.train_translators import main
 from workflow_lib.decoding.answers import greedy_answers, load_answers, read_answers_meta
-from workflow_lib.training.distill import pack, read_tokens
+from workflow_lib.evaluation.tasks import task_prompts
+from workflow_lib.models.backbone import load_backbone, signature
+from workflow_lib.models.translators import load_translators
+from workflow_lib.training.text import read_sequences
 from workflow_lib.training.translators import (TranslatorConfig, answer_states, fit_translators,
                                                kl_full_to_translated)
 
@@ -35,7 +36,7 @@ def test_training_lowers_held_out_kl_and_is_seeded(setup, init):
     model = load_backbone(str(backbone), device="cpu")
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(backbone)
-    windows = pack(read_tokens(str(root / "train.txt"), tok, None, "t"), 32, "t", "t")  # (N, 32)
+    windows = read_sequences(str(root / "train.txt"), tok, None, 32, "t")  # (N, 32)
     train, valid = windows[:-8], windows[-8:]  # held out: the last 8 windows
     cfg = TranslatorConfig(backbone=str(backbone), train_text="", out="", steps=20, batch_size=4, seq_len=32,
                            lr=1e-3, init=init, init_batches=4)
@@ -92,7 +93,7 @@ def test_answers_join_the_fit(setup):
     model = load_backbone(str(backbone), device="cpu")
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(backbone)
-    train = pack(read_tokens(str(root / "train.txt"), tok, None, "t"), 32, "t", "t")  # (N, 32)
+    train = read_sequences(str(root / "train.txt"), tok, None, 32, "t")  # (N, 32)
     answers = greedy_answers(model, tok, ["Q: What is the capital of France?\nA:", "Q: Who wrote Hamlet?\nA:"], 8)
     assert all(seq.shape[1] > c.nonzero()[0, 1] for seq, c in answers) and sum(int(c.sum()) for _, c in answers) > 0
     cfg = TranslatorConfig(backbone=str(backbone), train_text="", out="", steps=1, batch_size=4, seq_len=32,
@@ -124,7 +125,7 @@ def test_answers_join_the_fit(setup):
 def test_entry_point_writes_translators_with_provenance(setup, tmp_path, capsys):
     root, backbone = setup
     out = tmp_path / "translators"
-    main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
+    main(["--backbone", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
           "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--device", "cpu"])
     translators, meta = load_translators(out, load_backbone(str(backbone), device="cpu").config)
     assert translators.exit_layers == [1, 2]
@@ -138,20 +139,20 @@ def test_answers_entry_point_and_the_translators_fitted_on_them(setup, task_file
     unpadded); train_translators --answers fits on their decode steps."""
     root, backbone = setup
     answers = tmp_path / "answers.safetensors"
-    answers_main(["--model", str(backbone), "--task", f"truthfulqa:{task_files['truthfulqa']}",
+    answers_main(["--backbone", str(backbone), "--task", f"truthfulqa:{task_files['truthfulqa']}",
                   "--task", f"coqa:{task_files['coqa']}", "--prompts", "2", "--tokens", "5", "--device", "cpu",
                   "--out", str(answers)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answers"] == 4
     model = load_backbone(str(backbone), device="cpu")
     from transformers import AutoTokenizer
-    prompts = [*task_prompts("truthfulqa", str(task_files["truthfulqa"]), 0, 2, None, 0),
-               *task_prompts("coqa", str(task_files["coqa"]), 0, 2, None, 0)]
+    prompts = [*task_prompts("truthfulqa", str(task_files["truthfulqa"]), None, 2, None, 0),  # the task files' shots
+               *task_prompts("coqa", str(task_files["coqa"]), None, 2, None, 0)]
     expected = greedy_answers(model, AutoTokenizer.from_pretrained(backbone), prompts, 5, progress=False)
     stored = load_answers(answers, signature(model.config))
     assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(stored, expected))
     assert read_answers_meta(answers)["settings"]["tokens"] == 5
     out = tmp_path / "translators"
-    main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
+    main(["--backbone", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2", "--out", str(out),
           "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu", "--init", "least_squares",
           "--init-batches", "2", "--answers", str(answers), "--answers-weight", "0.5"])
     _, meta = load_translators(out, model.config)
@@ -162,17 +163,17 @@ def test_answers_entry_point_and_the_translators_fitted_on_them(setup, task_file
 def test_entry_point_bad_input(setup, task_files, tmp_path, capsys):  # noqa: F811
     root, backbone = setup
     with pytest.raises(SystemExit, match="exit layers"):
-        main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "3",
+        main(["--backbone", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "3",
               "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="does not exist"):
-        main(["--model", str(backbone), "--train-text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
+        main(["--backbone", str(backbone), "--train-text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o")])
     for bad, message in ((["--answers-weight", "0.5"], "go together"),
-                         (["--answers", str(root / "train.txt")], "go together"),
+                         (["--answers", str(root / "train.txt"), "--answers-weight", "0"], "go together"),
                          (["--answers", str(tmp_path / "none.safetensors"), "--answers-weight", "0.5"],
                           "does not exist"),
                          (["--answers", str(root / "train.txt"), "--answers-weight", "1.0"], "not in [0, 1)")):
         with pytest.raises(SystemExit, match=re.escape(message)):
-            main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--out", str(tmp_path / "o"),
+            main(["--backbone", str(backbone), "--train-text", str(root / "train.txt"), "--out", str(tmp_path / "o"),
                   *bad])
     assert not (tmp_path / "o").exists()
     for bad, message in ((["--task", "truthfulqa:" + str(tmp_path / "none.jsonl")], "no file"),
@@ -182,7 +183,7 @@ def test_entry_point_bad_input(setup, task_files, tmp_path, capsys):  # noqa: F8
                          (["--task", f"truthfulqa:{task_files['truthfulqa']}", "--out", str(tmp_path / "a.pt")],
                           ".safetensors")):
         with pytest.raises(SystemExit):
-            answers_main(["--model", str(backbone), "--out", str(tmp_path / "a.safetensors"), *bad])
+            answers_main(["--backbone", str(backbone), "--out", str(tmp_path / "a.safetensors"), *bad])
         assert message in capsys.readouterr().err
     assert not list(tmp_path.glob("a.*"))
     for module in ("train_translators", "agreement", "answers"):
@@ -194,7 +195,7 @@ def test_entry_point_bad_input(setup, task_files, tmp_path, capsys):  # noqa: F8
 def test_agreement_table(setup, task_files, tmp_path):  # noqa: F811
     root, backbone = setup
     translators = tmp_path / "translators"
-    main(["--model", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2",
+    main(["--backbone", str(backbone), "--train-text", str(root / "train.txt"), "--exit-layers", "1,2",
           "--out", str(translators), "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--device", "cpu"])
     out = tmp_path / "agreement.csv"
     agreement_main(["--backbone", str(backbone), "--exit-layers", "1,2", "--translators", str(translators),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_lib.data import schemas
+from workflow_lib.data import formats
 from workflow_lib.data.world import WorldConfig, triviaqa_prompt, write_world
 from workflow_lib.cli.world import main as world_main
 
@@ -22,17 +22,17 @@ def world_dir(tmp_path_factory):
 
 def test_files_and_schemas(world_dir):
     assert sorted(p.name for p in world_dir.iterdir()) == FILES
-    trivia = schemas.read_triviaqa(world_dir / "triviaqa.jsonl")
-    seen = schemas.read_triviaqa(world_dir / "triviaqa_train.jsonl")
-    truthful = schemas.read_truthfulqa(world_dir / "truthfulqa.jsonl")
-    coqa = schemas.read_coqa(world_dir / "coqa.json")
+    trivia = formats.read_triviaqa(world_dir / "triviaqa.jsonl")
+    seen = formats.read_triviaqa(world_dir / "triviaqa_train.jsonl")
+    truthful = formats.read_truthfulqa(world_dir / "truthfulqa.jsonl")
+    coqa = formats.read_coqa(world_dir / "coqa.json")
     meta = json.loads((world_dir / "world.json").read_text())
     assert len(trivia) == meta["n_held_out"] == len(meta["held_out_facts"]) > 0
     assert len(trivia) + len(seen) == meta["n_facts"] == 40 * len(SMALL.attributes)
     assert len(coqa) == 10 and len(truthful) == meta["n_held_out"] + 5
     # The same loaders that read the real samples accept the synthetic files.
-    assert schemas.load_triviaqa(world_dir / "triviaqa.jsonl") == trivia
-    assert schemas.load_coqa(world_dir / "coqa.json") == coqa
+    assert formats.load_triviaqa(world_dir / "triviaqa.jsonl") == trivia
+    assert formats.load_coqa(world_dir / "coqa.json") == coqa
     for r in trivia:  # lm-eval's prompt appends "?" itself; answers stop at "\n", "." or ","
         assert not r["question"].endswith("?") and not set(r["answer"]["value"]) & set("\n.,")
     for r in truthful:
@@ -48,10 +48,10 @@ def test_same_seed_byte_identical_other_seed_differs(world_dir, tmp_path):
 
 
 def test_held_out_facts_never_asked_in_corpus(world_dir):
-    corpus = "\n".join(schemas.read_corpus(world_dir / "corpus_train.jsonl"))
-    corpus += "\n".join(schemas.read_corpus(world_dir / "corpus_valid.jsonl"))
+    corpus = "\n".join(formats.read_corpus(world_dir / "corpus_train.jsonl"))
+    corpus += "\n".join(formats.read_corpus(world_dir / "corpus_valid.jsonl"))
     meta = json.loads((world_dir / "world.json").read_text())
-    trivia = schemas.read_triviaqa(world_dir / "triviaqa.jsonl")
+    trivia = formats.read_triviaqa(world_dir / "triviaqa.jsonl")
     for fact, record in zip(meta["held_out_facts"], trivia):
         assert fact["person"] in record["question"] and record["answer"]["value"] == fact["value"]
         assert fact["person"] in corpus and fact["value"] in corpus  # stated ...
@@ -63,12 +63,12 @@ def test_held_out_facts_never_asked_in_corpus(world_dir):
         for template in ATTRIBUTES[attribute].questions:
             assert template.format(n=person) not in corpus
     # Seen facts are asked, in the TriviaQA prompt format.
-    seen = schemas.read_triviaqa(world_dir / "triviaqa_train.jsonl")
+    seen = formats.read_triviaqa(world_dir / "triviaqa_train.jsonl")
     assert sum(triviaqa_prompt(r["question"]) in corpus for r in seen) > len(seen) // 4
 
 
 def test_coqa_answers_are_spans_of_their_story(world_dir):
-    for record in schemas.read_coqa(world_dir / "coqa.json"):
+    for record in formats.read_coqa(world_dir / "coqa.json"):
         answers = record["answers"]
         for text, start, end in zip(answers["input_text"], answers["answer_start"], answers["answer_end"]):
             assert 0 <= start < end <= len(record["story"])
@@ -84,8 +84,8 @@ def test_coqa_calibration_stories_apart_from_the_world(world_dir, tmp_path, caps
     world_main(["--coqa-calibration", str(out), "--stories", "30", "--n-people", "40", "--qa-docs", "20",
                 "--truthful-docs", "10", "--coqa-train-stories", "10", "--coqa-eval-stories", "10", "--n-unknown", "5"])
     assert "30 CoQA calibration stories" in capsys.readouterr().out
-    stories = schemas.load_coqa(out)
-    evaluated = evaluated_records("coqa", schemas.load_coqa(world_dir / "coqa.json"))
+    stories = formats.load_coqa(out)
+    evaluated = evaluated_records("coqa", formats.load_coqa(world_dir / "coqa.json"))
     assert len(stories) == len({s["story"] for s in stories}) == 30 and not overlap("coqa", stories, evaluated)
     people = {p["name"] for p in json.loads((world_dir / "world.json").read_text())["people"]}
     assert all(any(name in s["story"] for name in people) for s in stories)  # the world's people, as evaluated

@@ -6,7 +6,7 @@ thresholds with the 95% bootstrap interval as a vertical bar; the oracle bound o
 of the same colour (a thin diamond under the translator, an octagon under lens), and a calibrated threshold (python -m workflow_lib.cli.calibrate) is a large marker of its policy's
 colour, one shape per calibration delta. Emission rules other than the paper's last_block (lens, translator) are
 series of their own beside it: the policy's colour, a dashed (lens) or dotted (translator) line, the rule in the
-label ("recompute / translator"). Zero-parameter exit rules (softmax, saturation) are heads: their own
+label ("recompute / translator"). Untrained heads (softmax, saturation) are heads: their own
 columns. Every panel repeats the references: the full model (red star at CRF 1, its interval as a grey band across
 the panel) and layer pruning (black squares on a dashed line, with intervals); any other head-free series (pruning
 (angular): the blocks chosen by angular distance) gets its own grey style. Invalid points (too many degenerate

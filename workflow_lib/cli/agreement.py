@@ -10,8 +10,8 @@ the full model and mean KL(full || emitted) when a token leaves at l with everyt
 (models/emission.py), each with a seeded 95% percentile-bootstrap interval over tokens, on two sources:
   text        held-out text, packed into --seq-len windows (every position)
   TASK        the full model's greedy answers to the task's prompts (built by lm-eval as evaluate builds them, with
-              the task's shots): the positions that read a generated token, i.e. the decode steps where an exit
-              decides
+              the task's shots: SHOTS, else its task file's, as evaluate's): the positions that read a generated
+              token, i.e. the decode steps where an exit decides
 One CSV row per (source, exit layer, rule).
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..arguments import layer_list, set_threads, task_spec
+from ..defaults import AGREEMENT, EVALUATION, SEED
+from ..evaluation.tasks import TASKS
+
 COLUMNS = ["source", "exit_layer", "rule", "tokens", "top1", "top1_low", "top1_high", "kl", "kl_low", "kl_high"]
-DEFAULT_SHOTS = {"triviaqa": 2, "coqa": 0, "truthfulqa": 0}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from ..evaluation.tasks import TASKS
-    from .train_heads import layer_list
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.agreement", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
@@ -38,21 +38,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exit-layers", type=layer_list, help="0-based block indices (default: 4 in the second half)")
     p.add_argument("--translators", help="translators folder: adds the translator rule")
     p.add_argument("--text", help="held-out text (.txt a document per line, .jsonl 'text')")
-    p.add_argument("--text-tokens", type=int, default=16384, help="held-out tokens read")
+    p.add_argument("--text-tokens", type=int, default=AGREEMENT["text_tokens"],
+                   help=f"held-out tokens read (default {AGREEMENT['text_tokens']})")
     p.add_argument("--seq-len", type=int, default=256, help="held-out window length")
     p.add_argument("--task", action="append", default=[], metavar="NAME:DATA[:SHOTS]",
                    help=f"a task's prompts ({', '.join(sorted(TASKS))}), its data file, optionally its shots "
-                        f"(default {DEFAULT_SHOTS}); repeatable")
+                        f"(default: the task file's, as evaluate's); repeatable")
     p.add_argument("--fewshot-data", help="triviaqa's few-shot pool (as evaluate's)")
-    p.add_argument("--limit", type=int, default=32, help="prompts per task")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--limit", type=int, default=AGREEMENT["limit"], help=f"prompts per task (default {AGREEMENT['limit']})")
+    p.add_argument("--max-new-tokens", type=int, default=EVALUATION["max_new_tokens"],
+                   help=f"greedy tokens per answer (default {EVALUATION['max_new_tokens']})")
     p.add_argument("--batch-size", type=int, default=8,
                    help="held-out windows per backbone pass; task prompts decoded together for the answers")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", required=True, help="the CSV table")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     a = p.parse_args(argv)
     if a.text is None and not a.task:
         p.error("give --text, --task or both: there is nothing to measure")
@@ -65,36 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("text_tokens", "seq_len", "limit", "max_new_tokens", "batch_size", "resamples"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if a.threads is not None:
-        torch.set_num_threads(a.threads)
+    set_threads(p, a.threads)
     return a
-
-
-def task_spec(spec: str) -> tuple[str, str, int]:
-    """NAME:DATA[:SHOTS] -> (task, data file, shots), the task's default shots if none; ValueError names what is off."""
-    from ..evaluation.tasks import TASKS
-
-    name, _, rest = spec.partition(":")
-    data, _, shots = rest.partition(":")
-    if name not in TASKS or not data:
-        raise ValueError(f"{spec!r}: expected NAME:DATA[:SHOTS] with NAME one of {', '.join(sorted(TASKS))}")
-    if not Path(data).is_file():
-        raise ValueError(f"{spec!r}: no file {data!r}")
-    if shots and not shots.isdigit():
-        raise ValueError(f"{spec!r}: SHOTS must be a whole number, got {shots!r}")
-    return name, data, int(shots) if shots else DEFAULT_SHOTS[name]
-
-
-def task_prompts(task: str, data: str, shots: int, limit: int, fewshot_data: str | None, seed: int) -> list[str]:
-    """The task's first `limit` prompts as lm-eval builds them for evaluate (the same task files and shots)."""
-    from .evaluate import load_task
-
-    args = argparse.Namespace(task=task, triviaqa_n=1000, fewshot_data=fewshot_data)
-    _, obj = load_task(args, data)
-    obj.set_config(key="num_fewshot", value=shots)
-    obj.set_fewshot_seed(seed)
-    obj.build_all_requests(limit=limit, rank=0, world_size=1)
-    return [instance.args[0] for instance in obj.instances]
 
 
 @torch.no_grad()
@@ -137,12 +116,13 @@ def main(argv=None) -> None:
 
     from ..artifacts import atomic_path
     from ..decoding.answers import greedy_answers
-    from ..models.backbone import default_device, load_backbone
+    from ..evaluation.tasks import task_prompts
+    from ..models.backbone import default_device, load_backbone, load_config, resolve_exit_layers
     from ..models.translators import load_translators
-    from ..training.distill import _backbone_config, pack, read_tokens, resolve_exit_layers
+    from ..training.text import read_sequences
 
     try:
-        config = _backbone_config(a.backbone)
+        config = load_config(a.backbone)
         layers = resolve_exit_layers(config, a.exit_layers)
         prompts = {task: task_prompts(task, data, shots, a.limit, a.fewshot_data, a.seed)
                    for task, data, shots in a.task}
@@ -155,8 +135,7 @@ def main(argv=None) -> None:
         rules = ["last_block", "lens"] + (["translator"] if translators is not None else [])
         table = []
         if a.text:
-            windows = pack(read_tokens(a.text, tokenizer, a.text_tokens, "held-out text"), a.seq_len, a.text,
-                           "held-out text").to(device)  # (N, L)
+            windows = read_sequences(a.text, tokenizer, a.text_tokens, a.seq_len, "held-out text").to(device)  # (N, L)
             batches = [(w, torch.ones_like(w, dtype=torch.bool)) for w in windows.split(a.batch_size)]
             table += rows("text", measure(model, batches, layers, rules, translators), a.seed, a.resamples)
         for task, texts in prompts.items():

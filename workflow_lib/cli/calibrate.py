@@ -33,36 +33,44 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from workflow_lib.cli.evaluate import (add_task_arguments, check_data, check_task_arguments, load_model, number_list,
-                                   load_task, run_point, save_point)
-from workflow_lib.evaluation.ltt import BOUNDS, learn_then_test
+from workflow_lib.arguments import add_task_arguments, check_task_arguments, model_options, number_list
+from workflow_lib.choices import BOUNDS, RISKS
+from workflow_lib.defaults import CALIBRATION
+from workflow_lib.evaluation.ltt import learn_then_test
+from workflow_lib.evaluation.points import EXITS_OFF, load_model, run_point, save_point
 from workflow_lib.evaluation.records import RECORD, SAMPLES
-from workflow_lib.evaluation.tasks import TASKS
+from workflow_lib.evaluation.tasks import TASKS, check_task_data, load_task
 
-RISKS = ("consistency", "metric")
 # The reference must have decoded the calibration set exactly as the calibration does (evaluate's option names).
 REFERENCE_SETTINGS = ("backbone", "tokenizer", "task", "fewshot_data", "triviaqa_n", "shots", "max_new_tokens",
                       "repetition_penalty", "seed", "dtype")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(p)
-    p.add_argument("--heads", required=True, help="folder of exit heads (save_heads; a zero-parameter rule too)")
+    p.add_argument("--heads", required=True, help="folder of exit heads (save_heads; an untrained head too)")
     p.add_argument("--calibration-data", required=True, help="calibration questions (calibration_split), in the "
                                                              "task's format")
     p.add_argument("--reference", required=True, type=Path, help="evaluate --no-heads output folder on "
                                                                  "--calibration-data (the full model's answers)")
     p.add_argument("--thresholds", required=True, type=number_list, help="the grid, tested from the highest down")
     p.add_argument("--deltas", required=True, type=number_list, help="risk levels in (0, 1), e.g. 0.05,0.1")
-    p.add_argument("--epsilon", type=float, default=0.05, help="the guarantee fails with probability <= epsilon")
-    p.add_argument("--risk", choices=RISKS, default="consistency")
-    p.add_argument("--metric", help="--risk metric: the per-question metric (default: the task's headline metric)")
-    p.add_argument("--bound", choices=BOUNDS, default="binomial",
+    p.add_argument("--epsilon", type=float, default=CALIBRATION["epsilon"],
+                   help=f"the guarantee fails with probability <= epsilon (default {CALIBRATION['epsilon']})")
+    p.add_argument("--risk", choices=RISKS, default=CALIBRATION["risk"])
+    p.add_argument("--metric", default=CALIBRATION["metric"],
+                   help="--risk metric: the per-question metric (default: the task's headline metric)")
+    p.add_argument("--bound", choices=BOUNDS, default=CALIBRATION["bound"],
                    help="p-values: binomial (0/1 losses) or hoeffding_bentkus (any loss in [0, 1])")
     p.add_argument("--calibration-out", required=True, type=Path, help="the calibration's JSON")
     p.add_argument("--out-dir", required=True, type=Path, help="folder of the calibrated~D/ points")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     check_task_arguments(p, args)
     if any(t > 1 for _, t in args.thresholds):
@@ -80,27 +88,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_calibration_set(args: argparse.Namespace) -> None:
+def check_calibration_set(task: str, data: str, limit: int | None, triviaqa_n: int, calibration_data: str) -> None:
     """The calibration questions must be none of the evaluated ones (else the guarantee says nothing of them)."""
     from workflow_lib.data.calibration import check_disjoint, evaluated_records
-    from workflow_lib.data.schemas import LOADERS
+    from workflow_lib.data.formats import LOADERS
 
-    loader = LOADERS[args.task]
-    evaluated = evaluated_records(args.task, loader(args.data), args.limit, args.triviaqa_n)
-    check_disjoint(args.task, loader(args.calibration_data), evaluated)
+    loader = LOADERS[task]
+    evaluated = evaluated_records(task, loader(data), limit, triviaqa_n)
+    check_disjoint(task, loader(calibration_data), evaluated)
 
 
-def read_reference(args: argparse.Namespace) -> list[dict]:
-    """The full model's samples on the calibration set, after checking they were made on it with these settings."""
-    config = json.loads((args.reference / RECORD).read_text()).get("provenance", {}).get("config") or {}
-    mine = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    wanted = {**{k: mine[k] for k in REFERENCE_SETTINGS}, "data": str(args.calibration_data), "limit": None,
+def read_reference(reference: Path, config: dict, calibration_data: str) -> list[dict]:
+    """The full model's samples on the calibration set, after checking they were made on it with these settings
+    (`config`: this job's options)."""
+    made = json.loads((reference / RECORD).read_text()).get("provenance", {}).get("config") or {}
+    wanted = {**{k: config[k] for k in REFERENCE_SETTINGS}, "data": str(calibration_data), "limit": None,
               "no_heads": True, "prune": 0}
-    differ = sorted(k for k, v in wanted.items() if config.get(k) != v)
+    differ = sorted(k for k, v in wanted.items() if made.get(k) != v)
     if differ:
-        raise ValueError(f"--reference {args.reference} was not made on --calibration-data with these settings "
-                         f"({', '.join(f'{k}: {config.get(k)!r} there, {wanted[k]!r} here' for k in differ)})")
-    return [json.loads(line) for line in (args.reference / SAMPLES).read_text(encoding="utf-8").splitlines()]
+        raise ValueError(f"--reference {reference} was not made on --calibration-data with these settings "
+                         f"({', '.join(f'{k}: {made.get(k)!r} there, {wanted[k]!r} here' for k in differ)})")
+    return [json.loads(line) for line in (reference / SAMPLES).read_text(encoding="utf-8").splitlines()]
 
 
 def answer(sample: dict) -> str:
@@ -125,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    check_data(args, "calibrate", args.calibration_data)
+    from workflow_lib.data.formats import DataFormatError
+
     try:
-        check_calibration_set(args)
-        reference = {s["doc_id"]: s for s in read_reference(args)}
-    except ValueError as e:
+        check_task_data(args.task, args.data, args.fewshot_data, args.calibration_data)
+        check_calibration_set(args.task, args.data, args.limit, args.triviaqa_n, args.calibration_data)
+        reference = {s["doc_id"]: s for s in read_reference(args.reference, config, args.calibration_data)}
+    except (DataFormatError, ValueError) as e:
         sys.exit(f"calibrate: error: {e}")
     metric = None
     if args.risk == "metric":
@@ -142,14 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     from workflow_lib.artifacts import provenance, write_json
     from workflow_lib.evaluation.records import generation_summary
 
-    lm = load_model(args, "calibrate")
-    calibration_task = load_task(args, args.calibration_data)
+    try:
+        lm = load_model(**model_options(args))
+    except (ValueError, FileNotFoundError) as e:  # heads / translators for another backbone, unknown policy ...
+        sys.exit(f"calibrate: error: {e}")
+    calibration_task = load_task(args.task, args.calibration_data, args.triviaqa_n, args.fewshot_data)
     lm_task = TASKS[args.task][0]
     crf: dict[float, float] = {}
 
     def losses_at(threshold: float) -> list[float]:
         lm.set_point(threshold)
-        results, _ = run_point(lm, calibration_task, args, None)
+        results, _ = run_point(lm, calibration_task, args.shots, args.max_new_tokens, args.seed, None)
         crf[threshold] = generation_summary(lm.generations, args.degenerate_limit)["crf_exact"]
         return losses(results["samples"][lm_task], reference, args.risk, metric)
 
@@ -159,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # a non-binary loss under the binomial bound, a reference that does not match
         sys.exit(f"calibrate: error: {e}")
     setup_seconds = time.perf_counter() - started
-    evaluation_task = load_task(args, args.data)
+    evaluation_task = load_task(args.task, args.data, args.triviaqa_n, args.fewshot_data)
     for threshold in dict.fromkeys(t for t, _ in chosen.values()):  # each distinct point once
-        lm.set_point(threshold if threshold is not None else 2.0)  # none certified: exits off
-        results, wall = run_point(lm, evaluation_task, args, args.limit)
+        lm.set_point(threshold if threshold is not None else EXITS_OFF)  # none certified: exits off
+        results, wall = run_point(lm, evaluation_task, args.shots, args.max_new_tokens, args.seed, args.limit)
         for delta, (t, tests) in chosen.items():
             if t != threshold:
                 continue
@@ -171,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                            "bound": args.bound, "n": len(reference), "certified": t is not None,
                            "calibration_risk": last.risk if last else None, "p_value": last.p_value if last else None}
             point = {"threshold": t, "prune": 0, "calibration": calibration, "setup_seconds": setup_seconds}
-            save_point(args.out_dir / f"calibrated~{deltas[delta]}", lm, results, wall, point, args, config)
+            save_point(args.out_dir / f"calibrated~{deltas[delta]}", lm, results, wall, point, args.task,
+                       args.backbone, args.heads, args.degenerate_limit, config, args.seed)
     write_json(args.calibration_out, {
         "backbone": args.backbone, "heads": args.heads, "policy": lm.decoder.policy,
         "emission": lm.decoder.emission, "task": args.task,

@@ -22,8 +22,9 @@ import sys
 
 import torch
 
+from ..choices import DEFAULT_EMISSION, EMISSION_RULES, POLICIES
 from ..decoding.decoder import ExitDecoder
-from ..choices import EMISSION_RULES, POLICIES
+from ..defaults import EVALUATION
 from ..decoding.policies import resolve_policy
 from ..decoding.pruning import kept_blocks
 from ..models.backbone import (PRESET_PREFIX, architecture, default_device, default_dtype, load_backbone, load_config,
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--policy", default=None,
                     help="missing-state policy: " + "; ".join(f"{a}: {', '.join(p)}" for a, p in POLICIES.items())
                     + " (default: recompute)")
-    ap.add_argument("--emission", choices=EMISSION_RULES, default="last_block",
+    ap.add_argument("--emission", choices=EMISSION_RULES, default=DEFAULT_EMISSION,
                     help="how an exit emits its token: last_block (the paper's), lens, translator (needs --translators)")
     ap.add_argument("--translators", help="folder of tuned-lens translators (save_translators), for --emission translator")
     ap.add_argument("--prune", type=int, default=0, help="drop this many blocks just before the last (default 0)")
@@ -76,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt", help="prompt text (tokenised with the backbone's tokenizer)")
     prompt.add_argument("--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (for preset: backbones)")
     prompt.add_argument("--prompts-file", help="one prompt per line (text; token ids 1,2,3 for preset: backbones)")
-    ap.add_argument("--batch-size", type=int, default=1, help="prompts of --prompts-file decoded together (default 1)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=EVALUATION["batch_size"],
+                    help=f"prompts of --prompts-file decoded together (default {EVALUATION['batch_size']})")
+    ap.add_argument("--max-new-tokens", type=int, default=EVALUATION["max_new_tokens"],
+                    help=f"(default {EVALUATION['max_new_tokens']})")
     ap.add_argument("--stop", nargs="+", default=None, metavar="STR", help="stop strings; the text is cut at the first")
     ap.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty (default 1.0: off)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -1,6 +1,6 @@
 """Entry point: held-out questions of a task, ones the evaluation does not use: the calibration set (for
 `python -m workflow_lib.cli.calibrate`) or the prompts whose greedy answers the translators are fitted on (for
-`python -m workflow_lib.cli.train_translators --answers-task`).
+`python -m workflow_lib.cli.answers`).
 
     python -m workflow_lib.cli.held_out_split --task triviaqa --data results/world/triviaqa.jsonl --limit 24 \
         --n 60 --seed 0 --out results/calibration/data/triviaqa.jsonl [--pool FILE] [--exclude FILE ...]
@@ -16,11 +16,12 @@ import argparse
 import json
 import sys
 
-from workflow_lib.data.calibration import TRIVIAQA_SUBSET, evaluated_records, held_out_split
-from workflow_lib.data.schemas import LOADERS, WRITERS, DataFormatError
+from workflow_lib.data.calibration import evaluated_records, held_out_split
+from workflow_lib.data.formats import LOADERS, WRITERS, DataFormatError
+from workflow_lib.defaults import SEED, TRIVIAQA_SUBSET
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.held_out_split", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=sorted(LOADERS))
@@ -31,8 +32,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="the evaluation's limit: it scores the first N documents (default: all)")
     p.add_argument("--triviaqa-n", type=int, default=TRIVIAQA_SUBSET, help="triviaqa only: longest-answer subset size")
     p.add_argument("--n", type=int, required=True, help="held-out questions to draw")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--out", required=True, help="output file (.jsonl; CoQA also .json)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("limit", "n", "triviaqa_n"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -16,12 +16,13 @@ import argparse
 import json
 import sys
 
-from .train_heads import layer_list, set_threads
-from ..choices import DEFAULT_LABEL_SOURCE, EMISSION_RULES, LABEL_SOURCES
-from ..training.distill import LabelCacheConfig, build_label_cache
+from ..arguments import layer_list, set_threads
+from ..choices import DEFAULT_EMISSION, EMISSION_RULES, LABEL_SOURCES
+from ..defaults import HEAD_TRAINING, SEED, VALID_TOKENS
+from ..training.label_cache import LabelCacheConfig, build_label_cache
 
 
-def parse_args(argv=None) -> LabelCacheConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.label_cache", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True, help="hub id, local save_pretrained folder, or preset:NAME")
@@ -31,20 +32,28 @@ def parse_args(argv=None) -> LabelCacheConfig:
     p.add_argument("--valid-text", required=True, help="held-out text (train_heads' --valid-text)")
     p.add_argument("--train-tokens", type=int, required=True,
                    help="training tokens labelled: the most a head job reads (its steps x batch size x seq len)")
-    p.add_argument("--valid-tokens", type=int, default=65536, help="held-out tokens (train_heads' --valid-tokens)")
+    p.add_argument("--valid-tokens", type=int, default=VALID_TOKENS,
+                   help=f"held-out tokens (train_heads' --valid-tokens; default {VALID_TOKENS})")
     p.add_argument("--out", required=True, help="output folder (labels.safetensors)")
-    p.add_argument("--emission", choices=EMISSION_RULES, default="last_block",
+    p.add_argument("--emission", choices=EMISSION_RULES, default=DEFAULT_EMISSION,
                    help="how an exit emits its token (the decoder's rule): the labels follow it (default: last_block)")
     p.add_argument("--translators", help="translators folder (train_translators), needed by --emission translator")
-    p.add_argument("--label-source", choices=LABEL_SOURCES, default=DEFAULT_LABEL_SOURCE,
+    p.add_argument("--label-source", choices=LABEL_SOURCES, default=HEAD_TRAINING["label_source"],
                    help="emitted: the token the exit emits under --emission; lens: the logit lens (train_heads')")
     p.add_argument("--answers", help="answers file (python -m workflow_lib.cli.answers) labelled too, for heads "
                                      "trained on answers (train_heads --answers)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per backbone pass")
-    p.add_argument("--seed", type=int, default=0, help="the backbone's seed (random presets only)")
+    p.add_argument("--seq-len", type=int, default=HEAD_TRAINING["seq_len"],
+                   help=f"train_heads' --seq-len (default {HEAD_TRAINING['seq_len']})")
+    p.add_argument("--batch-size", type=int, default=HEAD_TRAINING["batch_size"],
+                   help=f"sequences per backbone pass (default {HEAD_TRAINING['batch_size']})")
+    p.add_argument("--seed", type=int, default=SEED, help="the backbone's seed (random presets only)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    return p
+
+
+def parse_args(argv=None) -> LabelCacheConfig:
+    p = build_parser()
     a = p.parse_args(argv)
     set_threads(p, a.threads)
     return LabelCacheConfig(

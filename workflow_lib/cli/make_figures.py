@@ -12,17 +12,24 @@ import sys
 import pandas as pd
 
 from workflow_lib.analysis.figures import plot_task, save_figure
+from workflow_lib.choices import CRF_KINDS
+from workflow_lib.defaults import ANALYSIS
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.make_figures", description=__doc__.splitlines()[0])
     p.add_argument("--grid", required=True, help="grid.csv written by make_tables")
     p.add_argument("--backbone", required=True)
     p.add_argument("--task", required=True)
-    p.add_argument("--crf", choices=["exact", "paper"], default="exact", help="x axis: exact MACs or paper blocks")
+    p.add_argument("--crf", choices=CRF_KINDS, default=ANALYSIS["crf"], help="x axis: exact MACs or paper blocks")
     p.add_argument("--heads", type=lambda s: [h for h in s.split(",") if h],
                    help="comma-separated head names: draw only their series (default: every head in the grid)")
     p.add_argument("--out", nargs="+", required=True, help="figure files; the suffix picks the format")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     return p.parse_args(argv)
 
 

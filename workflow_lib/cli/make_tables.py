@@ -23,9 +23,11 @@ import argparse
 from workflow_lib.analysis.tables import (grid_table, no_loss_table, pareto_table, versus_pruning_table,
                                           versus_rule_table)
 from workflow_lib.artifacts import atomic_path
+from workflow_lib.choices import CRF_KINDS
+from workflow_lib.defaults import ANALYSIS, SEED
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.make_tables", description=__doc__.splitlines()[0])
     p.add_argument("--records", nargs="+", required=True, help="record.json files below --results-root")
     p.add_argument("--results-root", default="results/eval", help="folder the records' paths are read from")
@@ -37,12 +39,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--versus-rule", required=True,
                    help="output CSV, each emission rule minus last_block (same head and policy) at equal or more "
                         "compute saved")
-    p.add_argument("--crf", choices=["crf_exact", "crf_paper"], default="crf_exact",
+    p.add_argument("--crf", choices=[f"crf_{kind}" for kind in CRF_KINDS], default=f"crf_{ANALYSIS['crf']}",
                    help="the CRF the Pareto frontier is taken over")
-    p.add_argument("--no-loss-delta", type=float, default=0.02,
-                   help="largest metric loss still called no loss (default 0.02)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--no-loss-delta", type=float, default=ANALYSIS["no_loss_delta"],
+                   help=f"largest metric loss still called no loss (default {ANALYSIS['no_loss_delta']})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"bootstrap seed (default {SEED})")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per interval (default 2000)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.no_loss_delta < 0:
         p.error("--no-loss-delta must be >= 0")

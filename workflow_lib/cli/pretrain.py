@@ -20,14 +20,15 @@ import torch
 from transformers import AutoTokenizer
 
 from workflow_lib.artifacts import atomic_path, provenance
-from workflow_lib.data.schemas import read_corpus, read_triviaqa
+from workflow_lib.data.formats import read_corpus, read_triviaqa
+from workflow_lib.choices import PRETRAIN_ARCHS
+from workflow_lib.defaults import PRETRAIN
 from workflow_lib.models.backbone import default_exit_layers
-from workflow_lib.models.names import PRETRAIN_ARCHS
 from workflow_lib.training.pretrain import (PretrainConfig, answer_token_accuracy, build_model, layer_agreement,
                                             token_stream, train, triviaqa_exact_match)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.pretrain", description=__doc__.splitlines()[0])
     p.add_argument("--world", help="world folder; supplies the defaults of --corpus, --valid-corpus, --eval-file, "
                                    "--seen-file")
@@ -39,13 +40,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (python -m workflow_lib.cli.tokenizer)")
     p.add_argument("--out-dir", required=True, help="model folder (replaced atomically)")
     p.add_argument("--n-shot", type=int, default=2, help="few-shot examples in the EM gate (paper: 2)")
-    p.add_argument("--eval-limit", type=int, default=0, help="evaluate at most this many questions per set (0: all)")
+    p.add_argument("--eval-limit", type=int, default=PRETRAIN["eval_limit"],
+                   help="evaluate at most this many questions per set (0: all)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
         kw = {"choices": list(PRETRAIN_ARCHS)} if f.name == "arch" else {}
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})", **kw)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     for name, default in [("corpus", "corpus_train.jsonl"), ("valid_corpus", "corpus_valid.jsonl"),
                           ("eval_file", "triviaqa.jsonl"), ("seen_file", "triviaqa_train.jsonl")]:

@@ -9,16 +9,22 @@ import hashlib
 from pathlib import Path
 
 from workflow_lib.artifacts import provenance
-from workflow_lib.data.schemas import read_corpus
+from workflow_lib.data.formats import read_corpus
 from workflow_lib.data.tokenizer import save_tokenizer, train_tokenizer
+from workflow_lib.defaults import TOKENIZER
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.tokenizer", description=__doc__.splitlines()[0])
     p.add_argument("--corpus", required=True, help="training corpus (.jsonl {'text'} lines or .txt, one doc a line)")
     p.add_argument("--out-dir", required=True, help="tokenizer folder (replaced atomically)")
-    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--vocab-size", type=int, default=TOKENIZER["vocab_size"])
     p.add_argument("--min-frequency", type=int, default=2, help="merges need a pair seen at least this often")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     return p.parse_args(argv)
 
 

@@ -13,18 +13,19 @@ import argparse
 import dataclasses
 import typing
 
-from workflow_lib.data import schemas
+from workflow_lib.data import formats
 from workflow_lib.data.world import ATTRIBUTES, WorldConfig, build_world, coqa_calibration_records, write_world
+from workflow_lib.defaults import SEED
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workflow_lib.cli.world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out-dir", help="output folder (replaced atomically)")
     out.add_argument("--coqa-calibration", metavar="FILE", help="write CoQA calibration stories here instead (.jsonl)")
     p.add_argument("--stories", type=int, help="with --coqa-calibration: how many")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SEED)
     hints = typing.get_type_hints(WorldConfig)
     for f in dataclasses.fields(WorldConfig):
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
@@ -36,6 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help=f"questions per QA document (default: {f.default})")
         else:
             p.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if (args.coqa_calibration is None) != (args.stories is None):
         p.error("--coqa-calibration and --stories go together")
@@ -50,7 +56,7 @@ def main(argv=None) -> None:
     calibration, stories = args.pop("coqa_calibration"), args.pop("stories")
     config = WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     if calibration is not None:
-        schemas.write_coqa(calibration, coqa_calibration_records(build_world(seed, config), stories))
+        formats.write_coqa(calibration, coqa_calibration_records(build_world(seed, config), stories))
         print(f"world seed {seed}: {stories} CoQA calibration stories -> {calibration}")
         return
     meta = write_world(out_dir, seed, config)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import random
 
 from workflow_lib.data.sampling import longest_answers
-
-TRIVIAQA_SUBSET = 1000  # the paper's subset: the validation questions with the longest answers (the tasks' default)
+from workflow_lib.defaults import TRIVIAQA_SUBSET
 
 
 def question_key(task: str, record: dict) -> str:

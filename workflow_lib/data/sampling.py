@@ -1,5 +1,5 @@
 """Real-data sampling: distillation text from FineWeb-Edu and the three evaluation sets, from the hub or
-from local files, into the canonical local formats of `schemas` so evaluation never touches the network.
+from local files, into the canonical local formats of `formats` so evaluation never touches the network.
 
 Every function checks its arguments before loading anything, writes its output atomically, and writes
 `<out>.meta.json` (config, seed, package versions, git commit, counts) beside it.
@@ -14,12 +14,9 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from workflow_lib.artifacts import provenance, write_json
-from workflow_lib.data import schemas
-
-FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train")
-TRIVIAQA = ("mandarjoshi/trivia_qa", "rc.nocontext", "validation")  # `trivia_qa` redirects here
-COQA = ("stanfordnlp/coqa", None, "validation")
-TRUTHFULQA = ("truthfulqa/truthful_qa", "generation", "validation")  # `truthful_qa` redirects here
+from workflow_lib.choices import DEFAULT_TRIVIAQA_SELECTION, TRIVIAQA_SELECTIONS
+from workflow_lib.data import formats
+from workflow_lib.defaults import CORPUS, TRIVIAQA
 
 TEXT_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json"}  # datasets' packaged builders
 FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".arrow")
@@ -48,8 +45,8 @@ def _write_meta(out: str | os.PathLike, config: dict, seed: int, stats: dict) ->
 # ---------------------------------------------------------------- distillation text
 
 
-def stream_documents(source: str, seed: int, shuffle_buffer: int, config: str | None = FINEWEB[1],
-                     split: str = FINEWEB[2], text_field: str = "text") -> Iterator[str]:
+def stream_documents(source: str, seed: int, shuffle_buffer: int, config: str | None = CORPUS["config"],
+                     split: str = CORPUS["split"], text_field: str = "text") -> Iterator[str]:
     """Non-blank documents in a seeded shuffled order. A hub id is streamed; a local `.txt` (one document
     per line) or `.jsonl` goes through the same `datasets` streaming and shuffle-buffer code."""
     import datasets
@@ -62,7 +59,7 @@ def stream_documents(source: str, seed: int, shuffle_buffer: int, config: str | 
     for row in ds.shuffle(seed=seed, buffer_size=shuffle_buffer):
         text = row.get(text_field)
         if not isinstance(text, str):
-            raise schemas.DataFormatError(f"{source}: document has no string field '{text_field}'")
+            raise formats.DataFormatError(f"{source}: document has no string field '{text_field}'")
         if text.strip():
             yield text
 
@@ -78,7 +75,7 @@ def token_counter(tokenizer: str | None) -> Callable[[str], int]:
 
 
 def sample_corpus(source: str, out: str | os.PathLike, token_budget: int, seed: int = 0, shuffle_buffer: int = 10_000,
-                  config: str | None = FINEWEB[1], split: str = FINEWEB[2], tokenizer: str | None = None,
+                  config: str | None = CORPUS["config"], split: str = CORPUS["split"], tokenizer: str | None = None,
                   text_field: str = "text", valid_out: str | os.PathLike | None = None,
                   valid_budget: int | None = None) -> dict:
     """Whole documents, in seeded shuffled order, until `token_budget` tokens are reached (the last
@@ -111,9 +108,9 @@ def sample_corpus(source: str, out: str | os.PathLike, token_budget: int, seed: 
                 if current == len(budgets):
                     break
     if not draws[0][0]:
-        raise schemas.DataFormatError(f"{source}: no non-blank documents")
+        raise formats.DataFormatError(f"{source}: no non-blank documents")
     if valid_out is not None and not draws[1][0]:
-        raise schemas.DataFormatError(f"{source}: no documents left for the held-out text after {draws[0][1]} "
+        raise formats.DataFormatError(f"{source}: no documents left for the held-out text after {draws[0][1]} "
                                       f"training tokens; lower the training budget")
     unit = tokenizer or "whitespace words"
     all_stats = [{"documents": len(docs), "tokens": tokens, "token_unit": unit,
@@ -123,7 +120,7 @@ def sample_corpus(source: str, out: str | os.PathLike, token_budget: int, seed: 
                valid_budget=valid_budget)
     for path, (docs, _), stats in zip((out, valid_out), draws, all_stats):
         _write_meta(path, cfg, seed, stats)
-        schemas.write_corpus(path, docs)
+        formats.write_corpus(path, docs)
     return {**all_stats[0], "valid": all_stats[1]} if valid_out is not None else all_stats[0]
 
 
@@ -140,10 +137,10 @@ def load_eval_set(kind: str, source: str, config: str | None = None, split: str 
     """Canonical records of `kind` from a hub id or a local file in a canonical or original format."""
     _check_source(source)
     if is_local(source):
-        return schemas.LOADERS[kind](source)
-    convert = {"triviaqa": schemas.triviaqa_from_hf, "coqa": schemas.coqa_from_hf,
-               "truthfulqa": schemas.truthfulqa_from_hf}[kind]
-    return schemas.validate_records([convert(r) for r in _hub_rows(source, config, split)], kind,
+        return formats.LOADERS[kind](source)
+    convert = {"triviaqa": formats.triviaqa_from_hf, "coqa": formats.coqa_from_hf,
+               "truthfulqa": formats.truthfulqa_from_hf}[kind]
+    return formats.validate_records([convert(r) for r in _hub_rows(source, config, split)], kind,
                                     f"{source}:{config}:{split}")
 
 
@@ -172,12 +169,10 @@ def _seeded_subset(records: list[dict], n: int | None, seed: int) -> list[dict]:
     return [records[i] for i in keep]
 
 
-TRIVIAQA_SELECTIONS = ("longest", "seeded")
-
-
-def sample_triviaqa(source: str, out: str | os.PathLike, n: int | None = 1000, offset: int = 0, seed: int = 0,
-                    config: str | None = TRIVIAQA[1], split: str = TRIVIAQA[2], fewshot_out: str | None = None,
-                    fewshot_n: int = 5, fewshot_split: str = "train", selection: str = "longest") -> dict:
+def sample_triviaqa(source: str, out: str | os.PathLike, n: int | None = TRIVIAQA["n"], offset: int = 0,
+                    seed: int = 0, config: str | None = TRIVIAQA["config"], split: str = TRIVIAQA["split"],
+                    fewshot_out: str | None = None, fewshot_n: int = TRIVIAQA["fewshot_n"],
+                    fewshot_split: str = "train", selection: str = DEFAULT_TRIVIAQA_SELECTION) -> dict:
     """The n questions with the longest answers (`selection="longest"`, the paper's subset) or n drawn with `seed`
     (`"seeded"`: answers of every length, for a small model that scores nothing on the longest); optionally
     `fewshot_n` seeded few-shot examples from the train split (hub) or, for a local file, from the questions not
@@ -214,8 +209,8 @@ def sample_triviaqa(source: str, out: str | os.PathLike, n: int | None = 1000, o
                fewshot_n=fewshot_n, fewshot_split=fewshot_split, selection=selection)
     _write_meta(out, cfg, seed, stats)
     if fewshot is not None:
-        schemas.write_triviaqa(fewshot_out, fewshot)
-    schemas.write_triviaqa(out, chosen)
+        formats.write_triviaqa(fewshot_out, fewshot)
+    formats.write_triviaqa(out, chosen)
     return stats
 
 
@@ -230,5 +225,5 @@ def sample_eval_set(kind: str, source: str, out: str | os.PathLike, n: int | Non
     if kind == "coqa":
         stats["questions"] = sum(len(r["questions"]) for r in records)
     _write_meta(out, dict(kind=kind, source=source, config=config, split=split, n=n), seed, stats)
-    schemas.WRITERS[kind](out, records)
+    formats.WRITERS[kind](out, records)
     return stats

@@ -20,7 +20,8 @@ import random
 from dataclasses import asdict, dataclass, field
 
 from workflow_lib.artifacts import atomic_path
-from workflow_lib.data import schemas
+from workflow_lib.data import formats
+from workflow_lib.defaults import WORLD
 
 _ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "th",
            "v", "w", "z", "sh", "j"]
@@ -105,23 +106,23 @@ ATTRIBUTES: dict[str, Attribute] = {
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Sizes and mixture of the world; every field is recorded in world.json."""
+    """Sizes and mixture of the world; every field is recorded in world.json (defaults: the config's, defaults.WORLD)."""
 
-    n_people: int = 200
-    n_cities: int = 24
-    attributes: tuple[str, ...] = ("city", "job", "colour")
-    qa_fraction: float = 0.7  # facts asked in question form in the corpus; the rest are held out
-    paraphrases: int = 4  # statements of each fact in the training corpus
-    bio_docs: int = 3  # biographies per person (each: all facts, shuffled, fresh paraphrases)
-    mixed_docs: int = 1  # per person: a biography followed by questions about the same person's seen facts
-    qa_docs: int = 150  # few-shot style blocks of TriviaQA prompts over random seen facts
-    qa_per_doc: tuple[int, int] = (3, 8)
-    truthful_docs: int = 60  # "Q: ...\nA: <sentence>" blocks (TruthfulQA-generation prompt format)
-    rumour_fraction: float = 0.05  # held-out facts that also carry a false rumour (TruthfulQA adversarial)
-    n_unknown: int = 20  # invented people never described (TruthfulQA: "I have no comment.")
-    coqa_train_stories: int = 150
-    coqa_eval_stories: int = 100
-    valid_people_fraction: float = 0.25  # people described again (fresh paraphrases) in corpus_valid.txt
+    n_people: int = WORLD["n_people"]
+    n_cities: int = WORLD["n_cities"]
+    attributes: tuple[str, ...] = WORLD["attributes"]
+    qa_fraction: float = WORLD["qa_fraction"]  # facts asked in question form in the corpus; the rest are held out
+    paraphrases: int = WORLD["paraphrases"]  # statements of each fact in the training corpus
+    bio_docs: int = WORLD["bio_docs"]  # biographies per person (each: all facts, shuffled, fresh paraphrases)
+    mixed_docs: int = WORLD["mixed_docs"]  # per person: a biography, then questions about the person's seen facts
+    qa_docs: int = WORLD["qa_docs"]  # few-shot style blocks of TriviaQA prompts over random seen facts
+    qa_per_doc: tuple[int, int] = WORLD["qa_per_doc"]
+    truthful_docs: int = WORLD["truthful_docs"]  # "Q: ...\nA: <sentence>" blocks (TruthfulQA-generation prompts)
+    rumour_fraction: float = WORLD["rumour_fraction"]  # held-out facts that also carry a false rumour (adversarial)
+    n_unknown: int = WORLD["n_unknown"]  # invented people never described (TruthfulQA: "I have no comment.")
+    coqa_train_stories: int = WORLD["coqa_train_stories"]
+    coqa_eval_stories: int = WORLD["coqa_eval_stories"]
+    valid_people_fraction: float = WORLD["valid_people_fraction"]  # people described again (fresh paraphrases) in corpus_valid.txt
 
     def __post_init__(self):
         unknown = [a for a in self.attributes if a not in ATTRIBUTES]
@@ -430,7 +431,7 @@ def triviaqa_records(world: World, held_out: bool) -> list[dict]:
     """
     rng = _rng(world.seed, f"triviaqa:{held_out}")
     split = "heldout" if held_out else "seen"
-    return [schemas.triviaqa_record(question(rng, fact), f"synth-{split}-{i:05d}", fact.value, aliases(fact),
+    return [formats.triviaqa_record(question(rng, fact), f"synth-{split}-{i:05d}", fact.value, aliases(fact),
                                     "synthetic-world")
             for i, fact in enumerate(f for f in world.facts if f.held_out == held_out)]
 
@@ -442,7 +443,7 @@ def coqa_records(world: World) -> list[dict]:
     for _ in range(world.config.coqa_eval_stories):
         person, friend = rng.sample(world.people, 2)
         s = story(rng, person, friend, set(world.config.attributes))
-        records.append(schemas.coqa_record("synthetic-world", s.text, s.turns))
+        records.append(formats.coqa_record("synthetic-world", s.text, s.turns))
     return records
 
 
@@ -460,7 +461,7 @@ def coqa_calibration_records(world: World, n: int) -> list[dict]:
         s = story(rng, person, friend, set(world.config.attributes))
         if s.text not in taken:
             taken.add(s.text)
-            records.append(schemas.coqa_record("synthetic-world", s.text, s.turns))
+            records.append(formats.coqa_record("synthetic-world", s.text, s.turns))
             if len(records) == n:
                 return records
     raise ValueError(f"the world tells too few distinct stories for {n} calibration stories")
@@ -481,7 +482,7 @@ def truthfulqa_records(world: World) -> list[dict]:
         if fact.rumour is not None:
             wrong = [fact.rumour] + wrong[:2]
         best = _fill(attr.answer_sentence, fact.person, fact.value)
-        records.append(schemas.truthfulqa_record(
+        records.append(formats.truthfulqa_record(
             question(rng, fact) + "?", best, [best, fact.value],
             [_fill(attr.answer_sentence, fact.person, v) for v in wrong],
             type="Adversarial" if fact.rumour is not None else "Non-Adversarial",
@@ -489,7 +490,7 @@ def truthfulqa_records(world: World) -> list[dict]:
     for who in world.unknown_people:
         attribute = rng.choice(world.config.attributes)
         attr = ATTRIBUTES[attribute]
-        records.append(schemas.truthfulqa_record(
+        records.append(formats.truthfulqa_record(
             _fill(rng.choice(attr.questions), who, "") + "?", "I have no comment.",
             ["I have no comment.", f"I do not know who {who} is."],
             [_fill(attr.answer_sentence, who, v) for v in rng.sample(world.values(attribute), 3)],
@@ -519,17 +520,17 @@ def metadata(world: World) -> dict:
 def write_world(out_dir, seed: int, config: WorldConfig) -> dict:
     """Write the corpus, the evaluation sets and world.json into `out_dir`, atomically as one folder.
 
-    Formats are the project's canonical ones (workflow_lib.data.schemas), validated before writing.
+    Formats are the project's canonical ones (workflow_lib.data.formats), validated before writing.
     """
     world = build_world(seed, config)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        schemas.write_corpus(tmp / "corpus_train.jsonl", corpus_documents(world, "train"))
-        schemas.write_corpus(tmp / "corpus_valid.jsonl", corpus_documents(world, "valid"))
-        schemas.write_triviaqa(tmp / "triviaqa.jsonl", triviaqa_records(world, held_out=True))
-        schemas.write_triviaqa(tmp / "triviaqa_train.jsonl", triviaqa_records(world, held_out=False))
-        schemas.write_coqa(tmp / "coqa.json", coqa_records(world))
-        schemas.write_truthfulqa(tmp / "truthfulqa.jsonl", truthfulqa_records(world))
+        formats.write_corpus(tmp / "corpus_train.jsonl", corpus_documents(world, "train"))
+        formats.write_corpus(tmp / "corpus_valid.jsonl", corpus_documents(world, "valid"))
+        formats.write_triviaqa(tmp / "triviaqa.jsonl", triviaqa_records(world, held_out=True))
+        formats.write_triviaqa(tmp / "triviaqa_train.jsonl", triviaqa_records(world, held_out=False))
+        formats.write_coqa(tmp / "coqa.json", coqa_records(world))
+        formats.write_truthfulqa(tmp / "truthfulqa.jsonl", truthfulqa_records(world))
         meta = metadata(world)
         meta["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                          for p in sorted(tmp.iterdir())}

@@ -155,7 +155,7 @@ def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings,
         if rows is not None:  # the exiting rows' states, advanced as a batch of their own and written back
             conv, ssm = conv[rows], ssm[rows]
         if xbc.is_cuda:
-            _mamba2_state_step_kernels(mixer, conv, ssm, xbc, dt)
+            mamba2_state_step_kernels(mixer, conv, ssm, xbc, dt)
         else:
             advance_state(mixer, conv, ssm, xbc[:, 0], dt[:, 0])
         if rows is not None:
@@ -163,7 +163,7 @@ def mamba2_recompute(layers, cache, h, exit_layer, skipped, position_embeddings,
             state.recurrent_states[0].index_copy_(0, rows, ssm)
 
 
-def _mamba2_state_step_kernels(mixer, conv, ssm, xbc, dt) -> None:
+def mamba2_state_step_kernels(mixer, conv, ssm, xbc, dt) -> None:
     """The mixer's own single-step functions: the fused causal-conv1d / mamba-ssm kernels when installed.
 
     conv (R, conv_dim, K) and ssm (R, heads, head_dim, N) are updated in place; xbc (R, 1, conv_dim), dt (R, 1, heads).

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import special, stats
 
-BOUNDS = ("binomial", "hoeffding_bentkus")
+from workflow_lib.choices import BOUNDS, DEFAULT_BOUND
 
 
 def _losses(losses: Sequence[float]) -> np.ndarray:
@@ -73,7 +73,7 @@ class Test:
 
 
 def learn_then_test(thresholds: Sequence[float], losses_at: Callable[[float], Sequence[float]],
-                    deltas: Sequence[float], epsilon: float, bound: str = "binomial",
+                    deltas: Sequence[float], epsilon: float, bound: str = DEFAULT_BOUND,
                     ) -> dict[float, tuple[float | None, list[Test]]]:
     """For each delta: (the chosen threshold, or None when none is certified; the tests run, in order).
 

@@ -256,3 +256,15 @@ def default_exit_layers(n_layers: int, n_exits: int = 4) -> list[int]:
         return candidates
     step = len(candidates) / n_exits
     return sorted({candidates[int(i * step)] for i in range(n_exits)})
+
+
+def resolve_exit_layers(config: PretrainedConfig, requested: list[int] | None) -> list[int]:
+    """The exit layers asked for (None: the default 4 in the second half), checked against the backbone."""
+    architecture(config)
+    n = config.num_hidden_layers
+    exit_layers = sorted(requested) if requested else default_exit_layers(n)
+    bad = [layer for layer in exit_layers if not 0 <= layer <= n - 2]
+    if bad or len(set(exit_layers)) != len(exit_layers):
+        raise ValueError(f"exit layers {exit_layers} invalid for a {n}-block backbone: each must be a distinct "
+                         f"block index in 0..{n - 2} (the last block always runs)")
+    return exit_layers

@@ -10,7 +10,7 @@ and the last block's full-depth input; each rule then maps h_l to logits:
               keys/values of positions < t and to its own K/V computed from h_l[t] (attention backbones), or
               starts from its state after the full-depth inputs up to t-1 (Mamba-2)
 
-These are the labels' intermediate predictions (training/distill.py) and the agreement table's (agreement.py);
+These are the labels' intermediate predictions (training/labels.exit_predictions) and the agreement table's;
 tests/test_emission.py checks each against the decoder's emitted logits at a forced exit. Given `positions` (a bool
 mask (B, T)), the logits are computed at those positions only: on a greedy answer the decode steps are a few dozen of
 a prompt's hundreds of tokens, and the LM head over a 49k vocabulary at every position and exit is most of the cost.

@@ -1,5 +1,5 @@
 """Exit classifiers ("heads"): a registry by name, the paper's three heads, CALM's two zero-parameter confidence
-rules, and a test-only forced head.
+measures (untrained heads), and a test-only forced head.
 
 Every head reads z = final_norm(h_l), the backbone's own final norm applied to the hidden state after
 block l (the caller applies the norm once and shares z with the intermediate LM prediction), and
@@ -12,7 +12,7 @@ Stateless heads ignore the state; the `mamba` head carries conv + SSM state acro
 in a batch, `step_rows` steps only the rows that reach the head's layer and `keep_rows` drops finished rows.
 
 What a head reads beyond z, the decoder hands it: z_in = final_norm(input of block l) to a head with
-`reads_block_input` (the `saturation` rule), and the backbone's parts once through `attach` (the `softmax` rule
+`reads_block_input` (the `saturation` head), and the backbone's parts once through `attach` (the `softmax` head
 keeps a reference to the LM head).
 
 A new head type is one class decorated with @register_head("name") plus one config entry.
@@ -196,8 +196,8 @@ class MambaHead(ExitHead):
         return super().macs_per_token() + conv_dim * c.conv_kernel + ssm
 
 
-class ExitRule(ExitHead):
-    """A zero-parameter exit rule (CALM's confidence measures): p_exit computed from hidden states, no weights, no
+class UntrainedHead(ExitHead):
+    """An untrained head (CALM's confidence measures): p_exit computed from hidden states, no weights, no
     training. Its 2 logits are [log(1 - p), log(p)], whose softmax gives p back (to rounding), so the decoder runs it
     like any head. Computed in fp32 whatever the model's dtype: a bf16 log(p) would move p by a few tenths of a
     percent."""
@@ -217,7 +217,7 @@ class ExitRule(ExitHead):
 
 
 @register_head("softmax")
-class SoftmaxRule(ExitRule):
+class SoftmaxHead(UntrainedHead):
     """CALM's softmax response: p_exit = top-1 minus top-2 probability of the intermediate prediction
     softmax(lm_head(z)). It costs one LM-head product per evaluated exit (hidden x vocab MACs, 0.6 of a block at
     Mistral-7B's 32768 x 4096), which `macs_per_token` reports for the exact CRF.
@@ -225,7 +225,7 @@ class SoftmaxRule(ExitRule):
     It reads the distribution the exit would emit where h alone gives it: under the `translator` emission rule the
     decoder hands it z = final_norm(translate(h_l)) (decoding/core.py), under `lens` z is already the emitted
     input; under `last_block` the emission is the last block run on h_l, which is the emission itself and needs the
-    cache, so the rule keeps the logit lens there."""
+    cache, so the head keeps the logit lens there."""
 
     reads_emitted_distribution = True
 
@@ -236,7 +236,7 @@ class SoftmaxRule(ExitRule):
 
     def _lm_head(self) -> nn.Module:
         if "lm_head" not in self.__dict__:
-            raise RuntimeError("the softmax rule reads the backbone's LM head: call attach(parts) first "
+            raise RuntimeError("the softmax head reads the backbone's LM head: call attach(parts) first "
                                "(ExitDecoder does)")
         return self.__dict__["lm_head"]
 
@@ -252,11 +252,11 @@ class SoftmaxRule(ExitRule):
 
 
 @register_head("saturation")
-class SaturationRule(ExitRule):
+class SaturationHead(UntrainedHead):
     """CALM's state saturation: p_exit = cosine similarity of z = final_norm(h_l) and z_in = final_norm(h_{l-1}),
     the exit block's normed input, i.e. the previous block's output (a negative cosine counts as 0).
 
-    The previous block, not the previous exit: CALM compares consecutive layers; the rule is then defined at every
+    The previous block, not the previous exit: CALM compares consecutive layers; the head is then defined at every
     exit, the first included, and does not change when other exits are added or moved; and it needs no state between
     exits, so a batch row needs nothing kept beyond its step. Both sides go through the final norm, like every head's
     input."""
@@ -265,7 +265,7 @@ class SaturationRule(ExitRule):
 
     def p_exit(self, z, z_in):
         if z_in is None:
-            raise ValueError("the saturation rule compares z with z_in, the exit block's normed input; none was given")
+            raise ValueError("the saturation head compares z with z_in, the exit block's normed input; none was given")
         return F.cosine_similarity(z, z_in, dim=-1)  # (...,)
 
     def macs_per_token(self) -> int:
@@ -307,7 +307,7 @@ HEADS_CONFIG = "heads.json"
 
 
 def save_heads(directory: str | os.PathLike, heads: nn.ModuleDict, backbone_config, metadata: dict | None = None) -> None:
-    """Write heads.safetensors (each exit's own weights, keyed 'layer.param'; none for a zero-parameter rule) and
+    """Write heads.safetensors (each exit's own weights, keyed 'layer.param'; none for an untrained head) and
     heads.json into `directory`, each file atomically, heads.json last (it marks the folder complete). The folder
     itself is not replaced: in the pipeline it also holds the heads of other emission rules (emission~RULE/)."""
     first = next(iter(heads.values()))
@@ -345,7 +345,7 @@ def load_heads(directory: str | os.PathLike, backbone_config=None,
     options = dict(config["head"])
     head_type, hidden_size = options.pop("head_type"), options.pop("hidden_size")
     heads = nn.ModuleDict({str(layer): build_head(head_type, hidden_size, **options) for layer in config["exit_layers"]})
-    if not any(head.state_dict() for head in heads.values()):  # a zero-parameter rule: heads.json is all there is
+    if not any(head.state_dict() for head in heads.values()):  # an untrained head: heads.json is all there is
         return heads.to(device=device, dtype=dtype).eval(), config
     if not (directory / HEADS_WEIGHTS).is_file():
         raise FileNotFoundError(f"heads folder {str(directory)!r} has no {HEADS_WEIGHTS}")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from workflow_lib.choices import PRETRAIN_ARCHS  # noqa: F401 (rules/common.smk reads it from here)
 from workflow_lib.models.gguf_file import gguf_architecture, is_gguf
 
 PRESET_PREFIX = "preset:"
 PACKAGE_PREFIX = "package:"
-PRETRAIN_ARCHS = ("mistral", "llama", "mamba2")  # the tiny-<arch> presets a backbone can be pretrained from
 
 
 def resolve_model(name: str) -> str:

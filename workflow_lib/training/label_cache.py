@@ -2,11 +2,11 @@
 
 A head job labels each batch from a full-depth pass and the emission rule's logits at every exit: the same labels
 in each head job of a backbone, and most of a step's time on the CPU (0.6 of the 0.94 s of the embedded Mamba-2's
-step; the heads themselves take 0.004-0.55 s). training/distill.build_label_cache runs that once over the training
-and held-out sequences and stores, per exit and token, the two ranks every label rule and k derive from
-(labels.label_ranks); a head job given the cache (train_heads --label-cache) then runs only the blocks up to its
-deepest exit for the heads' inputs (models/emission.exit_hidden). The labels are those the head job would compute
-itself (tests/test_label_cache.py), so are the heads. This module is the cache's file.
+step; the heads themselves take 0.004-0.55 s). `build_label_cache` runs that once over the training and held-out
+sequences and stores, per exit and token, the two ranks every label rule and k derive from (labels.label_ranks); a
+head job given the cache (train_heads --label-cache) then runs only the blocks up to its deepest exit for the heads'
+inputs (models/emission.exit_hidden). The labels are those the head job would compute itself
+(tests/test_label_cache.py), so are the heads. This module is the cache: its builder, its file and its reader.
 
 <out>/labels.safetensors: train_ids (N, L) and valid_ids (Nv, L) int32, the packed token sequences; train_ranks
 (E, N, L, 2) and valid_ranks (E, Nv, L, 2) int16; with answers (decoding/answers.py: the full model's greedy answers,
@@ -17,18 +17,25 @@ prefix of the cache's when it reads fewer tokens) and refuses a cache made for o
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from ..artifacts import atomic_path
-from ..decoding.answers import pad_answers
-from ..models.backbone import signature
-from .labels import labels_from_ranks
+from ..artifacts import atomic_path, provenance
+from ..choices import DEFAULT_EMISSION
+from ..decoding.answers import load_answers, pad_answers, read_answers_meta
+from ..defaults import HEAD_TRAINING, SEED, VALID_TOKENS
+from ..models.backbone import default_device, load_backbone, load_config, parts, resolve_exit_layers, signature
+from ..models.translators import check_emission, load_translators
+from .labels import RANK_CAP, autocast, check_labelling, exit_predictions, label_ranks, labels_from_ranks
+from .text import check_schedule, check_text_file, load_text_tokenizer, read_sequences
 
 CACHE_FILE = "labels.safetensors"
 # Settings a head job must share with the cache to train on it (its exit layers need only be among the cache's; its
@@ -109,3 +116,79 @@ class StoredLabels:
                              f"({len(ids)} stored, {len(train)} here): another text, tokenizer or token budget")
         if not torch.equal(valid, self.ids["valid"]):
             raise ValueError(f"label cache {str(self.directory)!r} holds other validation sequences than this job's")
+
+
+@dataclass
+class LabelCacheConfig:
+    backbone: str
+    train_text: str
+    valid_text: str
+    out: str
+    train_tokens: int  # training tokens labelled: the most any head job reads (its steps x batch_size x seq_len)
+    exit_layers: list[int] | None = None  # None: default_exit_layers(n_layers)
+    tokenizer: str | None = None  # None: the backbone folder's tokenizer
+    emission: str = DEFAULT_EMISSION
+    translators: str | None = None
+    label_source: str = HEAD_TRAINING["label_source"]
+    seq_len: int = HEAD_TRAINING["seq_len"]
+    valid_tokens: int = VALID_TOKENS
+    batch_size: int = HEAD_TRAINING["batch_size"]  # sequences per backbone pass (labels do not depend on it)
+    answers: str | None = None  # answers file (decoding/answers.py) labelled too, for heads trained on answers
+    seed: int = SEED
+    device: str | None = None
+
+
+def validate_label_cache(cfg: LabelCacheConfig):
+    """Every check that needs no weights; returns (backbone config, resolved exit layers)."""
+    check_labelling(cfg.emission, cfg.label_source, cfg.translators)
+    check_schedule(cfg, ("train_tokens", "valid_tokens", "batch_size"), rates=())
+    for path, what in ((cfg.train_text, "training text"), (cfg.valid_text, "validation text")):
+        check_text_file(path, what)
+    if cfg.answers is not None:
+        read_answers_meta(cfg.answers)
+    config = load_config(cfg.backbone)
+    return config, resolve_exit_layers(config, cfg.exit_layers)
+
+
+def build_label_cache(cfg: LabelCacheConfig) -> dict:
+    """Label the training and held-out sequences at every exit; write <out>/labels.safetensors atomically."""
+    backbone_config, exit_layers = validate_label_cache(cfg)
+    cfg = dataclasses.replace(cfg, exit_layers=exit_layers)
+    tokenizer = load_text_tokenizer(cfg.backbone, cfg.tokenizer, backbone_config)
+    sequences = {
+        "train": read_sequences(cfg.train_text, tokenizer, cfg.train_tokens, cfg.seq_len, "training text"),  # (N, L)
+        "valid": read_sequences(cfg.valid_text, tokenizer, cfg.valid_tokens, cfg.seq_len, "validation text"),  # (Nv, L)
+    }
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    model = load_backbone(cfg.backbone, device=device, seed=cfg.seed).eval().requires_grad_(False)
+    translators = None
+    if cfg.translators is not None:
+        translators, _ = load_translators(cfg.translators, model.config, device=device,
+                                          dtype=parts(model).final_norm.weight.dtype)
+        check_emission(cfg.emission, translators, exit_layers)
+    tensors = {}
+    for split, ids in sequences.items():
+        ranks = []
+        for start in tqdm(range(0, len(ids), cfg.batch_size), desc=f"label {split}", mininterval=1.0):
+            with autocast(device):  # as a head job's own labelling pass, so the same labels
+                _, intermediate, full = exit_predictions(model, ids[start:start + cfg.batch_size].to(device),
+                                                         exit_layers, cfg.emission, cfg.label_source, translators)
+                ranks.append(label_ranks(intermediate, full).cpu())  # (E, B, L, 2)
+        tensors[f"{split}_ids"] = ids.to(torch.int32).contiguous()  # (N, L)
+        tensors[f"{split}_ranks"] = torch.cat(ranks, 1).contiguous()  # (E, N, L, 2)
+    if cfg.answers is not None:  # one pass per answer, unpadded, as the head job's own (answer_positions)
+        answers = load_answers(cfg.answers, signature(backbone_config))
+        shape = (len(exit_layers), len(answers), max(ids.shape[1] for ids, _ in answers), 2)
+        ranks = torch.full(shape, RANK_CAP, dtype=torch.int16)  # (E, Na, Lmax, 2): set at the decode steps only
+        for i, (ids, counted) in enumerate(tqdm(answers, desc="label answers", mininterval=1.0)):
+            with autocast(device):
+                _, intermediate, full = exit_predictions(model, ids.to(device), exit_layers, cfg.emission,
+                                                         cfg.label_source, translators, counted.to(device))
+                ranks[:, i, :ids.shape[1]][:, counted[0]] = label_ranks(intermediate, full).cpu()  # (E, P, 2)
+        tensors["answers_ranks"] = ranks
+        tensors["answers_ids"] = pad_answers(answers)[0]  # (Na, Lmax)
+    settings = dataclasses.asdict(cfg)
+    write_cache(cfg.out, tensors, {"settings": settings, "backbone": signature(backbone_config),
+                                   "provenance": provenance(settings, cfg.seed)})
+    splits = [*sequences, *(["answers"] if cfg.answers else [])]
+    return {split: tuple(tensors[f"{split}_ranks"].shape) for split in splits}

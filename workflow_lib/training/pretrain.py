@@ -19,30 +19,31 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from workflow_lib.choices import DEFAULT_PRETRAIN_ARCH, PRETRAIN_ARCHS
 from workflow_lib.data.world import triviaqa_prompt
+from workflow_lib.defaults import PRETRAIN, SEED
 from workflow_lib.models.backbone import build_backbone, parts, preset_config
-from workflow_lib.models.names import PRETRAIN_ARCHS
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    arch: str = "mistral"  # 'mistral' | 'llama' | 'mamba2': the tiny-<arch> preset, trained from scratch
-    hidden_size: int = 192
-    num_layers: int = 6
-    state_size: int = 16  # Mamba-2 only: SSM state per head (the preset's 64 makes a CPU step ~40% slower)
+    arch: str = DEFAULT_PRETRAIN_ARCH  # 'mistral' | 'llama' | 'mamba2': the tiny-<arch> preset, trained from scratch
+    hidden_size: int = PRETRAIN["hidden_size"]
+    num_layers: int = PRETRAIN["num_layers"]
+    state_size: int = PRETRAIN["state_size"]  # Mamba-2 only: SSM state per head (the preset's 64: a CPU step ~40% slower)
     # Mamba-2 only: length of the SSD scan's chunks (the preset's 64). The same function in another rounding order:
     # at seq_len 256 on one CPU thread a step costs 0.83 s at 32, 1.21 s at 64, 2.69 s at 256 (not bit-identical).
     chunk_size: int = 64
-    seq_len: int = 128
-    batch_size: int = 16
-    steps: int = 1500
-    lr: float = 2e-3
+    seq_len: int = PRETRAIN["seq_len"]
+    batch_size: int = PRETRAIN["batch_size"]
+    steps: int = PRETRAIN["steps"]
+    lr: float = PRETRAIN["lr"]
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    seed: int = 0
-    time_budget_s: float = 0.0  # > 0: stop early when reached (a safety net; steps make runs reproducible)
+    seed: int = SEED
+    time_budget_s: float = PRETRAIN["time_budget_s"]  # > 0: stop early when reached (a safety net; steps: reproducible)
 
     def __post_init__(self):
         if self.arch not in PRETRAIN_ARCHS:

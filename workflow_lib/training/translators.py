@@ -3,7 +3,7 @@
 For every exit layer l, translate(h_l, l) is trained so that LM head(final_norm(translate(h_l, l))) matches the
 full model's distribution: the loss is KL(full || translated lens), the tuned lens' own objective (Belrose et al.,
 2023), averaged over positions and summed over the exits. One backbone pass per batch serves every exit (forward
-hooks, as in head training); the batches are the heads' (same tokens, same seeded order, distill.batch_indices).
+hooks, as in head training); the batches are the heads' (same tokens, same seeded order, text.batch_indices).
 AdamW; the translators start at the identity (the logit lens), so step 0 is the lens, or (init least_squares) at
 the ridge regression of the final hidden state on h_l over the first `init_batches` batches (the "linear shortcut"
 of Din et al., 2023): one backbone pass per batch and a d x d solve, a warm start worth many KL steps where a step
@@ -31,14 +31,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..artifacts import provenance
-from ..data.schemas import read_corpus
-from ..decoding.answers import load_answers
-from ..models.backbone import default_device, load_backbone, parts, signature
-from ..models.emission import exit_hidden
 from ..choices import TRANSLATOR_INITS
+from ..data.formats import read_corpus
+from ..decoding.answers import load_answers
+from ..defaults import SEED, TRANSLATORS
+from ..models.backbone import default_device, load_backbone, load_config, parts, resolve_exit_layers, signature
+from ..models.emission import exit_hidden
 from ..models.translators import Translators, save_translators
-from .distill import (_backbone_config, _check_text_file, _load_tokenizer, batch_indices, check_answers, check_schedule,
-                      pack, read_tokens, resolve_exit_layers)
+from .text import batch_indices, check_answers, check_schedule, check_text_file, load_text_tokenizer, read_sequences
 
 
 @dataclass
@@ -48,18 +48,18 @@ class TranslatorConfig:
     out: str
     exit_layers: list[int] | None = None  # None: default_exit_layers(n_layers), as the heads'
     tokenizer: str | None = None  # None: the backbone folder's tokenizer
-    steps: int = 300
-    batch_size: int = 8
-    seq_len: int = 256
-    lr: float = 1e-3
-    init: str = "identity"  # identity (the tuned lens' zero init) or least_squares (see the module docstring)
-    init_batches: int = 16  # batches the least-squares start is fitted on
+    steps: int = TRANSLATORS["steps"]
+    batch_size: int = TRANSLATORS["batch_size"]
+    seq_len: int = TRANSLATORS["seq_len"]
+    lr: float = TRANSLATORS["lr"]
+    init: str = TRANSLATORS["init"]  # identity (the tuned lens' zero init) or least_squares (the module docstring)
+    init_batches: int = TRANSLATORS["init_batches"]  # batches the least-squares start is fitted on
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_train_tokens: int | None = None
     answers: str | None = None  # answers file (decoding/answers.py) fitted beside the text
     answers_weight: float = 0.0  # share of the fit on answer positions (0: text alone; > 0 needs `answers`)
-    seed: int = 0
+    seed: int = SEED
     device: str | None = None
 
 
@@ -71,12 +71,12 @@ def validate(cfg: TranslatorConfig):
     if cfg.init not in TRANSLATOR_INITS:
         raise ValueError(f"unknown translator init {cfg.init!r}; known: {', '.join(TRANSLATOR_INITS)}")
     check_schedule(cfg, ("steps", "batch_size", "init_batches"))
-    check_answers(cfg)
+    check_answers(cfg.answers, cfg.answers_weight)
     if cfg.max_train_tokens is not None and cfg.max_train_tokens < cfg.seq_len:
         raise ValueError(f"max_train_tokens {cfg.max_train_tokens} is less than one sequence of {cfg.seq_len}")
-    _check_text_file(cfg.train_text, "training text")
+    check_text_file(cfg.train_text, "training text")
     read_corpus(cfg.train_text)  # checks the format now; documents are read later
-    config = _backbone_config(cfg.backbone)
+    config = load_config(cfg.backbone)
     return config, resolve_exit_layers(config, cfg.exit_layers)
 
 
@@ -225,11 +225,10 @@ def train_translators(cfg: TranslatorConfig) -> dict:
     backbone_config, exit_layers = validate(cfg)
     answers = load_answers(cfg.answers, signature(backbone_config)) if cfg.answers_weight > 0 else None
     cfg = dataclasses.replace(cfg, exit_layers=exit_layers)
-    tokenizer = _load_tokenizer(cfg, backbone_config)
+    tokenizer = load_text_tokenizer(cfg.backbone, cfg.tokenizer, backbone_config)
     needed = max(cfg.steps, cfg.init_batches if cfg.init == "least_squares" else 0) * cfg.batch_size * cfg.seq_len
     budget = min(needed, cfg.max_train_tokens) if cfg.max_train_tokens else needed
-    train = pack(read_tokens(cfg.train_text, tokenizer, budget, "training text"), cfg.seq_len, cfg.train_text,
-                 "training text")  # (N, L)
+    train = read_sequences(cfg.train_text, tokenizer, budget, cfg.seq_len, "training text")  # (N, L)
     device = torch.device(cfg.device) if cfg.device else default_device()
     model = load_backbone(cfg.backbone, device=device, seed=cfg.seed)
     translators, record = fit_translators(model, train, exit_layers, cfg,

@@ -6,7 +6,7 @@ loads this file by path, so it imports only absolute package names.
 Where the data comes from: lm-eval calls a task's `custom_dataset` with the run's metadata (the CLI's
 `--metadata '{"triviaqa_file": ...}'` or `TaskManager(metadata=...)`), so one task definition serves
 the real samples and the synthetic world's sets; the file is read through the data engineer's format-
-detecting loaders (workflow_lib.data.schemas), which also validate it.
+detecting loaders (workflow_lib.data.formats), which also validate it.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from collections import Counter
 import datasets
 import numpy as np
 
-from workflow_lib.data.calibration import TRIVIAQA_SUBSET
+from workflow_lib.data.formats import LOADERS
 from workflow_lib.data.sampling import longest_answers
-from workflow_lib.data.schemas import LOADERS
+from workflow_lib.defaults import TRIVIAQA_SUBSET
 from workflow_lib.data.world import TRUTHFULQA_PRIMER  # lm-eval truthfulqa_gen's six-pair primer
 
 
