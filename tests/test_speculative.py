@@ -1,8 +1,11 @@
 """Speculative decoding (decoding/speculative.py): the exits draft, the full model verifies, every token is the full
 model's greedy token: equal to transformers' `generate` at batch size 1 and batched, both backbone families, every
 emission rule, EOS and stop strings; drafts accepted where they are right, rolled back where they are not; costs."""
+import json
+
 import pytest
 import torch
+from eval_setup import task_files  # noqa: F401  (fixture)
 from test_decoder import lossless_after, byte_tokenizer, greedy, random_translators
 
 from workflow_lib.decoding.decoder import ExitDecoder
@@ -133,3 +136,81 @@ def test_refused(tiny_mistral):
             ExitDecoder(tiny_mistral, heads, threshold=0.5, **kwargs)
     with pytest.raises(ValueError, match="mamba head"):
         ExitDecoder(tiny_mistral, build_heads("mamba", 256, EXITS), threshold=0.5, max_draft=2)
+
+
+def test_evaluate_speculative_points_pair_exits_off_and_equal_the_baseline(task_files, tmp_path):  # noqa: F811
+    """`evaluate --max-draft`: the record's answers are the baseline's, every one; it counts drafts, acceptance and
+    where the MACs went, and the measured speedup over exits off decoded from the same prefills, batch by batch."""
+    from eval_setup import save_calm_heads, save_tiny_backbone
+
+    from workflow_lib.cli.evaluate import main
+
+    backbone = save_tiny_backbone(tmp_path / "mistral", "tiny-mistral")
+    heads = save_calm_heads(tmp_path / "heads", backbone, exit_layers=(1, 2))
+    common = ["--backbone", str(backbone), "--task", "truthfulqa", "--data", str(task_files["truthfulqa"]),
+              "--limit", "4", "--max-new-tokens", "8", "--batch-size", "2"]
+    main([*common, "--no-heads", "--out-dir", str(tmp_path / "baseline")])
+    main([*common, "--heads", str(heads), "--thresholds", "0.0,0.5", "--max-draft", "3",
+          "--out-dir", str(tmp_path / "spec")])
+    base = [json.loads(line) for line in (tmp_path / "baseline" / "samples.jsonl").read_text().splitlines()]
+    for t in ("0.0", "0.5"):
+        folder = tmp_path / "spec" / f"threshold~{t}"
+        record = json.loads((folder / "record.json").read_text())
+        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        assert [s["resps"] for s in samples] == [s["resps"] for s in base]
+        assert [s["dynamax"]["token_ids"] for s in samples] == [s["dynamax"]["token_ids"] for s in base]
+        spec = record["speculation"]
+        assert record["max_draft"] == 3 and spec["drafted"] > 0 and spec["cycles"] > 0
+        assert spec["kept"] == record["speed"]["decode_tokens"]
+        assert spec["paired_speedup"] > 0 and spec["paired_speedup_batches"]["n"] == 2  # 4 questions, batches of 2
+        assert record["provenance"]["config"]["max_draft"] == 3
+    low = json.loads((tmp_path / "spec" / "threshold~0.0" / "record.json").read_text())
+    assert low["speculation"]["drafted"] >= low["speculation"]["accepted"] > 0  # threshold 0: every token drafts
+
+
+def test_evaluate_refuses_speculative_without_exits(task_files, tmp_path, capsys):  # noqa: F811
+    from workflow_lib.cli.evaluate import main
+
+    common = ["--backbone", "preset:tiny-mistral", "--task", "triviaqa", "--data", str(task_files["triviaqa"]),
+              "--out-dir", str(tmp_path / "x")]
+    for extra, message in [(["--no-heads", "--max-draft", "2"], "--max-draft must be >= 1, with --heads"),
+                           (["--no-heads", "--draft-vocab", str(task_files["triviaqa"])], "--draft-vocab is for"),
+                           (["--oracle", "--max-draft", "2", "--draft-vocab", str(tmp_path / "no.json")],
+                            "--draft-vocab: file not found")]:
+        with pytest.raises(SystemExit):
+            main([*common, *extra])
+        assert message in capsys.readouterr().err
+
+
+def test_draft_vocab_entry_point(tmp_path):
+    """The vocabulary holds the tokens the model emitted first, then its prompts', then the text's, EOS always; the
+    file says how much of the answers and the text it covers; a decoder reads it."""
+    import json as json_
+
+    from eval_setup import save_tiny_backbone
+
+    from workflow_lib.cli.draft_vocab import draft_vocabulary, main as draft_main
+    from workflow_lib.decoding.answers import greedy_answers, save_answers
+    from workflow_lib.evaluation.lm_model import read_draft_vocab
+    from workflow_lib.models.backbone import load_backbone, load_tokenizer
+
+    assert draft_vocabulary([7, 7, 9], [3, 3, 3, 9], [5, 5, 1], 4, eos=2) == [2, 3, 7, 9]
+    assert draft_vocabulary([7], [], [5, 5, 6], 10, eos=None) == [5, 6, 7]
+    backbone = save_tiny_backbone(tmp_path / "mistral", "tiny-mistral")
+    tokenizer = load_tokenizer(str(backbone))
+    model = load_backbone(str(backbone), device="cpu").eval()
+    answers = greedy_answers(model, tokenizer, ["Q: Where did the baker live?\n\nA:", "Cotton was"], 6,
+                             progress=False)
+    save_answers(tmp_path / "answers.safetensors", answers, {"settings": {}, "backbone": {}})
+    (tmp_path / "text.txt").write_text("the baker lived by the river\nCotton was a white kitten\n")
+    out = tmp_path / "vocab.json"
+    draft_main(["--answers", str(tmp_path / "answers.safetensors"), "--text", str(tmp_path / "text.txt"),
+                "--tokenizer", str(backbone), "--size", "20", "--out", str(out)])
+    written = json_.loads(out.read_text())
+    emitted = {t for ids, counted in answers for t in ids[0, counted[0].tolist().index(True):].tolist()}
+    assert len(written["token_ids"]) == 20 and tokenizer.eos_token_id in written["token_ids"]
+    assert emitted <= set(written["token_ids"]) and written["coverage"]["answers"] == 1.0
+    assert read_draft_vocab(str(out)) == written["token_ids"]
+    with pytest.raises(SystemExit):
+        draft_main(["--answers", str(tmp_path / "answers.safetensors"), "--text", str(tmp_path / "text.txt"),
+                    "--tokenizer", str(backbone), "--out", str(tmp_path / "vocab.txt")])

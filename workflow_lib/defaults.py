@@ -73,3 +73,4 @@ ANALYSIS = MappingProxyType({"crf": DEFAULT_CRF, "no_loss_delta": 0.02})
 # ---- defaults no config key has, shared by several modules
 VALID_TOKENS = 65536  # held-out tokens a head job evaluates on, and its label cache labels
 TRIVIAQA_SUBSET = 1000  # TriviaQA's evaluated questions: the validation questions with the longest answers (paper)
+EXITS_OFF = 2.0  # a threshold above 1: no token exits (the baseline, pruning and oracle points, the exits-off pairing)

@@ -35,9 +35,9 @@ from pathlib import Path
 
 from workflow_lib.arguments import add_task_arguments, check_task_arguments, model_options, number_list
 from workflow_lib.choices import BOUNDS, RISKS
-from workflow_lib.defaults import CALIBRATION
+from workflow_lib.defaults import CALIBRATION, EXITS_OFF
 from workflow_lib.evaluation.ltt import learn_then_test
-from workflow_lib.evaluation.points import EXITS_OFF, load_model, run_point, save_point
+from workflow_lib.evaluation.points import load_model, run_point, save_point
 from workflow_lib.evaluation.records import RECORD, SAMPLES
 from workflow_lib.evaluation.tasks import TASKS, check_task_data, load_task
 

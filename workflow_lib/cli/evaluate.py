@@ -13,6 +13,10 @@ Grid points and where their records go (each folder: record.json + samples.jsonl
 --emission RULE (last_block, the default | lens | translator with --translators DIR) says how an exit turns its
 hidden state into the token (docs/policies.md); the pipeline puts a non-default rule's records under a folder of
 their own (emission~RULE), this command writes where --out-dir says. The rule is in every record.
+--max-draft K (with --heads or --oracle) makes the exits draft up to K tokens that the full model verifies
+(speculative decoding, docs/speculative.md): every answer is the full model's; each batch is also decoded with exits
+off from the same prefill, the run stops naming a question whose answer differs, and the record holds the paired
+measured speedup beside the CRFs. --draft-vocab FILE (cli/draft_vocab.py) restricts the drafts' LM head.
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
 
@@ -31,7 +35,8 @@ from pathlib import Path
 
 from workflow_lib.arguments import add_task_arguments, check_task_arguments, model_options, number_list
 from workflow_lib.choices import DEFAULT_PRUNE_RULE, PRUNE_RULES
-from workflow_lib.evaluation.points import (EXITS_OFF, angular_sequences, grid_points, load_model, newest_input,
+from workflow_lib.defaults import EXITS_OFF
+from workflow_lib.evaluation.points import (angular_sequences, grid_points, load_model, newest_input,
                                             oracle_exits, reusable, run_point, save_point)
 from workflow_lib.evaluation.tasks import check_task_data, load_task
 
@@ -58,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "blocks, e.g. the heads' validation corpus")
     p.add_argument("--angular-sequences", type=int, default=16, help="documents of --angular-text used (default 16)")
     p.add_argument("--angular-tokens", type=int, default=128, help="tokens kept of each of them (default 128)")
+    p.add_argument("--max-draft", type=int, help="speculative decoding: tokens the exits may draft before the full "
+                                                  "model verifies them (with --heads or --oracle; see above)")
+    p.add_argument("--draft-vocab", help="speculative decoding: a draft vocabulary file (cli/draft_vocab.py); the "
+                                         "drafts' LM head reads only its rows")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--reuse", action="store_true", help="keep points already evaluated with the same settings and "
                                                          "inputs (see above)")
@@ -88,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--prune-rule angular needs --angular-text (the text that chooses the blocks)")
     if args.angular_text is not None and not Path(args.angular_text).is_file():
         p.error(f"--angular-text: file not found: {args.angular_text}")
+    if args.max_draft is not None and (args.max_draft < 1 or args.no_heads):
+        p.error("--max-draft must be >= 1, with --heads or --oracle (exits that draft)")
+    if args.draft_vocab is not None and args.max_draft is None:
+        p.error("--draft-vocab is for --max-draft (speculative decoding)")
+    if args.draft_vocab is not None and not Path(args.draft_vocab).is_file():
+        p.error(f"--draft-vocab: file not found: {args.draft_vocab}")
     for name in ("angular_sequences", "angular_tokens"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     points = grid_points(args.out_dir, args.thresholds, args.prune, args.prune_series, args.prune_rule)
     if args.reuse:  # before the expensive imports: a job with every point done costs a fraction of a second
         inputs_mtime = newest_input([args.backbone, args.tokenizer, args.heads, args.data, args.fewshot_data,
-                                     args.angular_text, args.translators])
+                                     args.angular_text, args.translators, args.draft_vocab])
         kept = [out_dir for out_dir, point in points if reusable(out_dir, point, config, inputs_mtime)]
         for out_dir in kept:
             print(f"{out_dir}: kept (evaluated before with the same settings and inputs)")
@@ -118,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             read_corpus(args.angular_text)  # checks the suffix now; documents are read once the tokenizer is there
         exits = (oracle_exits(args.backbone, [n for _, n in args.exit_layers or []]) if args.oracle else None)
         task = load_task(args.task, args.data, args.triviaqa_n, args.fewshot_data)
-        lm = load_model(**model_options(args), prune=points[0][1]["prune"], oracle_exits=exits)
+        lm = load_model(**model_options(args), prune=points[0][1]["prune"], oracle_exits=exits,
+                        max_draft=args.max_draft, draft_vocab=args.draft_vocab)
         angular = (angular_sequences(lm.tokenizer, args.angular_text, args.angular_sequences, args.angular_tokens,
                                      lm.model.device) if args.prune_rule == "angular" else None)
     except (DataFormatError, ValueError, FileNotFoundError) as e:  # bad data, heads for another backbone ...

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from ..defaults import EXITS_OFF
 from .accounting import crf_exact, crf_paper
 from .core import DecodeResult, DecoderCore
 from .kv_cache import new_cache
@@ -211,11 +212,16 @@ class ExitDecoder(DecoderCore):
     @torch.no_grad()
     def generate_batch_thresholds(self, prompts: Sequence[Sequence[int]], thresholds: Sequence[float],
                                   max_new_tokens: int = 64, stop_strings: list[str] | None = None, tokenizer=None,
-                                  eos_token_id=None, climbing_only: bool | None = None) -> list[list[DecodeResult]]:
+                                  eos_token_id=None, climbing_only: bool | None = None,
+                                  paired: str | None = None) -> list[list[DecodeResult]]:
         """Greedy-decode every prompt (a list of token-id lists, any lengths) together at each of `thresholds`, from
         one prefill: result i holds one `DecodeResult` per prompt, what a decoder built with threshold thresholds[i]
         gives it (`climbing_only`: see step.py; None: True on a CPU, False on a GPU). Several thresholds need exit
         heads (the oracle, a bound rather than a method, has no threshold: it decodes at one point).
+
+        `paired` ('before' or 'after' the thresholds) also decodes the same prefill with exits off (no heads), timed
+        the same way: one more result list, last, whose time the thresholds' can be divided by batch for batch (the
+        speculative mode's measured speedup; alternate the order from batch to batch to spread any drift).
 
         The prompt runs at full depth whatever the threshold, so a grid over thresholds needs its prefill once: each
         threshold decodes from its own copy of the prefilled cache and head states (transformers' documented way to
@@ -241,13 +247,22 @@ class ExitDecoder(DecoderCore):
         self.sync(device)
         prefill_seconds = time.perf_counter() - start
 
+        if paired not in (None, "before", "after"):
+            raise ValueError(f"paired must be None, 'before' or 'after', got {paired!r}")
+        runs: list = [(self, threshold) for threshold in thresholds]
+        if paired is not None:  # exits off on the same prefill: the model's own decoder, no heads
+            plain = (ExitDecoder(self.model), EXITS_OFF)
+            runs = [plain] + runs if paired == "before" else runs + [plain]
         results = []
-        for k, threshold in enumerate(thresholds):
-            last = k == len(thresholds) - 1  # the last threshold may consume the prefilled state itself
-            results.append(self.decode(batch if k == 0 else Rows(self, prompts, max_new_tokens),
-                                       cache if last else copy.deepcopy(cache),
-                                       states if last else copy.deepcopy(states), logits, threshold, max_new_tokens,
-                                       stop_strings, tokenizer, eos_token_id, climbing_only, prefill_seconds))
+        for k, (decoder, threshold) in enumerate(runs):
+            last = k == len(runs) - 1  # the last run may consume the prefilled state itself
+            results.append(decoder.decode(batch if k == 0 else Rows(self, prompts, max_new_tokens),
+                                          cache if last else copy.deepcopy(cache),
+                                          states if last else copy.deepcopy(states), logits, threshold,
+                                          max_new_tokens, stop_strings, tokenizer, eos_token_id, climbing_only,
+                                          prefill_seconds))
+        if paired == "before":
+            results.append(results.pop(0))
         return results
 
     def decode(self, batch: Rows, cache: DynamicCache, states: dict, logits: torch.Tensor, threshold: float,

@@ -11,7 +11,11 @@ loglikelihood paths are lm-eval's, unchanged. What differs:
   token; the `translator` rule reads the tuned-lens translators in the folder `translators` (save_translators);
 - `oracle_exits` replaces the heads by the oracle bound (decoding/decoder.py), decoded `batch_size` at a time too;
 - `share_thresholds(ts)`: a job that evaluates several thresholds decodes each batch of requests at all of them
-  from one prefill (`generate_batch_thresholds`); a later point at one of them replays its stored generations.
+  from one prefill (`generate_batch_thresholds`); a later point at one of them replays its stored generations;
+- `max_draft` (and `draft_vocab`, a JSON file of token ids) makes the exits draft and the full model verify
+  (decoding/speculative.py): each batch is then also decoded with exits off from the same prefill, in alternating
+  order, its time kept beside the speculative one (the measured speedup, paired batch for batch), and a request whose
+  tokens differ from the exits-off ones stops the run, naming its question.
 
 lm-eval 0.4.13 does not read package entry points for models: the class registers itself when this
 module is imported. From the command line use `python -m workflow_lib.cli.lm_eval_cli` (lm-eval's own CLI
@@ -22,7 +26,9 @@ with this module imported), e.g.
 """
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (registers the built-in models first; see docs/architecture.md)
 import torch
@@ -46,6 +52,21 @@ def _none(value):
     return None if value is None or str(value).strip().lower() in ("", "none", "null") else value
 
 
+def describe(req) -> str:
+    """A request as a person finds it again: task, doc id and its question where the doc has one."""
+    question = req.doc.get("question") if isinstance(req.doc, dict) else None
+    return f"{req.task_name} doc {req.doc_id}" + (f" ({question!r})" if question else "")
+
+
+def read_draft_vocab(path: str) -> list[int]:
+    """The token ids of a draft vocabulary file (cli/draft_vocab.py writes it: {"token_ids": [...], ...})."""
+    try:
+        ids = json.loads(Path(path).read_text())["token_ids"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"draft_vocab {path!r}: not a draft vocabulary file ({e})") from None
+    return [int(t) for t in ids]
+
+
 @register_model("dynamax")
 class DynamaxLM(HFLM):
     def __init__(self, backbone: str, heads: str | None = None, threshold: float = 2.0, policy: str | None = None,
@@ -53,7 +74,8 @@ class DynamaxLM(HFLM):
                  repetition_penalty: float = 1.0,
                  device: str | None = None, dtype: str | None = None, seed: int = 0, batch_size: int | str = 1,
                  max_length: int | None = None, oracle_exits: str | list[int] | None = None,
-                 emission: str = "last_block", translators: str | None = None, **kwargs):
+                 emission: str = "last_block", translators: str | None = None, max_draft: int | str | None = None,
+                 draft_vocab: str | None = None, **kwargs):
         dtype = _none(dtype)
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -91,6 +113,8 @@ class DynamaxLM(HFLM):
         if isinstance(oracle_exits, str):  # model_args: 'oracle_exits=2;3;4' (commas separate model_args)
             oracle_exits = [int(x) for x in oracle_exits.replace(";", " ").split()]
         self.oracle_exits = oracle_exits
+        self.max_draft = None if _none(max_draft) is None else int(max_draft)
+        self.draft_vocab = None if _none(draft_vocab) is None else read_draft_vocab(str(draft_vocab))
         prune_start = _none(prune_start)
         self.set_point(float(threshold), int(prune), None if prune_start is None else int(prune_start))
 
@@ -102,7 +126,8 @@ class DynamaxLM(HFLM):
         self.decoder = ExitDecoder(self.model, self.head_modules, threshold, self.policy, prune,
                                    repetition_penalty=self.repetition_penalty, prune_start=prune_start,
                                    oracle_exits=self.oracle_exits, emission=self.emission,
-                                   translators=self.translators)
+                                   translators=self.translators, max_draft=self.max_draft,
+                                   draft_vocab=self.draft_vocab)
         self.prune_start = self.decoder.prune_start
         self.generations = []
 
@@ -159,12 +184,20 @@ class DynamaxLM(HFLM):
                 prompts = [self.tok_batch_encode([req.args[0]], left_truncate_len=self.max_length - max_gen_toks,
                                                  truncation=self.truncation)[0][0].tolist() for req in chunk]  # as HFLM
                 thresholds = self._sharing(keys)
+                # speculative: exits off on the same prefill too, before or after by turns (a paired time, a check)
+                paired = (("before", "after")[batch_id % 2]
+                          if self.decoder.max_draft is not None and self.decoder.exits_enabled else None)
                 with torch.no_grad():
                     runs = self.decoder.generate_batch_thresholds(
                         prompts, thresholds, max_new_tokens=max_gen_toks, stop_strings=until,
-                        tokenizer=self.tokenizer, eos_token_id=self.eot_token_id)
+                        tokenizer=self.tokenizer, eos_token_id=self.eot_token_id, paired=paired)
+                reference = runs.pop() if paired else None
                 for threshold, results in zip(thresholds, runs):
-                    for req, key, ids, res in zip(chunk, keys, prompts, results):
+                    for i, (req, key, ids, res) in enumerate(zip(chunk, keys, prompts, results)):
+                        if reference is not None and res.token_ids != reference[i].token_ids:
+                            raise ValueError(f"speculative decoding changed the answer to {describe(req)} at "
+                                             f"threshold {threshold}: {res.token_ids} instead of the full model's "
+                                             f"{reference[i].token_ids}")
                         text = postprocess_generated_text(self.tok_decode(res.token_ids), until, None)
                         self._stored[self._key(threshold, key)] = (text, {  # identical requests decode identically
                             "prompt_tokens": len(ids),
@@ -173,7 +206,10 @@ class DynamaxLM(HFLM):
                             "crf_exact": res.crf_exact, "crf_paper": res.crf_paper,
                             "decode_seconds": res.decode_seconds, "prefill_seconds": res.prefill_seconds,
                             "prefill_shared_by": len(thresholds), "batch_size": res.batch_size,
-                            "batch_decode_seconds": res.batch_decode_seconds})
+                            "batch_decode_seconds": res.batch_decode_seconds, "speculation": res.speculation,
+                            "exits_off": None if reference is None else {  # the same batch decoded with exits off
+                                "decode_seconds": reference[i].decode_seconds,
+                                "batch_decode_seconds": reference[i].batch_decode_seconds}})
             for req, key in zip(chunk, keys):
                 text, stat = self._stored[self._key(self.threshold, key)]
                 stats.append({"task": req.task_name, "doc_id": req.doc_id, **stat, "batch_id": batch_id})
@@ -190,4 +226,4 @@ class DynamaxLM(HFLM):
         return {**super().get_model_info(), "threshold": self.threshold, "prune": self.prune,
                 "prune_start": self.prune_start,
                 "policy": self.decoder.policy, "emission": self.decoder.emission,
-                "exits_enabled": self.decoder.exits_enabled}
+                "exits_enabled": self.decoder.exits_enabled, "max_draft": self.decoder.max_draft}

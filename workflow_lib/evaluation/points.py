@@ -11,10 +11,10 @@ import json
 import time
 from pathlib import Path
 
+from workflow_lib.defaults import EXITS_OFF
 from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASKS
 
-EXITS_OFF = 2.0  # a threshold above 1: no token exits (the baseline, pruning and oracle points, and the model loaded)
 
 
 def grid_points(out_dir: Path, thresholds: list[tuple[str, float]] | None, prune: int,
@@ -35,7 +35,7 @@ NOT_SETTINGS = ("thresholds", "prune_series", "threads", "batch_size", "reuse", 
 
 
 # Options added later, with the value a record made before them was made with: such a record is still reusable.
-IMPLICIT_SETTINGS = {"emission": "last_block", "translators": None}
+IMPLICIT_SETTINGS = {"emission": "last_block", "translators": None, "max_draft": None, "draft_vocab": None}
 
 
 def settings(config: dict) -> dict:
@@ -143,6 +143,7 @@ def save_point(out_dir: Path, lm, results: dict, wall: float, point: dict, task:
     lm_task = TASKS[task][0]
     point = {**point, "policy": lm.decoder.policy, "emission": lm.decoder.emission,
              "exits_enabled": lm.decoder.exits_enabled,
+             **({"max_draft": lm.decoder.max_draft} if lm.decoder.max_draft is not None else {}),
              "oracle_exits": lm.decoder.oracle_exits or None, "heads": heads, "backbone": backbone,
              "n_layers": lm.decoder.parts.n_layers}
     if lm.heads_meta is not None:  # the head spec (name, type, options, training) that train_heads recorded

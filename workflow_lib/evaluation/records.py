@@ -11,6 +11,7 @@ written together, atomically (a killed job leaves the previous folder or none).
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def generation_summary(generations: list[dict], degenerate_limit: float) -> dict
     exits = Counter(layer for g in generations for layer in g["exit_layers"][1:])
     flags = [is_degenerate(g["token_ids"], g["stop_reason"]) for g in generations]
     cost = summarize(costs)
+    extra = speculation_summary(generations, decode_seconds)
     return {
+        **extra,
         "cost": cost,
         "crf_exact": cost["crf_exact"],
         "crf_paper": cost["crf_paper"],
@@ -73,6 +76,34 @@ def generation_summary(generations: list[dict], degenerate_limit: float) -> dict
     }
 
 
+def speculation_summary(generations: list[dict], decode_seconds: float) -> dict:
+    """Speculative decoding's totals over a point's generations (nothing for any other point): drafts made, accepted
+    and rejected, tokens kept per verification, where the MACs went; and the measured speedup over exits off decoded
+    from the same prefills (`paired_speedup`: exits-off decode seconds over speculative ones, over the whole point,
+    with the quartiles of the per-batch ratios), which is time, beside the CRFs, which count MACs."""
+    rows = [g for g in generations if g.get("speculation") is not None]
+    if not rows:
+        return {}
+    totals = Counter()
+    for g in rows:
+        totals.update(g["speculation"])
+    batches = {g["batch_id"]: g for g in rows if g.get("exits_off")}
+    ratios = sorted(g["exits_off"]["batch_decode_seconds"] / g["batch_decode_seconds"]
+                    for g in batches.values() if g["batch_decode_seconds"])
+    off = sum(g["exits_off"]["batch_decode_seconds"] for g in batches.values())
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"speculation": {
+        **dict(totals),
+        "acceptance": totals["accepted"] / totals["drafted"] if totals["drafted"] else None,
+        "tokens_per_verification": totals["kept"] / totals["cycles"] if totals["cycles"] else None,
+        "exits_off_decode_seconds": off,
+        "paired_speedup": off / decode_seconds if decode_seconds > 0 and batches else None,
+        "paired_speedup_batches": {"n": len(ratios), "q1": quartiles[0] if ratios else None,
+                                   "median": quartiles[1] if ratios else None,
+                                   "q3": quartiles[2] if ratios else None},
+    }}
+
+
 def sample_lines(samples: list[dict], generations: list[dict]) -> list[dict]:
     """lm-eval's per-sample log entries, each joined (by doc id) with the decoder's statistics."""
     by_doc = {g["doc_id"]: g for g in generations}
@@ -86,7 +117,8 @@ def sample_lines(samples: list[dict], generations: list[dict]) -> list[dict]:
                 "crf_exact": g["crf_exact"], "crf_paper": g["crf_paper"],
                 "decode_seconds": g["decode_seconds"], "prefill_seconds": g["prefill_seconds"],
                 "batch_id": g.get("batch_id"), "batch_size": g.get("batch_size", 1),
-                "prefill_shared_by": g.get("prefill_shared_by", 1)}}  # thresholds decoded from this prefill
+                "prefill_shared_by": g.get("prefill_shared_by", 1),  # thresholds decoded from this prefill
+                **({"speculation": g["speculation"], "exits_off": g["exits_off"]} if g.get("speculation") else {})}}
         lines.append(s)
     return lines
 
