@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from workflow_lib.artifacts import provenance, write_json
 from workflow_lib.data import schemas
+from workflow_lib.data.sources import is_local_file
 
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT", "train")
 TRIVIAQA = ("mandarjoshi/trivia_qa", "rc.nocontext", "validation")  # `trivia_qa` redirects here
@@ -22,13 +23,6 @@ COQA = ("stanfordnlp/coqa", None, "validation")
 TRUTHFULQA = ("truthfulqa/truthful_qa", "generation", "validation")  # `truthful_qa` redirects here
 
 TEXT_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json"}  # datasets' packaged builders
-FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".arrow")
-
-
-def is_local(source: str) -> bool:
-    """A source naming a file (by suffix or because it is one) is local. Anything else is a hub id or a
-    local dataset folder (e.g. a downloaded hub snapshot), both of which `datasets.load_dataset` reads."""
-    return Path(source).suffix in FILE_SUFFIXES or Path(source).is_file()
 
 
 def _check_out(out: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
@@ -37,7 +31,7 @@ def _check_out(out: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
 
 
 def _check_source(source: str) -> None:
-    if is_local(source) and not Path(source).is_file():
+    if is_local_file(source) and not Path(source).is_file():
         raise FileNotFoundError(f"source file not found: {source}")
 
 
@@ -54,7 +48,7 @@ def stream_documents(source: str, seed: int, shuffle_buffer: int, config: str | 
     per line) or `.jsonl` goes through the same `datasets` streaming and shuffle-buffer code."""
     import datasets
 
-    if is_local(source):
+    if is_local_file(source):
         ds = datasets.load_dataset(TEXT_BUILDERS[Path(source).suffix], data_files=str(source), split="train",
                                    streaming=True)
     else:
@@ -93,7 +87,7 @@ def sample_corpus(source: str, out: str | os.PathLike, token_budget: int, seed: 
         if path is not None:
             _check_out(path, (".txt", ".jsonl"))
     _check_source(source)
-    if is_local(source) and Path(source).suffix not in TEXT_BUILDERS:
+    if is_local_file(source) and Path(source).suffix not in TEXT_BUILDERS:
         raise ValueError(f"text source {source}: must be .txt (one document per line) or .jsonl ({{'text': ...}})")
     count = token_counter(tokenizer)
     budgets = [token_budget] + ([valid_budget] if valid_out is not None else [])
@@ -139,7 +133,7 @@ def _hub_rows(source: str, config: str | None, split: str) -> list[dict]:
 def load_eval_set(kind: str, source: str, config: str | None = None, split: str = "validation") -> list[dict]:
     """Canonical records of `kind` from a hub id or a local file in a canonical or original format."""
     _check_source(source)
-    if is_local(source):
+    if is_local_file(source):
         return schemas.LOADERS[kind](source)
     convert = {"triviaqa": schemas.triviaqa_from_hf, "coqa": schemas.coqa_from_hf,
                "truthfulqa": schemas.truthfulqa_from_hf}[kind]
@@ -203,7 +197,7 @@ def sample_triviaqa(source: str, out: str | os.PathLike, n: int | None = 1000, o
         stats["ranks"] = [offset + 1, offset + len(chosen)]
     fewshot = None
     if fewshot_out is not None:
-        if is_local(source):
+        if is_local_file(source):
             ids = {r["question_id"] for r in chosen}
             pool = [r for r in records if r["question_id"] not in ids]
         else:

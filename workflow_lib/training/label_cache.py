@@ -28,12 +28,10 @@ from safetensors.torch import load_file, save_file
 from ..artifacts import atomic_path
 from ..decoding.answers import pad_answers
 from ..models.backbone import signature
+from .label_sharing import SHARED_SETTINGS
 from .labels import labels_from_ranks
 
 CACHE_FILE = "labels.safetensors"
-# Settings a head job must share with the cache to train on it (its exit layers need only be among the cache's; its
-# sequences are compared token by token, StoredLabels.check_sequences).
-SHARED_SETTINGS = ("emission", "label_source", "seq_len")
 
 
 def write_cache(out: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
