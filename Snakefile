@@ -3,7 +3,8 @@
 #   snakemake --cores all --profile slurm --configfile configs/paper.yaml    paper scale on a SLURM GPU cluster
 #   snakemake --report results/report.html                  the HTML report (figures and tables, with captions)
 # Stages, in order: data -> tokenizer and pretraining (embedded only) -> heads and translators -> evaluation, pruning and
-# calibrated thresholds -> tables -> figures -> report. Helpers and config validation live in rules/common.smk.
+# calibrated thresholds -> tables -> figures -> report. The plan (the config checked and resolved: the grid, paths,
+# command flags) is workflow_lib/pipeline, resolved once in rules/common.smk.
 
 
 include: "rules/common.smk"
@@ -23,10 +24,10 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        GRID_TABLE,
-        PARETO_TABLE,
-        NO_LOSS_TABLE,
-        VERSUS_PRUNING_TABLE,
-        VERSUS_RULE_TABLE,
-        [agreement_table(b) for b in BACKBONES],
-        figure_files(),
+        PATHS.grid_table,
+        PATHS.pareto_table,
+        PATHS.no_loss_table,
+        PATHS.versus_pruning_table,
+        PATHS.versus_rule_table,
+        [PATHS.agreement_table(b) for b in PLAN.backbones],
+        RECORDS.figures(),

@@ -6,17 +6,17 @@
 
 rule answer_prompts:
     input:
-        data=lambda wc: task_file(wc.task),
-        pool=lambda wc: answers_pool(wc.task),
-        apart=lambda wc: ([calibration_file(wc.task)] if wc.task in CALIBRATED_TASKS else [])
-        + ([fewshot_file(wc.task)] if fewshot_file(wc.task) else []),
+        data=lambda wc: PATHS.task_file(wc.task),
+        pool=lambda wc: PATHS.answers_pool(wc.task),
+        apart=lambda wc: ([PATHS.calibration_file(wc.task)] if wc.task in PLAN.calibrated_tasks else [])
+        + ([PATHS.fewshot_file(wc.task)] if PATHS.fewshot_file(wc.task) else []),
     output:
-        answer_prompts_file("{task}"),
+        PATHS.answer_prompts_file("{task}"),
     wildcard_constraints:
-        task=one_of(ANSWER_TASKS),
+        task=one_of(PLAN.answer_tasks),
     params:
-        options=lambda wc, input: cli({"limit": task_limit(wc.task), "n": ANSWERS["prompts"], "seed": SEED,
-                                       "exclude": list(input.apart) or None}),
+        options=lambda wc, input: flags({"limit": PLAN.task_setting(wc.task, "limit"), "n": PLAN.answers["prompts"],
+                                         "seed": PLAN.seed, "exclude": list(input.apart) or None}),
     log:
         f"{LOGS}/answer_prompts/{{task}}.log",
     benchmark:
@@ -31,17 +31,17 @@ rule answer_prompts:
 rule greedy_answers:
     input:
         backbone=backbone_input,
-        tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
-        prompts=[answer_prompts_file(t) for t in ANSWER_TASKS],
-        fewshot=[fewshot_file("triviaqa")] if "triviaqa" in ANSWER_TASKS else [],
+        tokenizer=tokenizer_input,
+        prompts=[PATHS.answer_prompts_file(t) for t in PLAN.answer_tasks],
+        fewshot=[PATHS.fewshot_file("triviaqa")] if "triviaqa" in PLAN.answer_tasks else [],
     output:
-        answers_file("{backbone}"),
+        PATHS.answers_file("{backbone}"),
     params:
-        model=lambda wc: backbone_path(wc.backbone),
-        tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        tasks=answer_task_options(),
-        options=cli({"prompts": ANSWERS["prompts"], "tokens": ANSWERS["tokens"], "batch_size": EVAL["batch_size"],
-                     "seed": SEED}),
+        model=backbone_path,
+        tokenizer=tokenizer_flag,
+        tasks=FLAGS.prompts(PLAN.answer_tasks, PATHS.answer_prompts_file),
+        options=flags({"prompts": PLAN.answers["prompts"], "tokens": PLAN.answers["tokens"],
+                       "batch_size": PLAN.evaluation["batch_size"], "seed": PLAN.seed}),
     # unlocks the translators and every head job of the backbone: first (see train_heads)
     priority: 3
     threads: 1

@@ -1,24 +1,24 @@
 # Stage 5b, calibrated thresholds (Learn-then-Test), beside the evaluation grid. Per task, a calibration set of
 # questions the evaluation does not use, from a pool of its own where there is one (paper scale: the hub's train
 # splits; embedded: more world stories for CoQA) or else the task's file beyond the evaluation's limit (see
-# SEPARATE_POOLS in common.smk); the full model's answers on it, once per (backbone, task); then one job per
-# (backbone, head key, policy, task; a head key carries its emission rule, common.smk) tests the threshold grid from the highest down on the calibration set and evaluates
-# the calibrated point of each delta on the evaluation set (EXIT_CELL/calibrated~delta/, a series of its own).
+# separate_pools in workflow_lib/pipeline/plan.py); the full model's answers on it, once per (backbone, task); then one
+# job per (backbone, head key, policy, task; a head key carries its emission rule) tests the threshold grid from the
+# highest down on the calibration set and evaluates the calibrated point of each delta on the evaluation set
+# (EXIT_CELL/calibrated~delta/, a series of its own).
 
-if WORLD is not None:
+if PLAN.world is not None:
 
     rule world_calibration_pool:
         output:
-            f"{CALIBRATION_ROOT}/pool/{{task}}.jsonl",
+            PATHS.separate_pool_file("{task}"),
         wildcard_constraints:
             task="coqa",  # more stories of the world; its TriviaQA / TruthfulQA questions are all evaluated
         params:
             # The world's own settings: the stories are the evaluated ones' kind, drawn apart (the world rule and its
             # files stay as they are).
-            options=cli(WORLD),
-            stories=lambda wc: held_out_pool_n(wc.task),  # the calibration set's and the answer prompts'
-
-            seed=SEED,
+            options=flags(PLAN.world),
+            stories=lambda wc: PLAN.held_out_pool_n(wc.task),  # the calibration set's and the answer prompts'
+            seed=PLAN.seed,
         log:
             f"{LOGS}/world_calibration_pool/{{task}}.log",
         benchmark:
@@ -33,22 +33,22 @@ else:
 
     rule sample_calibration_pool:
         output:
-            f"{DATA}/calibration_pool/{{task}}.jsonl",
+            PATHS.separate_pool_file("{task}"),
         wildcard_constraints:
             task="triviaqa|coqa",  # the hub's held-out train splits; TruthfulQA draws from its own file
         params:
             # TriviaQA: train questions chosen by the evaluation's own selection rule (the longest answers, or seeded)
-            options=lambda wc: cli(
+            options=lambda wc: flags(
                 {
-                    "source": REAL[wc.task]["source"],
-                    "config": REAL[wc.task].get("config"),
+                    "source": PLAN.real[wc.task]["source"],
+                    "config": PLAN.real[wc.task].get("config"),
                     "split": "train",
-                    "n": held_out_pool_n(wc.task),  # the calibration set's and the answer prompts' (common.smk)
+                    "n": PLAN.held_out_pool_n(wc.task),  # the calibration set's and the answer prompts'
                     # (longest, the sampler's default, left out: the paper's command stays what it was)
-                    "selection": "seeded" if REAL[wc.task].get("selection") == "seeded" else None,
+                    "selection": "seeded" if PLAN.real[wc.task].get("selection") == "seeded" else None,
                 }
             ),
-            seed=SEED,
+            seed=PLAN.seed,
         log:
             f"{LOGS}/sample_calibration_pool/{{task}}.log",
         benchmark:
@@ -61,12 +61,13 @@ else:
 
 rule calibration_split:
     input:
-        data=lambda wc: task_file(wc.task),
-        pool=lambda wc: calibration_pool(wc.task),
+        data=lambda wc: PATHS.task_file(wc.task),
+        pool=lambda wc: PATHS.calibration_pool(wc.task),
     output:
-        calibration_file("{task}"),
+        PATHS.calibration_file("{task}"),
     params:
-        options=lambda wc: cli({"limit": task_limit(wc.task), "n": CALIBRATION["n"], "seed": SEED}),
+        options=lambda wc: flags({"limit": PLAN.task_setting(wc.task, "limit"), "n": PLAN.calibration["n"],
+                                  "seed": PLAN.seed}),
     log:
         f"{LOGS}/calibration_split/{{task}}.log",
     benchmark:
@@ -82,10 +83,10 @@ rule calibration_reference:
     input:
         unpack(calibration_inputs),
     output:
-        f"{calibration_reference('{backbone}', '{task}')}/record.json",
+        f"{PATHS.calibration_reference('{backbone}', '{task}')}/record.json",
     params:
-        common=lambda wc, input: run_flags(wc, input.calibration, None),
-        out_dir=lambda wc: calibration_reference(wc.backbone, wc.task),
+        common=lambda wc, input: FLAGS.run(wc.backbone, wc.task, input.calibration, None),
+        out_dir=lambda wc: PATHS.calibration_reference(wc.backbone, wc.task),
     threads: 1
     log:
         f"{LOGS}/calibration_reference/{{backbone}}/{{task}}.log",
@@ -100,27 +101,18 @@ rule calibration_reference:
 rule calibrate:
     input:
         unpack(calibration_inputs),
-        heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.json",
-        reference=lambda wc: f"{calibration_reference(wc.backbone, wc.task)}/record.json",
-        translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.head)),
+        heads=lambda wc: f"{heads_dir(wc)}/heads.json",
+        reference=lambda wc: f"{PATHS.calibration_reference(wc.backbone, wc.task)}/record.json",
+        translators=translators_input,
     output:
-        calibration=f"{CALIBRATION_CELL}/calibration.json",
-        points=[f"{EXIT_CELL}/calibrated~{d}/record.json" for d in DELTAS],
+        calibration=f"{PATHS.calibration_cell('{backbone}', '{head}', '{policy}', '{task}')}/calibration.json",
+        points=[PATHS.calibrated_record(EXIT_CELL, d) for d in PLAN.deltas],
     params:
-        common=evaluate_common,
-        heads=lambda wc: heads_dir(wc.backbone, wc.head),
-        emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
+        common=evaluate_flags,
+        heads=heads_dir,
+        emission=emission_flags,
         reference=lambda wc, input: os.path.dirname(input.reference),
-        options=lambda wc: cli(
-            {
-                "thresholds": ",".join(threshold_label(t) for t in CALIBRATION["thresholds"]),
-                "deltas": ",".join(DELTAS),
-                "epsilon": CALIBRATION["epsilon"],
-                "risk": CALIBRATION["risk"],
-                "metric": CALIBRATION["metric"],
-                "bound": CALIBRATION["bound"],
-            }
-        ),
+        options=lambda wc: FLAGS.calibrate_options(),
         out_dir=lambda wc: EXIT_CELL.format(**wc),
     threads: 1
     log:

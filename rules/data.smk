@@ -1,21 +1,21 @@
 # Stage 1, data: the synthetic world (embedded) or real data sampled from the hub into local files (paper).
-# Either way the later stages read the same file names under DATA (see common.smk).
+# Either way the later stages read the same file names under PATHS.data (workflow_lib/pipeline/paths.py).
 
-if WORLD is not None:
+if PLAN.world is not None:
 
     rule world:
         output:
-            corpus_train=corpus_file("train"),
-            corpus_valid=corpus_file("valid"),
-            triviaqa=task_file("triviaqa"),
-            triviaqa_fewshot=f"{DATA}/triviaqa_train.jsonl",
-            coqa=task_file("coqa"),
-            truthfulqa=task_file("truthfulqa"),
-            meta=f"{DATA}/world.json",
+            corpus_train=PATHS.corpus_file("train"),
+            corpus_valid=PATHS.corpus_file("valid"),
+            triviaqa=PATHS.task_file("triviaqa"),
+            triviaqa_fewshot=PATHS.fewshot_file("triviaqa"),
+            coqa=PATHS.task_file("coqa"),
+            truthfulqa=PATHS.task_file("truthfulqa"),
+            meta=PATHS.world_meta,
         params:
             out_dir=lambda wc, output: os.path.dirname(output.meta),
-            options=cli(WORLD),
-            seed=SEED,
+            options=flags(PLAN.world),
+            seed=PLAN.seed,
         log:
             f"{LOGS}/world.log",
         benchmark:
@@ -29,15 +29,15 @@ else:
 
     rule sample_corpus:
         output:
-            train=corpus_file("train"),
-            valid=corpus_file("valid"),
+            train=PATHS.corpus_file("train"),
+            valid=PATHS.corpus_file("valid"),
         params:
             # One seeded stream: the held-out text is the documents that follow the training ones, so the two
             # share no document (two draws of one source would, heavily for a small local file).
             options=sample_options(
-                {k: REAL["corpus"][k] for k in ("source", "config", "split", "tokens", "valid_tokens")}
+                {k: PLAN.real["corpus"][k] for k in ("source", "config", "split", "tokens", "valid_tokens")}
             ),
-            seed=SEED,
+            seed=PLAN.seed,
         log:
             f"{LOGS}/sample_corpus.log",
         benchmark:
@@ -50,11 +50,11 @@ else:
 
     rule sample_triviaqa:
         output:
-            data=task_file("triviaqa"),
-            fewshot=f"{DATA}/triviaqa_train.jsonl",
+            data=PATHS.task_file("triviaqa"),
+            fewshot=PATHS.fewshot_file("triviaqa"),
         params:
-            options=sample_options(REAL.get("triviaqa") or {}),
-            seed=SEED,
+            options=sample_options(PLAN.real.get("triviaqa") or {}),
+            seed=PLAN.seed,
         log:
             f"{LOGS}/sample_task/triviaqa.log",
         benchmark:
@@ -67,13 +67,13 @@ else:
 
     rule sample_task:
         output:
-            f"{DATA}/{{task}}.{{ext}}",
+            f"{PATHS.data}/{{task}}.{{ext}}",
         wildcard_constraints:
             task="coqa|truthfulqa",
             ext="json|jsonl",
         params:
-            options=lambda wc: sample_options(REAL[wc.task]),
-            seed=SEED,
+            options=lambda wc: sample_options(PLAN.real[wc.task]),
+            seed=PLAN.seed,
         log:
             f"{LOGS}/sample_task/{{task}}.{{ext}}.log",
         benchmark:
@@ -85,17 +85,17 @@ else:
 
     rule sample_answers_pool:
         output:
-            f"{DATA}/answers_pool/{{task}}.jsonl",
+            PATHS.answers_pool_file("{task}"),
         wildcard_constraints:
-            task=one_of([t for t in ANSWER_TASKS if t not in SEPARATE_POOLS]),
+            task=one_of([t for t in PLAN.answer_tasks if t not in PLAN.separate_pools]),
         params:
             # every question of the task's source: rule answer_prompts leaves out the evaluated ones, the calibration
             # set and the few-shot examples by question text (a local file or TruthfulQA has no other split)
             options=lambda wc: sample_options(
-                {k: REAL[wc.task].get(k) for k in ("source", "config", "split") if k in REAL[wc.task]}
+                {k: PLAN.real[wc.task].get(k) for k in ("source", "config", "split") if k in PLAN.real[wc.task]}
                 | ({"n": "all", "selection": "seeded"} if wc.task == "triviaqa" else {})
             ),
-            seed=SEED,
+            seed=PLAN.seed,
         log:
             f"{LOGS}/sample_answers_pool/{{task}}.log",
         benchmark:

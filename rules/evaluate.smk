@@ -3,21 +3,22 @@
 # update() outputs and the job runs with --reuse: adding a threshold reruns each cell for that threshold only,
 # keeping every record already made with the same settings and inputs. The exits-disabled baseline is one job
 # per (backbone, task): it is the same for every head, policy and emission rule. The oracle bound is one job per
-# (backbone, emission rule, policy, task). A head key under a rule other than last_block (head~NAME/emission~RULE,
-# common.smk) evaluates with --emission RULE and its own heads. Records: metrics, both CRFs, measured speed, exit histogram, degenerate share and validity, provenance.
+# (backbone, emission rule, policy, task). A head key under a rule other than last_block (head~SPEC/emission~RULE,
+# workflow_lib/pipeline/keys.py) evaluates with --emission RULE and its own heads. Records: metrics, both CRFs,
+# measured speed, exit histogram, degenerate share and validity, provenance.
 
 
 rule evaluate_exits:
     input:
-        unpack(exit_inputs),
-        heads=lambda wc: f"{heads_dir(wc.backbone, wc.head)}/heads.json",  # every head type has it (rules: only it)
+        unpack(lambda wc: PATHS.exit_inputs(wc.backbone, wc.head, wc.task)),
+        heads=lambda wc: f"{heads_dir(wc)}/heads.json",  # every head type has it (untrained heads: only it)
     output:
-        [update(f"{EXIT_CELL}/threshold~{x}/record.json") for x in THRESHOLDS],
+        [update(PATHS.threshold_record(EXIT_CELL, x)) for x in PLAN.thresholds],
     params:
-        common=evaluate_common,
-        heads=lambda wc: heads_dir(wc.backbone, wc.head),
-        emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
-        thresholds=",".join(THRESHOLDS),
+        common=evaluate_flags,
+        heads=heads_dir,
+        emission=emission_flags,
+        thresholds=",".join(PLAN.thresholds),
         out_dir=lambda wc: EXIT_CELL.format(**wc),
     threads: 1
     log:
@@ -35,10 +36,10 @@ rule evaluate_baseline:
     input:
         unpack(evaluate_inputs),
     output:
-        f"{EVAL_ROOT}/{{backbone}}/baseline/task~{{task}}/record.json",
+        f"{PATHS.baseline_dir('{backbone}', '{task}')}/record.json",
     params:
-        common=evaluate_common,
-        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/baseline/task~{wc.task}",
+        common=evaluate_flags,
+        out_dir=lambda wc: PATHS.baseline_dir(wc.backbone, wc.task),
     threads: 1
     log:
         f"{LOGS}/evaluate/{{backbone}}/baseline/{{task}}.log",
@@ -53,14 +54,14 @@ rule evaluate_baseline:
 rule evaluate_oracle:
     input:
         unpack(evaluate_inputs),
-        translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.oracle)),
+        translators=translators_input,
     output:
-        f"{EVAL_ROOT}/{{backbone}}/{{oracle}}/policy~{{policy}}/task~{{task}}/record.json",
+        f"{PATHS.oracle_dir('{backbone}', '{oracle}', '{policy}', '{task}')}/record.json",
     params:
-        common=evaluate_common,
-        exits=lambda wc: exit_layers_option(wc.backbone),
-        emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.oracle)),
-        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/{wc.oracle}/policy~{wc.policy}/task~{wc.task}",
+        common=evaluate_flags,
+        exits=exit_layers_flag,
+        emission=emission_flags,
+        out_dir=lambda wc: PATHS.oracle_dir(wc.backbone, wc.oracle, wc.policy, wc.task),
     threads: 1
     log:
         f"{LOGS}/evaluate/{{backbone}}/{{oracle}}/{{policy}}/{{task}}.log",

@@ -1,38 +1,38 @@
 # Stage 3, exit heads: one job per (backbone, head spec) trains the spec's head type with its options and training
 # settings at every exit of the frozen backbone, in one backbone pass (knowledge distillation from the full
 # model). A job's command holds only its own spec, so adding a spec leaves every other head as it is. A
-# zero-parameter exit rule (type softmax, saturation) has nothing to train: rule_heads writes its folder, heads.json
-# only, from the backbone's config. The head wildcard is a head key: under an emission rule other than last_block
-# (backbones.B.emissions) the heads train on labels from what that rule emits (train_heads --emission RULE, with the
-# backbone's translators for the translator rule) into head~NAME/emission~RULE/. The labels are computed once per
-# backbone and emission rule (label_cache) for every head spec that shares head_training's text and exits
-# (label_cache_dir); a spec that does not labels its own batches. With answers.tasks the heads (head_training.
-# answers_weight, per spec) and the label caches also read the backbone's greedy answers (rules/answers.smk).
+# zero-parameter exit rule (type softmax, saturation) has nothing to train: untrained_heads writes its folder,
+# heads.json only, from the backbone's config. The head wildcard is a head key (workflow_lib/pipeline/keys.py): under
+# an emission rule other than last_block (backbones.B.emissions) the heads train on labels from what that rule emits
+# (train_heads --emission RULE, with the backbone's translators for the translator rule) into
+# head~SPEC/emission~RULE/. The labels are computed once per backbone and emission rule (label_cache) for every head
+# spec that shares head_training's text and exits (plan.reads_label_cache); a spec that does not labels its own
+# batches. With answers.tasks the heads (head_training.answers_weight, per spec) and the label caches also read the
+# backbone's greedy answers (rules/answers.smk).
+HEADS_DIR = PATHS.heads_dir("{backbone}", "{head}")
 
 
 rule label_cache:
     input:
         backbone=backbone_input,
-        tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
-        translators=lambda wc: emission_inputs(wc.backbone, wc.emission),
-        answers=lambda wc: answers_input(wc.backbone, HEAD_TRAINING["answers_weight"]),
-        train=corpus_file("train"),
-        valid=corpus_file("valid"),
+        tokenizer=tokenizer_input,
+        translators=translators_input,
+        answers=lambda wc: PATHS.answers_input(wc.backbone, PLAN.head_training["answers_weight"]),
+        train=PATHS.corpus_file("train"),
+        valid=PATHS.corpus_file("valid"),
     output:
-        f"{LABELS_ROOT}/{{backbone}}/emission~{{emission}}/labels.safetensors",
+        f"{PATHS.label_cache('{backbone}', '{emission}')}/labels.safetensors",
     wildcard_constraints:
-        emission="last_block|lens|translator",
+        emission=one_of(EMISSION_RULES),
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
-        seed=SEED,
-        backbone=lambda wc: backbone_path(wc.backbone),
-        tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        exit_layers=lambda wc: exit_layers_option(wc.backbone),
-        emission=lambda wc: emission_flags(wc.backbone, wc.emission),
+        seed=PLAN.seed,
+        backbone=backbone_path,
+        tokenizer=tokenizer_flag,
+        exit_layers=exit_layers_flag,
+        emission=emission_flags,
         answers=lambda wc, input: f"--answers {input.answers[0]}" if input.answers else "",
-        options=cli({"label_source": HEAD_TRAINING["label_source"], "seq_len": HEAD_TRAINING["seq_len"],
-                     "batch_size": HEAD_TRAINING["batch_size"],
-                     "train_tokens": HEAD_TRAINING["steps"] * HEAD_TRAINING["batch_size"] * HEAD_TRAINING["seq_len"]}),
+        options=FLAGS.label_cache_options(),
     # unlocks every head job of the backbone: first (see train_heads)
     priority: 2
     threads: 1
@@ -50,33 +50,32 @@ rule label_cache:
 
 rule train_heads:
     wildcard_constraints:
-        head=keys_of(TRAINED_HEADS),
+        head=keys_of(PLAN.trained_heads),
     input:
         backbone=backbone_input,
-        tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
-        translators=lambda wc: emission_inputs(wc.backbone, key_emission(wc.head)),
-        labels=lambda wc: [f"{d}/labels.safetensors" for d in [label_cache_dir(wc.backbone, wc.head)] if d],
-        answers=lambda wc: answers_input(wc.backbone, HEAD_SPECS[spec_name(wc.head)]["training"]["answers_weight"]),
-        train=corpus_file("train"),
-        valid=corpus_file("valid"),
+        tokenizer=tokenizer_input,
+        translators=translators_input,
+        labels=lambda wc: PATHS.label_cache_input(wc.backbone, wc.head),
+        answers=lambda wc: PATHS.answers_input(wc.backbone, PLAN.spec(wc.head)["training"]["answers_weight"]),
+        train=PATHS.corpus_file("train"),
+        valid=PATHS.corpus_file("valid"),
     output:
-        weights=f"{RESULTS}/heads/{{backbone}}/head~{{head}}/heads.safetensors",
-        meta=f"{RESULTS}/heads/{{backbone}}/head~{{head}}/heads.json",
-        metrics=f"{RESULTS}/heads/{{backbone}}/head~{{head}}/metrics.json",
+        weights=f"{HEADS_DIR}/heads.safetensors",
+        meta=f"{HEADS_DIR}/heads.json",
+        metrics=f"{HEADS_DIR}/metrics.json",
     params:
         out=lambda wc, output: os.path.dirname(output.weights),
-        seed=SEED,
-        backbone=lambda wc: backbone_path(wc.backbone),
-        tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
+        seed=PLAN.seed,
+        backbone=backbone_path,
+        tokenizer=tokenizer_flag,
         name=lambda wc: spec_name(wc.head),
-        head_type=lambda wc: HEAD_SPECS[spec_name(wc.head)]["type"],
-        exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
+        head_type=lambda wc: PLAN.spec(wc.head)["type"],
+        exit_layers=exit_layers_flag,
         head_options=head_options,
-        emission=lambda wc: emission_flags(wc.backbone, key_emission(wc.head)),
+        emission=emission_flags,
         labels=lambda wc, input: f"--label-cache {os.path.dirname(input.labels[0])}" if input.labels else "",
-        options=lambda wc: cli({k: v for k, v in HEAD_SPECS[spec_name(wc.head)]["training"].items()
-                                if k not in (EXIT_LAYERS, "answers_weight")}),
-        answers=lambda wc: answers_flags(wc.backbone, HEAD_SPECS[spec_name(wc.head)]["training"]["answers_weight"]),
+        options=lambda wc: FLAGS.training_options(wc.head),
+        answers=lambda wc: FLAGS.answers(wc.backbone, PLAN.spec(wc.head)["training"]["answers_weight"]),
     # long jobs that unlock the evaluations: first, so the run does not end on one of them with a core idle
     priority: 1
     threads: 1
@@ -93,20 +92,21 @@ rule train_heads:
         " {params.answers} > {log} 2>&1"
 
 
-rule rule_heads:
+rule untrained_heads:
     wildcard_constraints:
-        head=keys_of(RULE_HEADS),
+        head=keys_of(PLAN.untrained_heads),
     input:
         backbone=backbone_input,
     output:
-        f"{RESULTS}/heads/{{backbone}}/head~{{head}}/heads.json",
+        f"{HEADS_DIR}/heads.json",
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
-        backbone=lambda wc: backbone_path(wc.backbone),
+        backbone=backbone_path,
         name=lambda wc: spec_name(wc.head),
-        head_type=lambda wc: HEAD_SPECS[spec_name(wc.head)]["type"],
-        exit_layers=lambda wc: exit_layers_option(wc.backbone, wc.head),
+        head_type=lambda wc: PLAN.spec(wc.head)["type"],
+        exit_layers=exit_layers_flag,
         head_options=head_options,
+    # logs keep the rule's former name, rule_heads: the jobs' commands stay as they were
     log:
         f"{LOGS}/rule_heads/{{backbone}}/{{head}}.log",
     benchmark:

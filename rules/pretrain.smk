@@ -5,11 +5,11 @@
 
 rule tokenizer:
     input:
-        corpus_file("train"),
+        PATHS.corpus_file("train"),
     output:
-        directory(TOKENIZER),
+        directory(PATHS.tokenizer),
     params:
-        options=cli(config["tokenizer"]),
+        options=flags(PLAN.tokenizer),
     log:
         f"{LOGS}/tokenizer.log",
     benchmark:
@@ -22,19 +22,19 @@ rule tokenizer:
 
 rule pretrain:
     input:
-        world=f"{DATA}/world.json",
-        corpus=corpus_file("train"),
-        valid=corpus_file("valid"),
-        tokenizer=TOKENIZER,
+        world=PATHS.world_meta,
+        corpus=PATHS.corpus_file("train"),
+        valid=PATHS.corpus_file("valid"),
+        tokenizer=PATHS.tokenizer,
     output:
-        directory(f"{RESULTS}/backbones/{{backbone}}"),
+        directory(PATHS.backbone_dir("{backbone}")),
     wildcard_constraints:
-        backbone=one_of([name for name in BACKBONES if pretrained_here(name)]),
+        backbone=one_of([name for name in PLAN.backbones if PLAN.pretrained_here(name)]),
     params:
         world=lambda wc, input: os.path.dirname(input.world),
-        seed=SEED,
-        arch=lambda wc: BACKBONES[wc.backbone]["arch"],
-        options=lambda wc: cli(BACKBONES[wc.backbone].get("pretrain", {})),
+        seed=PLAN.seed,
+        arch=lambda wc: PLAN.backbones[wc.backbone]["arch"],
+        options=lambda wc: flags(PLAN.backbones[wc.backbone]["pretrain"]),
     threads: 1
     log:
         f"{LOGS}/pretrain/{{backbone}}.log",
@@ -49,11 +49,11 @@ rule pretrain:
 
 rule convert_backbone:
     output:
-        directory(f"{RESULTS}/backbones/{{backbone}}"),
+        directory(PATHS.backbone_dir("{backbone}")),
     wildcard_constraints:
-        backbone=one_of(GGUF_BACKBONES),
+        backbone=one_of(PLAN.gguf_backbones),
     params:
-        model=lambda wc: BACKBONES[wc.backbone]["model"],
+        model=lambda wc: PLAN.backbones[wc.backbone]["model"],
     threads: 1
     log:
         f"{LOGS}/convert_backbone/{{backbone}}.log",

@@ -8,16 +8,15 @@
 
 rule evaluate_prune:
     wildcard_constraints:
-        pruning=one_of(PRUNE_DIRS.values()),
+        pruning=one_of(PRUNE_FOLDERS.values()),
     input:
-        unpack(prune_inputs),
+        unpack(lambda wc: PATHS.prune_inputs(wc.backbone, wc.task, wc.pruning)),
     output:
-        f"{EVAL_ROOT}/{{backbone}}/{{pruning}}~{{n}}/task~{{task}}/record.json",
+        f"{PATHS.prune_dir('{backbone}', '{pruning}', '{n}', '{task}')}/record.json",
     params:
-        common=evaluate_common,
-        out_dir=lambda wc: f"{EVAL_ROOT}/{wc.backbone}/{wc.pruning}~{wc.n}/task~{wc.task}",
-        rule=lambda wc: shlex.join(["--prune-rule", prune_rule(wc)]
-                                   + (["--angular-text", corpus_file("valid")] if prune_rule(wc) == "angular" else [])),
+        common=evaluate_flags,
+        out_dir=lambda wc: PATHS.prune_dir(wc.backbone, wc.pruning, wc.n, wc.task),
+        rule=lambda wc: FLAGS.prune(wc.pruning),
     threads: 1
     log:
         f"{LOGS}/evaluate/{{backbone}}/{{pruning}}~{{n}}/{{task}}.log",

@@ -5,18 +5,18 @@
 
 rule tables:
     input:
-        all_records(),
+        RECORDS.all(),
     output:
-        grid=report(GRID_TABLE, caption="../report/grid_table.rst", category="Tables"),
-        pareto=report(PARETO_TABLE, caption="../report/pareto_table.rst", category="Tables"),
-        no_loss=report(NO_LOSS_TABLE, caption="../report/no_loss_table.rst", category="Tables"),
-        versus_pruning=report(VERSUS_PRUNING_TABLE, caption="../report/versus_pruning_table.rst", category="Tables"),
-        versus_rule=report(VERSUS_RULE_TABLE, caption="../report/versus_rule_table.rst", category="Tables"),
+        grid=report(PATHS.grid_table, caption="../report/grid_table.rst", category="Tables"),
+        pareto=report(PATHS.pareto_table, caption="../report/pareto_table.rst", category="Tables"),
+        no_loss=report(PATHS.no_loss_table, caption="../report/no_loss_table.rst", category="Tables"),
+        versus_pruning=report(PATHS.versus_pruning_table, caption="../report/versus_pruning_table.rst", category="Tables"),
+        versus_rule=report(PATHS.versus_rule_table, caption="../report/versus_rule_table.rst", category="Tables"),
     params:
-        crf=f"crf_{config['analysis']['crf']}",
-        delta=config["analysis"]["no_loss_delta"],
-        seed=SEED,
-        root=lambda wc: EVAL_ROOT,
+        crf=f"crf_{PLAN.analysis['crf']}",
+        delta=PLAN.analysis["no_loss_delta"],
+        seed=PLAN.seed,
+        root=lambda wc: PATHS.eval_root,
     log:
         f"{LOGS}/tables.log",
     benchmark:

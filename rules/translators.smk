@@ -5,23 +5,23 @@
 
 rule train_translators:
     wildcard_constraints:
-        backbone=one_of([b for b in BACKBONES if "translator" in emissions(b)]),
+        backbone=one_of([b for b in PLAN.backbones if "translator" in PLAN.emissions(b)]),
     input:
         backbone=backbone_input,
-        tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
-        train=corpus_file("train"),
-        answers=lambda wc: answers_input(wc.backbone, TRANSLATORS["answers_weight"]),
+        tokenizer=tokenizer_input,
+        train=PATHS.corpus_file("train"),
+        answers=lambda wc: PATHS.answers_input(wc.backbone, PLAN.translators["answers_weight"]),
     output:
-        weights=f"{RESULTS}/translators/{{backbone}}/translators.safetensors",
-        meta=f"{RESULTS}/translators/{{backbone}}/translators.json",
+        weights=f"{PATHS.translators_dir('{backbone}')}/translators.safetensors",
+        meta=PATHS.translators_file("{backbone}"),
     params:
         out=lambda wc, output: os.path.dirname(output.meta),
-        model=lambda wc: backbone_path(wc.backbone),
-        tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        exit_layers=lambda wc: exit_layers_option(wc.backbone),
-        options=cli({k: v for k, v in TRANSLATORS.items() if k != "answers_weight"}),
-        answers=lambda wc: answers_flags(wc.backbone, TRANSLATORS["answers_weight"]),
-        seed=SEED,
+        model=backbone_path,
+        tokenizer=tokenizer_flag,
+        exit_layers=exit_layers_flag,
+        options=flags({k: v for k, v in PLAN.translators.items() if k != "answers_weight"}),
+        answers=lambda wc: FLAGS.answers(wc.backbone, PLAN.translators["answers_weight"]),
+        seed=PLAN.seed,
     # unlocks the translator heads and their evaluations: first (see train_heads)
     priority: 1
     threads: 1
@@ -39,22 +39,22 @@ rule train_translators:
 
 rule agreement:
     input:
-        unpack(lambda wc: {"backbone": backbone_input(wc), "valid": corpus_file("valid"),
-                           "translators": translators_input(wc),
-                           **{f"task_{t}": task_file(t) for t in TASKS},
-                           **({"fewshot": fewshot_file("triviaqa")} if "triviaqa" in TASKS else {})}),
-        tokenizer=lambda wc: [TOKENIZER] if pretrained_here(wc.backbone) else [],
+        unpack(lambda wc: {"backbone": backbone_input(wc), "valid": PATHS.corpus_file("valid"),
+                           "translators": [PATHS.translators_file(wc.backbone)]
+                           if "translator" in PLAN.emissions(wc.backbone) else [],
+                           **{f"task_{t}": PATHS.task_file(t) for t in PLAN.tasks},
+                           **({"fewshot": PATHS.fewshot_file("triviaqa")} if "triviaqa" in PLAN.tasks else {})}),
+        tokenizer=tokenizer_input,
     output:
-        report(f"{RESULTS}/tables/agreement_{{backbone}}.csv", caption="../report/agreement_table.rst", category="Tables"),
+        report(PATHS.agreement_table("{backbone}"), caption="../report/agreement_table.rst", category="Tables"),
     params:
-        model=lambda wc: backbone_path(wc.backbone),
-        tokenizer=lambda wc: f"--tokenizer {TOKENIZER}" if pretrained_here(wc.backbone) else "",
-        exit_layers=lambda wc: exit_layers_option(wc.backbone),
+        model=backbone_path,
+        tokenizer=tokenizer_flag,
+        exit_layers=exit_layers_flag,
         translators=lambda wc, input: f"--translators {os.path.dirname(input.translators[0])}" if input.translators else "",
-        tasks=" ".join(f"--task {t}:{task_file(t)}" + (f":{EVAL['tasks'][t]['shots']}" if (EVAL["tasks"][t] or {}).get("shots") is not None else "")
-                       for t in TASKS),
-        fewshot=f"--fewshot-data {fewshot_file('triviaqa')}" if "triviaqa" in TASKS else "",
-        options=cli({**AGREEMENT, "max_new_tokens": EVAL["max_new_tokens"], "seed": SEED}),
+        tasks=FLAGS.task_options(PLAN.tasks, PATHS.task_file),
+        fewshot=FLAGS.fewshot(PLAN.tasks),
+        options=flags({**PLAN.agreement, "max_new_tokens": PLAN.evaluation["max_new_tokens"], "seed": PLAN.seed}),
     threads: 1
     log:
         f"{LOGS}/agreement/{{backbone}}.log",

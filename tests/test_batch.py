@@ -165,7 +165,7 @@ DISAGREEING_THRESHOLDS = {"calm": {"mistral": (0.45, 0.55), "mamba2": (0.45, 0.5
 @pytest.mark.parametrize("climbing_only", [True, False])
 def test_rows_that_disagree_equal_batch1(request, arch, policy, head_type, climbing_only):
     """Blocks after an exit on the climbing rows only, or on every row with the exited rows put back: both exact.
-    The zero-parameter rules too: the softmax rule's LM head on R rows, the saturation rule's z_in of those rows."""
+    The untrained heads too: the softmax head's LM head on R rows, the saturation head's z_in of those rows."""
     model = model_for(request, arch)
     heads = build_heads(head_type, 256, [3, 4, 5, 6], seed=11)
     kw = dict(max_new_tokens=8, eos_token_id=[])

@@ -16,16 +16,10 @@ from tqdm import tqdm
 from workflow_lib.artifacts import provenance, write_json
 from workflow_lib.choices import DEFAULT_TRIVIAQA_SELECTION, TRIVIAQA_SELECTIONS
 from workflow_lib.data import formats
+from workflow_lib.data.sources import is_local_file
 from workflow_lib.defaults import CORPUS, TRIVIAQA
 
 TEXT_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json"}  # datasets' packaged builders
-FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".arrow")
-
-
-def is_local(source: str) -> bool:
-    """A source naming a file (by suffix or because it is one) is local. Anything else is a hub id or a
-    local dataset folder (e.g. a downloaded hub snapshot), both of which `datasets.load_dataset` reads."""
-    return Path(source).suffix in FILE_SUFFIXES or Path(source).is_file()
 
 
 def _check_out(out: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
@@ -34,7 +28,7 @@ def _check_out(out: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
 
 
 def _check_source(source: str) -> None:
-    if is_local(source) and not Path(source).is_file():
+    if is_local_file(source) and not Path(source).is_file():
         raise FileNotFoundError(f"source file not found: {source}")
 
 
@@ -51,7 +45,7 @@ def stream_documents(source: str, seed: int, shuffle_buffer: int, config: str | 
     per line) or `.jsonl` goes through the same `datasets` streaming and shuffle-buffer code."""
     import datasets
 
-    if is_local(source):
+    if is_local_file(source):
         ds = datasets.load_dataset(TEXT_BUILDERS[Path(source).suffix], data_files=str(source), split="train",
                                    streaming=True)
     else:
@@ -90,7 +84,7 @@ def sample_corpus(source: str, out: str | os.PathLike, token_budget: int, seed: 
         if path is not None:
             _check_out(path, (".txt", ".jsonl"))
     _check_source(source)
-    if is_local(source) and Path(source).suffix not in TEXT_BUILDERS:
+    if is_local_file(source) and Path(source).suffix not in TEXT_BUILDERS:
         raise ValueError(f"text source {source}: must be .txt (one document per line) or .jsonl ({{'text': ...}})")
     count = token_counter(tokenizer)
     budgets = [token_budget] + ([valid_budget] if valid_out is not None else [])
@@ -136,7 +130,7 @@ def _hub_rows(source: str, config: str | None, split: str) -> list[dict]:
 def load_eval_set(kind: str, source: str, config: str | None = None, split: str = "validation") -> list[dict]:
     """Canonical records of `kind` from a hub id or a local file in a canonical or original format."""
     _check_source(source)
-    if is_local(source):
+    if is_local_file(source):
         return formats.LOADERS[kind](source)
     convert = {"triviaqa": formats.triviaqa_from_hf, "coqa": formats.coqa_from_hf,
                "truthfulqa": formats.truthfulqa_from_hf}[kind]
@@ -198,7 +192,7 @@ def sample_triviaqa(source: str, out: str | os.PathLike, n: int | None = TRIVIAQ
         stats["ranks"] = [offset + 1, offset + len(chosen)]
     fewshot = None
     if fewshot_out is not None:
-        if is_local(source):
+        if is_local_file(source):
             ids = {r["question_id"] for r in chosen}
             pool = [r for r in records if r["question_id"] not in ids]
         else:

@@ -7,7 +7,7 @@ that differs from the shared `head_training:` defaults (plus `exit_layers`, else
       mamba_s64: {type: mamba, state_size: 64}
       calm_k15: {type: calm, label_rule: oracle_in_intermediate_topk, k: 15}
 
-The pipeline resolves every spec before any job runs (rules/common.smk). Importing the registry itself
+The pipeline resolves every spec before any job runs (workflow_lib/pipeline/plan.py). Importing the registry itself
 (workflow_lib.models.heads pulls in torch and transformers' Mamba-2) took 6-9 s here, more than a whole no-op
 `snakemake` call, so `registry()` reads the registry from the source of models/heads.py instead: the classes
 decorated with @register_head("name"), their constructor options and their `trainable` flag.

@@ -34,13 +34,11 @@ from ..decoding.answers import load_answers, pad_answers, read_answers_meta
 from ..defaults import HEAD_TRAINING, SEED, VALID_TOKENS
 from ..models.backbone import default_device, load_backbone, load_config, parts, resolve_exit_layers, signature
 from ..models.translators import check_emission, load_translators
+from .label_sharing import SHARED_SETTINGS
 from .labels import RANK_CAP, autocast, check_labelling, exit_predictions, label_ranks, labels_from_ranks
 from .text import check_schedule, check_text_file, load_text_tokenizer, read_sequences
 
 CACHE_FILE = "labels.safetensors"
-# Settings a head job must share with the cache to train on it (its exit layers need only be among the cache's; its
-# sequences are compared token by token, StoredLabels.check_sequences).
-SHARED_SETTINGS = ("emission", "label_source", "seq_len")
 
 
 def write_cache(out: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
