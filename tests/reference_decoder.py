@@ -21,11 +21,30 @@ from transformers import DynamicCache
 
 from workflow_lib.decoding.accounting import crf_exact, crf_paper
 from workflow_lib.decoding.core import DecodeResult, DecoderCore, restore_cache, snapshot_cache
+from workflow_lib.decoding.core import stateful
 from workflow_lib.decoding.kv_cache import new_cache
+from workflow_lib.decoding.pruning import prune_blocks
 
 
 class ReferenceDecoder(DecoderCore):
     """Batch-1 greedy early-exit decoding; DecoderCore takes the arguments."""
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
+        """Run the prompt through the (pruned) model's own forward; prime stateful heads on their layer's z."""
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [self.parts.layers[layer].register_forward_hook(
+                     lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
+                 for layer, head in self.heads.items() if stateful(head)]
+        try:
+            with prune_blocks(self.model, self.prune, self.prune_start):
+                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, h in captured.items():
+            states[layer] = self.heads[layer].prefill(self.parts.final_norm(h).to(self.dtype), states[layer])  # z: (1, T, D)
+        return out.logits[:, -1, :].float()  # (1, V)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64, stop_strings: list[str] | None = None,
@@ -170,3 +189,8 @@ def reference_of(decoder: DecoderCore) -> ReferenceDecoder:
     return ReferenceDecoder(decoder.model, heads, decoder.threshold, decoder.policy, decoder.prune,
                             decoder.penalty.penalty if decoder.penalty is not None else 1.0, decoder.prune_start,
                             decoder.oracle_exits or None, decoder.emission, decoder.translators)
+
+
+def prefill_row(decoder: DecoderCore, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
+    """The reference's batch-1 prefill of `input_ids` (1, T) for any decoder (its configuration): fp32 logits (1, V)."""
+    return ReferenceDecoder.prefill(decoder, input_ids, cache, states)

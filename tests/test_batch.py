@@ -266,6 +266,30 @@ def test_thresholds_from_one_prefill_equal_separate_runs(request, arch, policy, 
     assert len(exits) >= 3  # the thresholds lead to different exits, so a shared state that leaked would show
 
 
+@pytest.mark.parametrize("arch", ["mistral", "mamba2"])
+def test_one_prefill_for_every_decoder(request, arch):
+    """decode_shared: the full model, pruned models (deepest and a middle range), stateful mamba heads, the oracle and
+    two thresholds decoded from one full-depth pass of the prompts give exactly what each decodes alone; each pruned
+    model also what the reference's own pruned prefill gives, row by row (its blocks after the dropped range re-run
+    on the hidden state that entered it)."""
+    from workflow_lib.decoding.decoder import decode_shared
+
+    model = model_for(request, arch)
+    kw = dict(max_new_tokens=8, eos_token_id=[])
+    mamba_heads = build_heads("mamba", 256, [3, 5], seed=4)
+    runs = [(ExitDecoder(model), 2.0), (ExitDecoder(model, prune=2), 2.0), (ExitDecoder(model, prune=2, prune_start=2), 2.0),
+            (ExitDecoder(model, build_heads("calm", 256, [2], seed=3), threshold=0.5, prune=3, prune_start=3), 0.5),
+            (ExitDecoder(model, mamba_heads, threshold=0.5), 0.5), (ExitDecoder(model, mamba_heads, threshold=0.5), 0.45),
+            (ExitDecoder(model, oracle_exits=[2, 4, 6]), 2.0)]
+    shared = decode_shared(runs, PROMPTS, **kw)
+    for (decoder, threshold), got in zip(runs, shared):
+        alone = decode_shared([(decoder, threshold)], PROMPTS, **kw)[0]
+        assert all(same(a, b) for a, b in zip(alone, got))
+        if decoder.prune:
+            assert all(same(a, b) for a, b in zip(batch1(decoder, PROMPTS, **kw), got))
+    assert {r.prefill_seconds > 0 for rows in shared for r in rows} == {True}
+
+
 def test_thresholds_need_exit_heads(tiny_mistral):
     with pytest.raises(ValueError, match="several thresholds need a decoder with exit heads"):
         ExitDecoder(tiny_mistral).generate_batch_thresholds(PROMPTS, [0.2, 0.5], max_new_tokens=4)
@@ -296,19 +320,15 @@ def test_run_record_counts_each_batch_once():
 
 def test_padded_forward_prefill_equals_row_prefill(tiny_any):
     """The padded batch through one forward (the GPU path) gives the caches, head states and logits that the
-    row-by-row prefill (the CPU path for padded batches) stacks from batch-1 prefills, up to rounding."""
-    from transformers import DynamicCache
-
-    from workflow_lib.decoding.decoder import Rows, prefill_batch, prefill_rows
+    row-by-row pass (the CPU path for padded batches) stacks from batch-1 prefills, up to rounding."""
+    from workflow_lib.decoding.prefill import Prefill
 
     decoder = ExitDecoder(tiny_any, build_heads("mamba", 256, [3, 5], seed=4), threshold=0.5)
-    batch = Rows(decoder, PROMPTS, 4)
-    assert batch.padded
-    cache = DynamicCache(config=tiny_any.config)
-    states = {layer: head.init_state(len(PROMPTS), torch.device("cpu"), torch.float32)
-              for layer, head in decoder.heads.items()}
-    logits = prefill_batch(decoder, batch, cache, states)
-    row_logits, row_cache, row_states = prefill_rows(decoder, PROMPTS, batch.width)
+    padded = Prefill([decoder], PROMPTS, 4, by_rows=False)
+    by_rows = Prefill([decoder], PROMPTS, 4, by_rows=True)
+    assert padded.batch.padded
+    batch, cache, states, logits, _ = padded.start(decoder)
+    _, row_cache, row_states, row_logits, _ = by_rows.start(decoder)
     torch.testing.assert_close(logits, row_logits, rtol=1e-4, atol=1e-4)
     real = batch.mask.bool()  # (B, W): the positions that are not padding
     for j, (a, b) in enumerate(zip(cache.layers, row_cache.layers)):

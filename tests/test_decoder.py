@@ -4,7 +4,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from reference_decoder import ReferenceDecoder
+from reference_decoder import ReferenceDecoder, prefill_row
 
 from workflow_lib.decoding.accounting import CostModel
 from workflow_lib.decoding.decoder import ExitDecoder
@@ -258,7 +258,7 @@ def test_oracle_compares_what_an_exit_would_emit(request, arch, policy, emission
     forced = {e: ExitDecoder(model, build_heads("forced", 256, [e]), threshold=0.5, policy=policy, emission=emission,
                              translators=translators) for e in exits}
     cache = DynamicCache(config=model.config)
-    tok = oracle.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
+    tok = prefill_row(oracle, PROMPT, cache, {}).argmax(-1)  # (1,)
     for s in range(6):
         pos = torch.full((1, 1), PROMPT.shape[1] + s)
         want, _, _, _ = one_step(full_depth, tok, pos, copy.deepcopy(cache), {})
@@ -308,7 +308,7 @@ def test_emission_rules_leave_full_depth_alone_and_read_the_exit_state(tiny_back
                               translators=translators)
         from transformers import DynamicCache
         cache = DynamicCache(config=tiny_backbone.config)
-        tok = decoder.prefill(PROMPT, cache, {}).argmax(-1)
+        tok = prefill_row(decoder, PROMPT, cache, {}).argmax(-1)
         seen.clear()
         logits, exit_layer, _, translations = one_step(decoder, tok, torch.full((1, 1), PROMPT.shape[1]), cache,
                                                        {3: None})

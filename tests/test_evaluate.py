@@ -1,6 +1,7 @@
 """The evaluate entry: grid points with the model loaded once, complete run records beside lm-eval's
 per-sample log, the degenerate rule, and bad input refused before the model loads or generates."""
 import json
+import shlex
 
 import pytest
 import torch
@@ -101,6 +102,43 @@ def test_thresholds_of_one_job_equal_one_job_each(mistral_dir, task_files, tmp_p
         exits.add(tuple(sorted(together["exit_histogram"])))
     assert {s["dynamax"]["prefill_shared_by"] for s in point("together", "0.3")[1]} == {3}
     assert len(exits) > 1  # the thresholds exit differently: a leak between them would show
+
+
+def test_series_of_one_job_equal_one_job_each(mistral_dir, task_files, tmp_path):
+    """--series: the exit cells, the baseline and the pruning depths of a task in one job, every batch prefilled once:
+    each point's record (metrics, tokens, exits, costs, its series' own settings in its provenance) is what a job of
+    that series alone writes."""
+    heads = save_calm_heads(tmp_path / "heads", mistral_dir, exit_layers=(1, 2))
+    task = ["--backbone", str(mistral_dir), "--task", "coqa", "--data", str(task_files["coqa"]), "--limit", "4",
+            "--max-new-tokens", "6", "--batch-size", "3"]
+    series = {"exits": ["--heads", str(heads), "--thresholds", "0.3,0.6", "--policy", "copy"],
+              "baseline": ["--no-heads"], "prune": ["--no-heads", "--prune-series", "1,2"]}
+    main([*task, *sum((["--series", shlex.join([*flags, "--out-dir", str(tmp_path / "together" / name)])]
+                       for name, flags in series.items()), [])])
+    points = 0
+    for name, flags in series.items():
+        main([*task, *flags, "--out-dir", str(tmp_path / "alone" / name)])
+        for record in sorted((tmp_path / "alone" / name).rglob("record.json")):
+            other = tmp_path / "together" / record.relative_to(tmp_path / "alone")
+            a, b = json.loads(record.read_text()), json.loads(other.read_text())
+            for key in ("metrics", "exit_histogram", "cost", "crf_exact", "stop_reasons", "threshold", "prune",
+                        "prune_start", "policy"):
+                assert a[key] == b[key], (record, key)
+            config = {k: v for k, v in a["provenance"]["config"].items() if k != "out_dir"}
+            assert config == {k: v for k, v in b["provenance"]["config"].items() if k != "out_dir"}
+            sa, sb = ([json.loads(line)["dynamax"] for line in (path.parent / "samples.jsonl").open()]
+                      for path in (record, other))
+            assert [(s["token_ids"], s["exit_layers"]) for s in sa] == [(s["token_ids"], s["exit_layers"]) for s in sb]
+            assert {s["prefill_shared_by"] for s in sb} == {5}  # 2 thresholds + baseline + 2 depths
+            points += 1
+    assert points == 5
+
+
+def test_series_flags_go_inside_series(mistral_dir, task_files, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--backbone", str(mistral_dir), "--task", "coqa", "--data", str(task_files["coqa"]), "--no-heads",
+              "--series", f"--no-heads --out-dir {tmp_path}"])
+    assert "inside each --series" in capsys.readouterr().err
 
 
 def test_baseline_and_pruning_points(mistral_dir, task_files, tmp_path):

@@ -48,7 +48,8 @@ def test_loglikelihood_full_and_pruned(saved_backbone):
     assert full == pytest.approx([ll for ll, _ in ref.loglikelihood(_ll_requests())], abs=1e-4)
     rolling = [Instance("loglikelihood_rolling", {}, ("Cotton was a white kitten.",), 0)]
     assert ours.loglikelihood_rolling(rolling) == pytest.approx(ref.loglikelihood_rolling(rolling), abs=1e-4)
-    ours.set_point(2.0, prune=1)
+    ours.add_series("pruned", prune=1)
+    ours.set_point(2.0, "pruned")
     pruned = [ll for ll, _ in ours.loglikelihood(_ll_requests())]
     assert all(abs(a - b) > 1e-3 for a, b in zip(pruned, full))  # the pruned model scores differently
 

@@ -7,6 +7,7 @@ from transformers import DynamicCache
 from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb
 
 import policies_reference
+from reference_decoder import prefill_row
 from test_decoder import one_step
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.choices import POLICIES
@@ -30,7 +31,7 @@ def exit_step(model, policy, exit_layer=EXIT, emission="last_block"):
     p = parts(model)
     dec = ExitDecoder(model, build_heads("forced", 256, [exit_layer]), threshold=0.5, policy=policy, emission=emission)
     cache = DynamicCache(config=model.config)
-    tok = dec.prefill(PROMPT, cache, {}).argmax(-1)  # (1,)
+    tok = prefill_row(dec, PROMPT, cache, {}).argmax(-1)  # (1,)
     before = copy.deepcopy(cache)
     seen = {}
 

@@ -1,4 +1,4 @@
-"""Evaluate one (backbone, heads, policy, task) over a list of grid points with the model loaded once.
+"""Evaluate a task over series of grid points with the model loaded once and each batch of prompts prefilled once.
 
     python -m workflow_lib.cli.evaluate --backbone runs/backbones/tiny-mistral --heads runs/heads/tiny-mistral/calm \
         --policy recompute --task triviaqa --data data/triviaqa.jsonl --thresholds 0.5,0.9 --out-dir OUT
@@ -20,6 +20,17 @@ measured speedup beside the CRFs. --draft-vocab FILE (cli/draft_vocab.py) restri
 A threshold above 1 disables the exits. Everything is checked (task, files, numbers) before the model loads;
 heads built for another backbone are refused when they load, before any generation.
 
+A job's points share one prefill per batch of prompts (decoding/prefill.py): every threshold of a series, and with
+--series every series of the job (the pipeline runs one job per backbone and task: its exit cells, the oracle, the
+baseline, the pruning depths, the speculative points):
+    python -m workflow_lib.cli.evaluate --backbone B --task coqa --data coqa.json --reuse \
+        --series "--no-heads --out-dir OUT/baseline" \
+        --series "--heads H --thresholds 0.6,0.8 --policy recompute --out-dir OUT/calm" \
+        --series "--no-heads --prune-series 1,2,3 --out-dir OUT"
+Each --series holds one series' flags (the points above, --policy, --emission, --translators, --max-draft,
+--draft-vocab, --prune-rule and its --angular-* options, --out-dir); the rest of the command line is the task's and
+every series'. A point's record is what a command with its series' flags alone writes (its provenance too).
+
 --reuse keeps a point whose record.json already exists, was made with the same settings (every option but the
 lists of points, --threads and --reuse) and is newer than every input file (backbone, tokenizer, heads, data):
 the pipeline evaluates a whole threshold list per job, and adding a threshold to it then computes only that one.
@@ -29,6 +40,7 @@ Delete a point's folder to have it recomputed.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,7 +48,7 @@ from pathlib import Path
 from workflow_lib.arguments import add_task_arguments, check_task_arguments, model_options, number_list
 from workflow_lib.choices import DEFAULT_PRUNE_RULE, PRUNE_RULES
 from workflow_lib.defaults import EXITS_OFF
-from workflow_lib.evaluation.points import (angular_sequences, grid_points, load_model, newest_input,
+from workflow_lib.evaluation.points import (MAIN, angular_sequences, grid_points, load_model, newest_input,
                                             oracle_exits, reusable, run_point, save_point)
 from workflow_lib.evaluation.tasks import check_task_data, load_task
 
@@ -109,52 +121,100 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_task_arguments(p, args)
     return args
 
+SERIES_FLAG = "--series"
+# the flags of one series of points; the others (backbone, task, data, generation, lm-eval) are the job's
+SERIES_ONLY = {"--heads", "--no-heads", "--oracle", "--exit-layers", "--thresholds", "--prune", "--prune-series",
+               "--prune-rule", "--angular-text", "--angular-sequences", "--angular-tokens", "--policy", "--emission",
+               "--translators", "--max-draft", "--draft-vocab", "--out-dir"}
+
+
+def split_series(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the command line without its --series values, the --series values)."""
+    rest, series = [], []
+    it = iter(argv)
+    for word in it:
+        if word == SERIES_FLAG:
+            series.append(next(it, ""))
+        elif word.startswith(SERIES_FLAG + "="):
+            series.append(word.split("=", 1)[1])
+        else:
+            rest.append(word)
+    return rest, series
+
+
+def parse_series(argv: list[str]) -> list[argparse.Namespace]:
+    """One parsed command per series: the command line's own (no --series), or each --series' flags after the
+    command line's task options (which then must hold no series flag)."""
+    rest, series = split_series(argv)
+    if not series:
+        return [parse_args(rest)]
+    own = [w for w in rest if w in SERIES_ONLY]
+    if own:
+        build_parser().error(f"with --series, give {', '.join(sorted(set(own)))} inside each --series, not outside")
+    return [parse_args(rest + shlex.split(one)) for one in series]
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
-    args = parse_args(argv)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    points = grid_points(args.out_dir, args.thresholds, args.prune, args.prune_series, args.prune_rule)
-    if args.reuse:  # before the expensive imports: a job with every point done costs a fraction of a second
-        inputs_mtime = newest_input([args.backbone, args.tokenizer, args.heads, args.data, args.fewshot_data,
-                                     args.angular_text, args.translators, args.draft_vocab])
-        kept = [out_dir for out_dir, point in points if reusable(out_dir, point, config, inputs_mtime)]
-        for out_dir in kept:
-            print(f"{out_dir}: kept (evaluated before with the same settings and inputs)")
-        points = [(out_dir, point) for out_dir, point in points if out_dir not in kept]
-        if not points:
-            return 0
+    argv = sys.argv[1:] if argv is None else argv
+    every = parse_series(argv)
+    args = every[0]  # the task options are every series' own
+    jobs = []  # (series name, its parsed command, its record config, its points)
+    for i, one in enumerate(every):
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(one).items()}
+        points = grid_points(one.out_dir, one.thresholds, one.prune, one.prune_series, one.prune_rule)
+        if one.reuse:  # before the expensive imports: a job with every point done costs a fraction of a second
+            inputs_mtime = newest_input([one.backbone, one.tokenizer, one.heads, one.data, one.fewshot_data,
+                                         one.angular_text, one.translators, one.draft_vocab])
+            kept = [out_dir for out_dir, point in points if reusable(out_dir, point, config, inputs_mtime)]
+            for out_dir in kept:
+                print(f"{out_dir}: kept (evaluated before with the same settings and inputs)")
+            points = [(out_dir, point) for out_dir, point in points if out_dir not in kept]
+        if points:
+            jobs.append((MAIN if not jobs else f"series{i}", one, config, points))
+    if not jobs:
+        return 0
 
     from workflow_lib.data.formats import DataFormatError, read_corpus
     from workflow_lib.decoding.pruning import angular_distance_start
 
+    shared = []  # (series name, threshold): every point of the job, decoded from one prefill per batch
     try:
         check_task_data(args.task, args.data, args.fewshot_data)
-        if args.angular_text:
-            read_corpus(args.angular_text)  # checks the suffix now; documents are read once the tokenizer is there
-        exits = (oracle_exits(args.backbone, [n for _, n in args.exit_layers or []]) if args.oracle else None)
         task = load_task(args.task, args.data, args.triviaqa_n, args.fewshot_data)
-        lm = load_model(**model_options(args), prune=points[0][1]["prune"], oracle_exits=exits,
-                        max_draft=args.max_draft, draft_vocab=args.draft_vocab)
-        angular = (angular_sequences(lm.tokenizer, args.angular_text, args.angular_sequences, args.angular_tokens,
-                                     lm.model.device) if args.prune_rule == "angular" else None)
-    except (DataFormatError, ValueError, FileNotFoundError) as e:  # bad data, heads for another backbone ...
-        sys.exit(f"evaluate: error: {e}")
-    if args.heads:  # each batch's prefill serves every threshold of the job (lm_model.share_thresholds)
-        lm.share_thresholds([point["threshold"] for _, point in points if point["threshold"] is not None])
+        lm = None
+        for name, one, _, points in jobs:
+            if one.angular_text:
+                read_corpus(one.angular_text)  # checks the suffix; documents are read once the tokenizer is there
+            options = dict(policy=one.policy, emission=one.emission, translators=one.translators, heads=one.heads,
+                           oracle_exits=(oracle_exits(one.backbone, [n for _, n in one.exit_layers or []])
+                                         if one.oracle else None), max_draft=one.max_draft, draft_vocab=one.draft_vocab)
+            if lm is None:
+                lm = load_model(**{**model_options(one), **options})
+            angular = (angular_sequences(lm.tokenizer, one.angular_text, one.angular_sequences, one.angular_tokens,
+                                         lm.model.device) if one.prune_rule == "angular" else None)
+            for k, (out_dir, point) in enumerate(points):
+                if point["prune"]:  # a pruned model: a series of its own (its prefill derives from the full one)
+                    start = angular_distance_start(lm.model, angular, point["prune"]) if angular else None
+                    point["series"] = f"{name}.prune{k}"
+                    lm.add_series(point["series"], **options, prune=point["prune"], prune_start=start)
+                else:
+                    point["series"] = name
+                    if name not in lm.series:
+                        lm.add_series(name, **options)
+                shared.append((point["series"], point["threshold"] if point["threshold"] is not None else EXITS_OFF))
+    except (DataFormatError, ValueError, FileNotFoundError) as e:  # bad data, heads for another backbone, a prune n
+        sys.exit(f"evaluate: error: {e}")  # the backbone cannot take, an exit among the pruned blocks ...
+    lm.share(shared)
     setup_seconds = time.perf_counter() - started  # imports, data check, model and heads load: paid once per job
-    for out_dir, point in points:
-        threshold = point["threshold"] if point["threshold"] is not None else EXITS_OFF
-        try:
-            start = (angular_distance_start(lm.model, angular, point["prune"])
-                     if angular is not None and point["prune"] else None)
-            lm.set_point(threshold, point["prune"], start)
-        except ValueError as e:  # a prune n the backbone cannot take, an exit among the pruned blocks
-            sys.exit(f"evaluate: error: {e}")
-        results, wall = run_point(lm, task, args.shots, args.max_new_tokens, args.seed, args.limit)
-        point = {**point, "prune_rule": args.prune_rule, "prune_start": lm.prune_start if point["prune"] else None,
-                 "setup_seconds": setup_seconds}
-        save_point(out_dir, lm, results, wall, point, args.task, args.backbone, args.heads, args.degenerate_limit,
-                   config, args.seed)
+    for name, one, config, points in jobs:
+        for out_dir, point in points:
+            lm.set_point(point["threshold"] if point["threshold"] is not None else EXITS_OFF, point.pop("series"))
+            results, wall = run_point(lm, task, one.shots, one.max_new_tokens, one.seed, one.limit)
+            point = {**point, "prune_rule": one.prune_rule, "prune_start": lm.prune_start if point["prune"] else None,
+                     "setup_seconds": setup_seconds}
+            save_point(out_dir, lm, results, wall, point, one.task, one.backbone, one.heads, one.degenerate_limit,
+                       config, one.seed)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The decoder's configuration and its checks, and the pieces its per-token step (step.py) and its loop (decoder.py)
-read: the emission rule, the policy's fill, the causal mask, one row's prefill, the greedy choice, the stop test, the
+read: the emission rule, the policy's fill, the causal mask, the greedy choice, the stop test, the
 per-row result. The reference decoder in tests/ (the batch-1 loop the equivalence tests compare against) reads the
 same interface.
 
@@ -28,7 +28,7 @@ from ..models.heads import ExitHead
 from ..models.translators import Translators, check_emission
 from .accounting import CostModel, TokenCost
 from .policies import make_fill, resolve_policy
-from .pruning import kept_blocks, prune_blocks
+from .pruning import kept_blocks
 
 
 @dataclass
@@ -209,23 +209,6 @@ class DecoderCore:
         if self.penalty is not None:
             logits = self.penalty(seq, logits)  # (B, V)
         return logits.argmax(-1)  # (B,)
-
-    @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, cache: DynamicCache, states: dict) -> torch.Tensor:
-        """Run the prompt through the (pruned) model's own forward; prime stateful heads on their layer's z."""
-        captured: dict[int, torch.Tensor] = {}
-        hooks = [self.parts.layers[layer].register_forward_hook(
-                     lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
-                 for layer, head in self.heads.items() if stateful(head)]
-        try:
-            with prune_blocks(self.model, self.prune, self.prune_start):
-                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for layer, h in captured.items():
-            states[layer] = self.heads[layer].prefill(self.parts.final_norm(h).to(self.dtype), states[layer])  # z: (1, T, D)
-        return out.logits[:, -1, :].float()  # (1, V)
 
     @staticmethod
     def stop_reason(token_ids: list[int], eos: set[int], stop_strings: list[str] | None, tokenizer) -> str | None:

@@ -1,11 +1,8 @@
 """The exit-aware greedy decoder (Algorithm 1 of the paper, docs/policies.md): a batch of prompts decoded together,
 every row exiting on its own decision; batch size 1 is a batch of one row.
 
-- Prefill: the prompts left-padded with an attention mask through the model's own forward, as transformers'
-  batched `generate` does (Mistral: positions counted over the real tokens, padded keys masked; Mamba-2: padded
-  positions zeroed before the state, transformers' `apply_mask_to_padding_states`). On CPU a padded batch is
-  prefilled row by row instead and the caches stacked (`prefill_rows`, which says why); decoding then masks the
-  padded positions the same way.
+- Prefill: the prompts' full-depth pass (prefill.py), once for every threshold and every decoder that decodes them
+  (`decode_shared`): the exit cells, the oracle, the baseline and the pruning depths of one model start from it.
 - Each decode step is `step.Step` (the one place where a token exits). Stateful heads keep one state row per batch
   row and step only the rows that reach them.
 - A row that finishes (EOS, stop string, max tokens) leaves the batch: its cache, head-state and position rows
@@ -19,171 +16,19 @@ own context length); decode_seconds is the row's latency (decode start to its la
 """
 from __future__ import annotations
 
-import copy
 import time
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
-from ..defaults import EXITS_OFF
+from . import speculative
 from .accounting import crf_exact, crf_paper
 from .core import DecodeResult, DecoderCore
-from .kv_cache import new_cache
-from .pruning import prune_blocks
-from . import speculative
+from .prefill import Prefill, Rows, validate_prompts
 from .step import Step
 
 __all__ = ["DecodeResult", "ExitDecoder"]
-
-
-def _pad_id(decoder: DecoderCore) -> int:
-    config = decoder.model.config
-    for pad in (config.pad_token_id, config.eos_token_id, 0):
-        if isinstance(pad, int):
-            return pad
-        if isinstance(pad, (list, tuple)) and pad:
-            return int(pad[0])
-    return 0
-
-
-def validate_prompts(decoder: DecoderCore, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
-    """The prompts as lists of ids; a clear error for an empty list, an empty prompt, or one past the context."""
-    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, Sequence) or len(prompts) == 0:
-        raise ValueError("prompts must be a non-empty list of token-id lists")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    config = decoder.model.config
-    context = getattr(config, "max_position_embeddings", None)  # Mamba-2 has no context limit
-    vocab = config.vocab_size
-    out = []
-    for i, prompt in enumerate(prompts):
-        ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
-        if not ids:
-            raise ValueError(f"prompt {i} is empty")
-        if context is not None and len(ids) > context:
-            raise ValueError(f"prompt {i} has {len(ids)} tokens, longer than the model's context of {context}")
-        if min(ids) < 0 or max(ids) >= vocab:
-            raise ValueError(f"prompt {i} has a token id outside the vocabulary 0..{vocab - 1}")
-        out.append([int(t) for t in ids])
-    return out
-
-
-class Rows:
-    """The rows still decoding and their per-row tensors; `keep` drops finished rows from all of them."""
-
-    def __init__(self, decoder: DecoderCore, prompts: list[list[int]], max_new_tokens: int):
-        device = decoder.parts.lm_head.weight.device
-        self.device = device
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
-        pad = _pad_id(decoder)
-        self.input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, T)
-        self.padded = min(lengths) != width
-        # 0 at left padding, over the prompt and every token since (None without padding: the batch-1 calls)
-        self.mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device) if self.padded else None
-        self.rows = list(range(len(prompts)))  # original index of each row still decoding
-        self.positions = torch.tensor(lengths, device=device)[:, None]  # (B, 1): position of the next token read
-        self.seq = None
-        if decoder.penalty is not None:
-            # prompt + generated ids for the repetition penalty; left padding repeats the row's first token, which the
-            # penalty (a gather/scatter over the ids present) then sees as nothing new
-            self.seq = torch.empty(len(prompts), width + max_new_tokens, dtype=torch.long, device=device)  # (B, T+N)
-            self.seq[:, :width] = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], device=device)
-        self.width = width
-
-    def keep(self, keep: list[int], cache: DynamicCache, states: dict, heads: dict) -> torch.Tensor:
-        """Keep the rows `keep` (indices into the current rows) everywhere; returns them as a tensor (K,)."""
-        idx = torch.tensor(keep, device=self.device)  # (K,)
-        cache.reorder_cache(idx)
-        for layer, head in heads.items():
-            states[layer] = head.keep_rows(states[layer], idx)
-        self.rows = [self.rows[i] for i in keep]
-        self.positions = self.positions[idx]
-        if self.mask is not None:
-            self.mask = self.mask[idx]
-        if self.seq is not None:
-            self.seq = self.seq[idx]
-        return idx
-
-
-def _stack(caches: list[DynamicCache], width: int) -> DynamicCache:
-    """One batch cache from single-row caches (the first one, filled in place): attention K/V left-padded to `width`
-    positions, fixed-size conv and SSM states stacked as they are."""
-    base = caches[0]
-    for j, layer in enumerate(base.layers):
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():  # (1, kv_heads, T_r, head_dim) per row
-            for name in ("keys", "values"):
-                rows = [getattr(c.layers[j], name) for c in caches]
-                setattr(layer, name, torch.cat([F.pad(t, (0, 0, width - t.shape[-2], 0)) for t in rows]))  # (B, ., W, .)
-        for name in ("conv_states", "recurrent_states"):
-            states = getattr(layer, name, None)
-            if states and states.get(0) is not None:
-                states[0] = torch.cat([getattr(c.layers[j], name)[0] for c in caches])  # (B, ...)
-    return base
-
-
-@torch.no_grad()
-def prefill_rows(decoder: DecoderCore, prompts: list[list[int]], width: int) -> tuple[torch.Tensor, DynamicCache, dict]:
-    """Each prompt through the batch-1 prefill, the caches and head states then stacked into one batch.
-
-    Used for padded batches on CPU: there, a padding mask sends transformers' SDPA attention down its math path,
-    which materialises (B, heads, T, T) scores: padded in one forward, the default grid's Mistral TruthfulQA cells
-    (24 prompts of ~667 tokens) took 2.4x the CPU time of batch 1 (other tasks ~1.5x under the same load); row by
-    row, one such cell took 18.5 CPU-s against 19.2 at batch 1. The row prefill is exactly the batch-1
-    computation, so it also rounds exactly as batch size 1.
-    """
-    device = decoder.parts.lm_head.weight.device
-    logits, caches, states = [], [], []
-    for ids in prompts:
-        cache = new_cache(decoder.model.config)
-        row_states = {layer: head.init_state(1, device, decoder.dtype) for layer, head in decoder.heads.items()}
-        logits.append(decoder.prefill(torch.tensor([ids], device=device), cache, row_states))  # (1, V)
-        caches.append(cache)
-        states.append(row_states)
-    merged = {layer: _stack([s[layer] for s in states], width) if decoder.stateful(head) else None
-              for layer, head in decoder.heads.items()}
-    return torch.cat(logits), _stack(caches, width), merged  # (B, V)
-
-
-@torch.no_grad()
-def prefill_batch(decoder: DecoderCore, batch: Rows, cache: DynamicCache, states: dict) -> torch.Tensor:
-    """The padded prompts through the (pruned) model's own forward; stateful heads primed on their layer's z."""
-    p = decoder.parts
-    captured: dict[int, torch.Tensor] = {}
-    hooks = [p.layers[layer].register_forward_hook(lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out))
-             for layer, head in decoder.heads.items() if decoder.stateful(head)]
-    mask = batch.mask  # (B, T), or None without padding: exactly the batch-1 call
-    kwargs: dict = {"attention_mask": mask}
-    if p.is_attention and mask is not None:  # positions count the real tokens only, as generate's
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    try:
-        with prune_blocks(decoder.model, decoder.prune, decoder.prune_start):
-            out = decoder.model(input_ids=batch.input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for layer, h in captured.items():
-        z = p.final_norm(h).to(decoder.dtype)  # (B, T, D)
-        states[layer] = decoder.heads[layer].prefill(z, states[layer], attention_mask=mask)
-    return out.logits[:, -1, :].float()  # (B, V)
-
-
-@torch.no_grad()
-def prefill(decoder: DecoderCore, prompts: list[list[int]], max_new_tokens: int) -> tuple[Rows, DynamicCache, dict,
-                                                                                         torch.Tensor]:
-    """The prompts' full-depth pass: (their rows, the cache, the stateful heads' states, fp32 logits (B, V) of each
-    prompt's last position)."""
-    batch = Rows(decoder, prompts, max_new_tokens)
-    if batch.padded and batch.device.type == "cpu":
-        logits, cache, states = prefill_rows(decoder, prompts, batch.width)  # (B, V)
-    else:
-        cache = new_cache(decoder.model.config)
-        states = {layer: head.init_state(len(prompts), batch.device, decoder.dtype)
-                  for layer, head in decoder.heads.items()}
-        logits = prefill_batch(decoder, batch, cache, states)  # (B, V)
-    return batch, cache, states, logits
 
 
 class ExitDecoder(DecoderCore):
@@ -212,23 +57,12 @@ class ExitDecoder(DecoderCore):
     @torch.no_grad()
     def generate_batch_thresholds(self, prompts: Sequence[Sequence[int]], thresholds: Sequence[float],
                                   max_new_tokens: int = 64, stop_strings: list[str] | None = None, tokenizer=None,
-                                  eos_token_id=None, climbing_only: bool | None = None,
-                                  paired: str | None = None) -> list[list[DecodeResult]]:
+                                  eos_token_id=None, climbing_only: bool | None = None) -> list[list[DecodeResult]]:
         """Greedy-decode every prompt (a list of token-id lists, any lengths) together at each of `thresholds`, from
         one prefill: result i holds one `DecodeResult` per prompt, what a decoder built with threshold thresholds[i]
         gives it (`climbing_only`: see step.py; None: True on a CPU, False on a GPU). Several thresholds need exit
         heads (the oracle, a bound rather than a method, has no threshold: it decodes at one point).
-
-        `paired` ('before' or 'after' the thresholds) also decodes the same prefill with exits off (no heads), timed
-        the same way: one more result list, last, whose time the thresholds' can be divided by batch for batch (the
-        speculative mode's measured speedup; alternate the order from batch to batch to spread any drift).
-
-        The prompt runs at full depth whatever the threshold, so a grid over thresholds needs its prefill once: each
-        threshold decodes from its own copy of the prefilled cache and head states (transformers' documented way to
-        reuse a prompt cache, `copy.deepcopy`). On the embedded grid prefill was 68% of evaluation time (4,994 of
-        7,369 s, long few-shot prompts and short answers). Every result reports the one shared prefill's seconds.
         """
-        prompts = validate_prompts(self, prompts, max_new_tokens)
         thresholds = [float(t) for t in thresholds]
         if not thresholds:
             raise ValueError("thresholds must not be empty")
@@ -236,34 +70,8 @@ class ExitDecoder(DecoderCore):
                                     or not all(0 <= t <= 1 for t in thresholds)):
             raise ValueError("several thresholds need a decoder with exit heads and thresholds in [0, 1] "
                              f"(got {thresholds}, exits {'on' if self.exits_enabled else 'off'})")
-        if stop_strings and tokenizer is None:
-            raise ValueError("stop_strings need a tokenizer to decode the generated text")
-        device = self.parts.lm_head.weight.device
-        if climbing_only is None:
-            climbing_only = device.type == "cpu"
-        self.sync(device)
-        start = time.perf_counter()
-        batch, cache, states, logits = prefill(self, prompts, max_new_tokens)  # logits (B, V)
-        self.sync(device)
-        prefill_seconds = time.perf_counter() - start
-
-        if paired not in (None, "before", "after"):
-            raise ValueError(f"paired must be None, 'before' or 'after', got {paired!r}")
-        runs: list = [(self, threshold) for threshold in thresholds]
-        if paired is not None:  # exits off on the same prefill: the model's own decoder, no heads
-            plain = (ExitDecoder(self.model), EXITS_OFF)
-            runs = [plain] + runs if paired == "before" else runs + [plain]
-        results = []
-        for k, (decoder, threshold) in enumerate(runs):
-            last = k == len(runs) - 1  # the last run may consume the prefilled state itself
-            results.append(decoder.decode(batch if k == 0 else Rows(self, prompts, max_new_tokens),
-                                          cache if last else copy.deepcopy(cache),
-                                          states if last else copy.deepcopy(states), logits, threshold,
-                                          max_new_tokens, stop_strings, tokenizer, eos_token_id, climbing_only,
-                                          prefill_seconds))
-        if paired == "before":
-            results.append(results.pop(0))
-        return results
+        return decode_shared([(self, t) for t in thresholds], prompts, max_new_tokens, stop_strings, tokenizer,
+                             eos_token_id, climbing_only)
 
     def decode(self, batch: Rows, cache: DynamicCache, states: dict, logits: torch.Tensor, threshold: float,
                max_new_tokens: int, stop_strings, tokenizer, eos_token_id, climbing_only: bool,
@@ -326,3 +134,31 @@ class ExitDecoder(DecoderCore):
                              crf_paper(costs[r]), latency[r], prefill_seconds, batch_size=n,
                              batch_decode_seconds=decode_seconds)
                 for r in range(n)]
+
+
+@torch.no_grad()
+def decode_shared(runs: Sequence[tuple[ExitDecoder, float]], prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
+                  stop_strings: list[str] | None = None, tokenizer=None, eos_token_id=None,
+                  climbing_only: bool | None = None) -> list[list[DecodeResult]]:
+    """Every prompt decoded by each (decoder, threshold) of `runs`, in that order, all from one full-depth pass of the
+    prompts (prefill.Prefill: the decoders share one model; a pruned one gets its own blocks after its dropped range,
+    a stateful head its primed state). Result i holds one `DecodeResult` per prompt, what runs[i] gives it decoding
+    alone. The prompt runs at full depth whatever decodes it: on the embedded grid prefill was 68% of evaluation time
+    (4,994 of 7,369 s, long few-shot prompts and short answers). Each result reports its prefill seconds: the shared
+    pass's plus what its own start took (a copy of the cache, a pruned model's last blocks)."""
+    if not runs:
+        raise ValueError("runs must not be empty")
+    first = runs[0][0]
+    prompts = validate_prompts(first, prompts, max_new_tokens)
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    device = first.parts.lm_head.weight.device
+    if climbing_only is None:
+        climbing_only = device.type == "cpu"
+    prefill = Prefill([d for d, _ in runs], prompts, max_new_tokens)
+    results = []
+    for k, (decoder, threshold) in enumerate(runs):
+        rows, cache, states, logits, seconds = prefill.start(decoder, last=k == len(runs) - 1)
+        results.append(decoder.decode(rows, cache, states, logits, threshold, max_new_tokens, stop_strings,
+                                      tokenizer, eos_token_id, climbing_only, seconds))
+    return results

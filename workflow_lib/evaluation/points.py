@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from workflow_lib.defaults import EXITS_OFF
+
+MAIN = "main"  # the series of points a job's model is loaded with (lm_model.DynamaxLM's model_args)
 from workflow_lib.evaluation.records import RECORD, build_record, sample_lines, write_point
 from workflow_lib.evaluation.tasks import TASKS
 
