@@ -2,7 +2,8 @@
 # decides, fitted beside the text by the translators (translators.answers_weight) and the heads
 # (head_training.answers_weight). Per task its prompts (answer_prompts: drawn clear of the evaluated questions, the
 # calibration set and the few-shot examples, from the task's held-out pool or its whole source); per backbone one
-# file of answers to all of them (greedy_answers), shared by its translators, its label caches and its heads.
+# file of answers to all of them (greedy_answers), shared by its translators, its label caches and its heads, and
+# the draft vocabulary of its speculative series (draft_vocab: the tokens it emits most).
 
 rule answer_prompts:
     input:
@@ -54,3 +55,26 @@ rule greedy_answers:
     shell:
         "python -m workflow_lib.cli.answers --backbone {params.model} {params.tokenizer} {params.tasks}"
         " --threads {threads} {params.options} --out {output} > {log} 2>&1"
+
+
+rule draft_vocab:
+    input:
+        answers=PATHS.answers_file("{backbone}"),
+        text=PATHS.corpus_file("train"),
+        tokenizer=tokenizer_input,
+        backbone=backbone_input,
+    output:
+        PATHS.draft_vocab_file("{backbone}"),
+    params:
+        tokenizer=lambda wc: PATHS.tokenizer if PLAN.pretrained_here(wc.backbone) else PATHS.backbone_path(wc.backbone),
+        size=lambda wc: PLAN.backbones[wc.backbone]["speculative"]["draft_vocab"],
+    threads: 1
+    log:
+        f"{LOGS}/draft_vocab/{{backbone}}.log",
+    benchmark:
+        f"{BENCHMARKS}/draft_vocab/{{backbone}}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python -m workflow_lib.cli.draft_vocab --answers {input.answers} --text {input.text}"
+        " --tokenizer {params.tokenizer} --size {params.size} --threads {threads} --out {output} > {log} 2>&1"

@@ -37,6 +37,21 @@ SHIPPED = [(), ("configs/paper.yaml",), ("configs/smoke.yaml",), ("configs/real-
            ("config.yaml", "configs/emission-rules.yaml")]
 
 
+def series(dry_run_output) -> list[str]:
+    """The --out-dir of every series the evaluation jobs of a dry run (-p) run: one per exit cell, baseline, oracle,
+    pruning depth and speculative series."""
+    return re.findall(r"--out-dir (\S+?)'", dry_run_output)
+
+
+def count(dry_run_output, pattern: str) -> int:
+    """Series whose folder matches `pattern`."""
+    return sum(bool(re.search(pattern, folder)) for folder in series(dry_run_output))
+
+
+EXIT_CELL = r"/head~[^/]+(/emission~\w+)?/policy~\w+/task~"
+ORACLE = r"/oracle(/emission~\w+)?/policy~"
+
+
 def job_stats(dry_run_output):
     """{rule: planned jobs} from a dry run's 'Job stats:' table."""
     stats = dry_run_output.split("Job stats:")[1].split("\n\n")[0].splitlines()[3:]
@@ -54,7 +69,7 @@ def test_lint_clean(configfile):
 def test_dry_run_offline(configfiles):
     result = dry_run(*configfiles)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "evaluate_exits" in result.stdout and "figure" in result.stdout
+    assert count(result.stdout, EXIT_CELL) and count(result.stdout, "/baseline/") and "figure" in result.stdout
 
 
 def test_refused_config_stops_before_any_job(tmp_path):
@@ -93,11 +108,13 @@ def test_emission_rules_overlay_adds_calm_under_lens_and_translator():
     assert after["train_translators"] == before["train_translators"] == 2
     assert after["train_heads"] == before["train_heads"] + 2  # calm under lens
     assert after["label_cache"] == before["label_cache"] + 2  # one per backbone and added rule
-    assert after["evaluate_exits"] == before["evaluate_exits"] + cells
-    assert after["evaluate_oracle"] == before["evaluate_oracle"] + cells
+    assert count(both.stdout, EXIT_CELL) == count(base.stdout, EXIT_CELL) + cells
+    assert count(both.stdout, ORACLE) == count(base.stdout, ORACLE) + cells
     assert after["calibrate"] == before["calibrate"] + (3 + 2) + (2 + 1)  # CoQA calibrates
-    assert {k: v for k, v in after.items() if k in ("evaluate_prune", "evaluate_baseline", "pretrain")} == \
-        {k: v for k, v in before.items() if k in ("evaluate_prune", "evaluate_baseline", "pretrain")}
+    for kept in ("/prune", "/baseline/"):
+        assert count(both.stdout, kept) == count(base.stdout, kept)
+    assert {k: v for k, v in after.items() if k.startswith("evaluate_") or k == "pretrain"} == \
+        {k: v for k, v in before.items() if k.startswith("evaluate_") or k == "pretrain"}  # one job per task
 
 
 def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
@@ -112,7 +129,8 @@ def test_emission_rule_on_a_subset_adds_only_its_jobs(tmp_path):
     assert base.returncode == 0 and lens.returncode == 0, lens.stdout + lens.stderr
     before, after = job_stats(base.stdout), job_stats(lens.stdout)
     assert after["train_heads"] == before["train_heads"] + 1 and after["untrained_heads"] == before["untrained_heads"]
-    assert after["evaluate_oracle"] > before["evaluate_oracle"] and after["evaluate_exits"] > before["evaluate_exits"]
+    assert count(lens.stdout, ORACLE) > count(base.stdout, ORACLE)
+    assert count(lens.stdout, EXIT_CELL) > count(base.stdout, EXIT_CELL)
     assert "results/heads/mamba2/head~calm/emission~lens" in lens.stdout and "--emission lens" in lens.stdout
     assert "head~saturation/emission~lens" not in lens.stdout  # the rule runs on its listed heads only
     assert "results/eval/mamba2/oracle/emission~lens/policy~skip" in lens.stdout

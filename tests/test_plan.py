@@ -4,6 +4,7 @@ into the rules is tests/test_pipeline.py's."""
 import copy
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,19 @@ BAD_CONFIGS = [
     # figures of heads that do not exist
     (lambda c, tmp: c["analysis"].update(comparisons={"k": ["calm", "calm_k15"]}), "analysis.comparisons.k[1]",
      "no head named 'calm_k15'"),
+    # speculative series: heads the backbone runs under a rule it runs, with no recurrent state; a vocabulary needs answers
+    (lambda c, tmp: c["backbones"]["mamba2"].update(speculative={"heads": {"lens": ["calm"]}, "max_draft": [2]}),
+     "backbones.mamba2.speculative.heads.lens", "'lens' is not among backbones.mamba2.emissions"),
+    (lambda c, tmp: c["backbones"]["mamba2"].update(speculative={"heads": {"last_block": ["cal"]}, "max_draft": [2]}),
+     "backbones.mamba2.speculative.heads.last_block[0]", "no head named 'cal'"),
+    (lambda c, tmp: (c["heads"].update(m={"type": "mamba"}), c["backbones"]["mamba2"].update(
+        speculative={"heads": {"last_block": ["m"]}, "max_draft": [2]})),
+     "backbones.mamba2.speculative.heads.last_block[0]", "head type 'mamba' carries a recurrent state"),
+    (lambda c, tmp: c["backbones"]["mamba2"].update(speculative={"heads": {"last_block": ["calm"]}, "max_draft": [2],
+                                                                 "draft_vocab": 64}),
+     "backbones.mamba2.speculative.draft_vocab", "made from the backbone's greedy answers: set answers.tasks"),
+    (lambda c, tmp: c["backbones"]["mamba2"].update(speculative={"heads": {"last_block": ["calm"]}, "max_draft": [0]}),
+     "backbones.mamba2.speculative.max_draft[0]", "0 is less than the minimum of 1"),
     # answer prompts of a task not evaluated, or where the world has none to spare
     (lambda c, tmp: c.update(answers={"tasks": ["coqa"]}), "answers.tasks", "coqa is not among evaluation.tasks"),
     (lambda c, tmp: c.update(answers={"tasks": ["triviaqa"]}), "answers.tasks",
@@ -170,6 +184,32 @@ def test_default_plan_heads_keys_policies_and_records():
     cells = [(b, k, p) for b, k, p in plan.cells()]
     assert len(plan.records.exits()) == len(cells) * 3 * 8 and len(cells) == 5 * 3 + 5 * 2 + 2
     assert len(plan.records.all()) == 765 and len(plan.records.figures()) == 2 * 3 * 2
+
+
+def test_one_evaluation_job_per_backbone_and_task_runs_every_series(smoke):
+    """A backbone's evaluation of a task is one job: its records are every exit cell's thresholds, the baseline, the
+    oracle per rule and policy, each pruning depth of both rules and the speculative series; its command holds one
+    --series each, with the flags a job of that series alone would take."""
+    smoke["backbones"]["mamba2"].update(speculative={"heads": {"last_block": ["calm"]}, "max_draft": [2, 4],
+                                                     "thresholds": [0.5]})
+    plan = resolve(smoke)
+    cells = [c for c in plan.cells(["mamba2"])]
+    speculative = list(plan.speculative_cells(["mamba2"]))
+    assert speculative == [("mamba2", "calm", "skip", 2), ("mamba2", "calm", "skip", 4)]
+    records = plan.records.evaluated("mamba2", "{task}")
+    prune = 2 * len(plan.backbones["mamba2"]["prune"])
+    assert len(records) == len(cells) * len(plan.thresholds) + 1 + len(plan.records.oracle(["mamba2"], ["t"])) + \
+        prune + 2
+    assert "results/eval/mamba2/head~calm/policy~skip/speculative~4/task~{task}/threshold~0.5/record.json" in records
+    assert set(plan.records.speculative()) <= set(plan.records.all())
+    series = shlex.split(plan.flags.series("mamba2", "coqa"))
+    assert series[::2] == ["--series"] * (len(cells) + 1 + len(plan.records.oracle(["mamba2"], ["coqa"])) + prune + 2)
+    assert "--heads results/heads/mamba2/head~calm --policy skip --thresholds 0.5 --max-draft 4 " \
+           "--out-dir results/eval/mamba2/head~calm/policy~skip/speculative~4/task~coqa" in series
+    assert "--no-heads --out-dir results/eval/mamba2/baseline/task~coqa" in series
+    inputs = plan.paths.task_inputs_all("mamba2", "coqa")
+    assert inputs["heads"] == [f"results/heads/mamba2/head~{h}/heads.json" for h in ("calm", "saturation")]
+    assert inputs["draft_vocab"] == [] and inputs["angular_text"] == ["results/world/corpus_valid.jsonl"]
 
 
 def test_head_keys_paths_and_flags():

@@ -85,7 +85,9 @@ def plot_task(grid: pd.DataFrame, backbone: str, task: str, crf: str = "crf_exac
     oracle = points[points["method"] == "oracle"]
     calibrated = points[points["method"] == "calibrated"]
     deltas = sorted(calibrated["calibration.delta"].unique()) if len(calibrated) else []
-    shared = points[~points["method"].isin(["early_exit", "baseline", "oracle", "calibrated"])]
+    # the head-free series on every panel: the pruning; the speculative points, the full model's answers at a CRF in
+    # MACs that says nothing of their time, are in the tables (speculation.paired_speedup) instead
+    shared = points[~points["method"].isin(["early_exit", "baseline", "oracle", "calibrated", "speculative"])]
     # Head-free series by name; apply() on no rows gives a DataFrame, which groupby refuses (no pruning configured).
     shared = list(shared.groupby(shared.apply(series_name, axis=1), sort=True)) if len(shared) else []
     n = int(baseline["n_samples"].iloc[0]) if len(baseline) and "n_samples" in baseline else None

@@ -67,12 +67,14 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
     results/eval/{backbone}/oracle/policy~{p}/task~{t}/record.json                -> the oracle bound
     results/eval/{backbone}/head~{h}/policy~{p}/task~{t}/calibrated~{d}/record.json -> calibrated threshold
                                                                (the threshold is in the record: see record_row)
+    results/eval/{backbone}/head~{h}/policy~{p}/speculative~{k}/task~{t}/threshold~{x}/record.json
+                                                                   -> speculative (lossless), at most k drafts
     An emission rule other than last_block adds emission~{rule} after head~{h} (or after oracle); without it the
     rule is last_block.
     """
     parts = record_path(path, results_root).parts[:-1]
     point = {"backbone": parts[0], "method": "early_exit", "head": None, "policy": None,
-             "emission": DEFAULT_EMISSION, "task": None, "threshold": None, "prune": 0}
+             "emission": DEFAULT_EMISSION, "task": None, "threshold": None, "prune": 0, "max_draft": None}
     for part in parts[1:]:
         key, sep, value = part.partition("~")
         if not sep:
@@ -85,6 +87,8 @@ def grid_point(path: str | Path, results_root: str | Path = "results/eval") -> d
             point["threshold"] = float(value)
         elif key == "calibrated":
             point["method"] = "calibrated"
+        elif key == "speculative":
+            point["method"], point["max_draft"] = "speculative", int(value)
         elif key in ("head", "policy", "emission", "task"):
             point[key] = value
         else:
@@ -215,6 +219,8 @@ def series_name(row: pd.Series) -> str:
         return f"{row['head']} / {row['policy']}{rule} calibrated delta={row['calibration.delta']:g}"
     if row["method"] == "oracle":
         return f"oracle / {row['policy']}{rule}"
+    if row["method"] == "speculative":
+        return f"{row['head']} / {row['policy']}{rule} speculative k={int(row['max_draft'])}"
     return SERIES_NAMES[row["method"]]
 
 

@@ -97,3 +97,27 @@ def check_answer_tasks(answer_tasks: list[str], tasks: list[str], embedded: bool
             raise ConfigError("answers.tasks", f"{task} has no held-out prompts in the world: every one of its "
                                                f"questions is about a held-out fact and is evaluated (tasks that "
                                                f"have some: {', '.join(pools)})")
+
+
+def check_speculative(backbones: dict, specs: dict, types: dict, answer_tasks: list[str]) -> None:
+    """A speculative series drafts with heads its backbone runs under that rule, heads with no recurrent state (its
+    state would have to roll back with the rejected drafts), and a draft vocabulary needs the backbone's answers."""
+    for name, spec in backbones.items():
+        speculative = spec["speculative"]
+        if speculative is None:
+            continue
+        for emission, heads in speculative["heads"].items():
+            where = f"backbones.{name}.speculative.heads.{emission}"
+            _check_listed_rule(where, emission, name, spec["emissions"])
+            _check_heads(where, heads, specs)
+            runs = spec["emission_heads"].get(emission)
+            for i, head in enumerate(heads):
+                if runs and head not in runs:
+                    raise ConfigError(f"{where}[{i}]", f"{head!r} does not run under {emission} on this backbone "
+                                                       f"(backbones.{name}.emission_heads.{emission}: {runs})")
+                if types[specs[head]["type"]].stateful:
+                    raise ConfigError(f"{where}[{i}]", f"head type {specs[head]['type']!r} carries a recurrent state, "
+                                                       f"which would have to roll back with the rejected drafts")
+        if speculative["draft_vocab"] is not None and not answer_tasks:
+            raise ConfigError(f"backbones.{name}.speculative.draft_vocab", "a draft vocabulary is made from the "
+                                                                           "backbone's greedy answers: set answers.tasks")

@@ -32,7 +32,7 @@ def _filling_defaults(validator_class):
 
     def properties(validator, props, instance, schema):
         for name, subschema in props.items():
-            if "default" in subschema:
+            if "default" in subschema and isinstance(instance, dict):  # a nullable object may be null
                 instance.setdefault(name, copy.deepcopy(subschema["default"]))
         yield from check_properties(validator, props, instance, schema)
 

@@ -130,6 +130,14 @@ class Paths:
     def calibrated_record(cell: str, delta: str) -> str:
         return f"{cell}/calibrated~{delta}/record.json"
 
+    def speculative_cell(self, backbone: str, key: str, policy: str, max_draft, task: str) -> str:
+        """A speculative series' folder; its points are threshold~X/ inside."""
+        return f"{self.eval_root}/{backbone}/head~{key}/policy~{policy}/speculative~{max_draft}/task~{task}"
+
+    def draft_vocab_file(self, backbone: str) -> str:
+        """The backbone's draft vocabulary (rule draft_vocab), for its speculative series."""
+        return f"{RESULTS}/draft_vocab/{backbone}/draft_vocab.json"
+
     def baseline_dir(self, backbone: str, task: str) -> str:
         return f"{self.eval_root}/{backbone}/baseline/task~{task}"
 
@@ -174,6 +182,19 @@ class Paths:
         """evaluate_inputs, and the translators for a head key under the translator rule."""
         translators = self.translators_input(backbone, emission_of(key))
         return self.evaluate_inputs(backbone, task) | {"translators": translators}
+
+    def task_inputs_all(self, backbone: str, task: str) -> dict:
+        """What a backbone's evaluation of a task reads (rule evaluate_task): its data, backbone and tokenizer, every
+        head key's heads, the translators of its rules, the text that chooses angular blocks, the draft vocabulary."""
+        plan = self.plan
+        keys = {key for b, key, _ in plan.cells([backbone])} | {key for _, key, _, _ in plan.speculative_cells([backbone])}
+        speculative = plan.backbones[backbone]["speculative"]
+        return self.evaluate_inputs(backbone, task) | {
+            "heads": sorted(f"{self.heads_dir(backbone, key)}/heads.json" for key in keys),
+            "translators": self.translators_input(backbone, "translator") if "translator" in plan.emissions(backbone)
+            else [],
+            "angular_text": [self.corpus_file("valid")] if plan.backbones[backbone]["prune"] else [],
+            "draft_vocab": [self.draft_vocab_file(backbone)] if speculative and speculative["draft_vocab"] else []}
 
     def calibration_inputs(self, backbone: str, task: str) -> dict:
         return self.evaluate_inputs(backbone, task) | {"calibration": self.calibration_file(task)}

@@ -98,6 +98,21 @@ class Plan:
                 for policy in self.policies_under(b, emission_of(key)):
                     yield b, key, policy
 
+    def speculative_cells(self, backbones: list[str] | None = None, specs: list[str] | None = None):
+        """(backbone, head key, policy, max_draft) of every speculative series, before the task."""
+        for b in self.backbones if backbones is None else backbones:
+            speculative = self.backbones[b]["speculative"] or {"heads": {}, "max_draft": []}
+            for rule, heads in speculative["heads"].items():
+                for h in heads if specs is None else [h for h in heads if h in specs]:
+                    for policy in self.policies_under(b, rule):
+                        for k in speculative["max_draft"]:
+                            yield b, head_key(h, rule), policy, k
+
+    def speculative_thresholds(self, backbone: str) -> list[str]:
+        """The drafting exits' thresholds of a backbone's speculative series, as their folders spell them."""
+        return [number_label(t) for t in self.backbones[backbone]["speculative"]["thresholds"]
+                or self.evaluation["thresholds"]]
+
     def exit_layers(self, backbone: str, key: str | None = None) -> list[int] | None:
         """The head key's own exit layers, else the backbone's (None: the entry points' default); key None: the
         backbone's (the oracle's, the translators', the label cache's)."""
@@ -160,6 +175,7 @@ def resolve(config: dict, schema: str | Path = SCHEMA) -> Plan:
     checks.check_emission_lists(backbones, specs)
     checks.check_comparisons(config["analysis"]["comparisons"], specs)
     checks.check_answer_tasks(config["answers"]["tasks"], tasks, real is None, pools)
+    checks.check_speculative(backbones, specs, types, config["answers"]["tasks"])
     return Plan(
         config=config, seed=config["seed"], world=config["world"], real=real, tokenizer=config["tokenizer"],
         backbones=backbones,

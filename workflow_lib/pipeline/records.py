@@ -50,9 +50,22 @@ class Records:
                 for folder in PRUNE_FOLDERS.values() for n in self.plan.backbones[b]["prune"]
                 for t in _given(tasks, self.plan.tasks)]
 
+    def speculative(self, backbones=None, specs=None, tasks=None) -> list[str]:
+        """The speculative series' points: per (backbone, head key, policy, max_draft, task) each drafting threshold."""
+        return [self.paths.threshold_record(self.paths.speculative_cell(b, key, policy, k, t), x)
+                for b, key, policy, k in self.plan.speculative_cells(backbones, specs)
+                for t in _given(tasks, self.plan.tasks) for x in self.plan.speculative_thresholds(b)]
+
+    def evaluated(self, backbone: str, task: str) -> list[str]:
+        """Every record one evaluation job of a backbone and a task writes (rule evaluate_task)."""
+        b, t = [backbone], [task]
+        return (self.exits(b, tasks=t) + self.baseline(b, t) + self.oracle(b, t) + self.prune(b, t)
+                + self.speculative(b, tasks=t))
+
     def all(self) -> list[str]:
         """Every record: the tables' inputs."""
-        return self.exits() + self.baseline() + self.oracle() + self.prune() + self.calibrated()
+        return (self.exits() + self.baseline() + self.oracle() + self.prune() + self.speculative()
+                + self.calibrated())
 
     def shown(self, backbone: str, task: str, specs: list[str]) -> list[str]:
         """The records a figure of these head specs shows: their points (calibrated too), the baseline, the oracle and

@@ -34,6 +34,7 @@ class HeadType:
     required: tuple[str, ...]  # the options without a default
     any_options: bool  # the constructor also takes **options
     trainable: bool
+    stateful: bool  # it keeps a recurrent state that reads the prompt (overrides ExitHead.prefill: the mamba head)
 
 
 def _registered_name(cls: ast.ClassDef) -> str | None:
@@ -68,6 +69,17 @@ def _trainable(node):
     return None
 
 
+def _prefill_owner(cls: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> str | None:
+    """The class (this one or a base in the same file) whose body defines `prefill`."""
+    if any(isinstance(node, ast.FunctionDef) and node.name == "prefill" for node in cls.body):
+        return cls.name
+    for base in cls.bases:
+        if isinstance(base, ast.Name) and base.id in classes:
+            if (owner := _prefill_owner(classes[base.id], classes)) is not None:
+                return owner
+    return None
+
+
 def registry(source: str | Path = HEADS_SOURCE) -> dict[str, HeadType]:
     """Every registered head type of `source` (models/heads.py) with its constructor options."""
     tree = ast.parse(Path(source).read_text(), filename=str(source))
@@ -91,7 +103,8 @@ def registry(source: str | Path = HEADS_SOURCE) -> dict[str, HeadType]:
             raise ValueError(f"{source}: head type {name!r} has constructor options named like spec keys: "
                              f"{', '.join(sorted(clash))}")
         types[name] = HeadType(options=options, required=tuple(o for o in options if o not in defaulted),
-                               any_options=a.kwarg is not None, trainable=_lookup(cls, classes, _trainable) is not False)
+                               any_options=a.kwarg is not None, trainable=_lookup(cls, classes, _trainable) is not False,
+                               stateful=_prefill_owner(cls, classes) not in (None, "ExitHead"))
     return types
 
 
