@@ -46,7 +46,7 @@ def test_grid_point_reads_identity_from_path(tmp_path):
     root = tmp_path / "eval"
     exit_point = grid_point(root / "m/head~ffn/policy~copy_prev/task~coqa/threshold~0.45/record.json", root)
     assert exit_point == {"backbone": "m", "method": "early_exit", "head": "ffn", "policy": "copy_prev",
-                          "emission": "last_block", "task": "coqa", "threshold": 0.45, "prune": 0}
+                          "emission": "last_block", "task": "coqa", "threshold": 0.45, "prune": 0, "max_draft": None}
     lens = grid_point(root / "m/head~ffn/emission~lens/policy~copy/task~coqa/threshold~0.45/record.json", root)
     assert (lens["head"], lens["emission"], lens["policy"]) == ("ffn", "lens", "copy")
     assert series_name(pd.Series({**lens, "method": "early_exit"})) == "ffn / copy / lens"
@@ -59,6 +59,10 @@ def test_grid_point_reads_identity_from_path(tmp_path):
     assert grid_point(root / "m/baseline/task~coqa/record.json", root)["method"] == "baseline"
     oracle = grid_point(root / "m/oracle/policy~skip/task~coqa/record.json", root)
     assert (oracle["method"], oracle["policy"], oracle["head"]) == ("oracle", "skip", None)
+    speculative = grid_point(root / "m/head~calm/emission~translator/policy~recompute/speculative~4/task~coqa/"
+                                    "threshold~0.8/record.json", root)
+    assert (speculative["method"], speculative["max_draft"], speculative["threshold"]) == ("speculative", 4, 0.8)
+    assert series_name(pd.Series(speculative)) == "calm / recompute / translator speculative k=4"
     with pytest.raises(ValueError, match="unexpected path component"):
         grid_point(root / "m/bogus~1/task~coqa/record.json", root)
 
