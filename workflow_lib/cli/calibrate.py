@@ -37,7 +37,7 @@ from workflow_lib.arguments import add_task_arguments, check_task_arguments, mod
 from workflow_lib.choices import BOUNDS, RISKS
 from workflow_lib.defaults import CALIBRATION, EXITS_OFF
 from workflow_lib.evaluation.ltt import learn_then_test
-from workflow_lib.evaluation.points import load_model, run_point, save_point
+from workflow_lib.evaluation.points import MAIN, load_model, run_point, save_point
 from workflow_lib.evaluation.records import RECORD, SAMPLES
 from workflow_lib.evaluation.tasks import TASKS, check_task_data, load_task
 
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     calibration_task = load_task(args.task, args.calibration_data, args.triviaqa_n, args.fewshot_data)
     lm_task = TASKS[args.task][0]
     crf: dict[float, float] = {}
+    # every threshold of the grid decoded from one prefill of each batch of calibration prompts: the prompts dominate
+    # (a CoQA story is ~450 tokens, its answer ~7), so decoding the thresholds the test may not reach costs less
+    lm.share([(MAIN, t) for _, t in args.thresholds])
 
     def losses_at(threshold: float) -> list[float]:
         lm.set_point(threshold)
@@ -173,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"calibrate: error: {e}")
     setup_seconds = time.perf_counter() - started
     evaluation_task = load_task(args.task, args.data, args.triviaqa_n, args.fewshot_data)
-    for threshold in dict.fromkeys(t for t, _ in chosen.values()):  # each distinct point once
+    points = list(dict.fromkeys(t for t, _ in chosen.values()))  # each distinct point once, from one prefill
+    lm.share([(MAIN, t if t is not None else EXITS_OFF) for t in points])
+    for threshold in points:
         lm.set_point(threshold if threshold is not None else EXITS_OFF)  # none certified: exits off
         results, wall = run_point(lm, evaluation_task, args.shots, args.max_new_tokens, args.seed, args.limit)
         for delta, (t, tests) in chosen.items():
