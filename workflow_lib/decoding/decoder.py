@@ -25,6 +25,7 @@ from transformers import DynamicCache
 from . import speculative
 from .accounting import crf_exact, crf_paper
 from .core import DecodeResult, DecoderCore
+from .kv_cache import reserve
 from .prefill import Prefill, Rows, validate_prompts
 from .step import Step
 
@@ -78,6 +79,7 @@ class ExitDecoder(DecoderCore):
                prefill_seconds: float) -> list[DecodeResult]:
         """Decode a prefilled batch (`logits` (B, V): the prefill's last position) at `threshold`; consumes `batch`,
         `cache` and `states`. With max_draft set, the exits draft and the full model verifies (speculative.py)."""
+        reserve(cache, max_new_tokens + (self.max_draft or 0) + 1)  # one allocation, not a doubling, per layer
         if self.max_draft is not None and self.exits_enabled:
             return speculative.decode(self, batch, cache, states, logits, threshold, max_new_tokens, stop_strings,
                                       tokenizer, eos_token_id, prefill_seconds)

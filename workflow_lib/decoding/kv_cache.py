@@ -49,6 +49,15 @@ class GrowingLayer(DynamicLayer):
     values = _view("values")
     del _view
 
+    def reserve(self, room: int) -> None:
+        """Room for `room` more positions, allocated once (a decode's tokens): no doubling past what it needs."""
+        for name in ("keys", "values"):
+            buffer, n = self._buffers[name], self._lengths[name]
+            if buffer is not None and buffer.dim() == 4 and buffer.shape[-2] < n + room:
+                grown = buffer.new_empty(*buffer.shape[:2], n + room, buffer.shape[-1])  # (B, kv_heads, n+room, hd)
+                grown[..., :n, :] = buffer[..., :n, :]
+                self._buffers[name] = grown
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.device = key_states.device
@@ -71,3 +80,10 @@ def new_cache(config) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def reserve(cache: DynamicCache, room: int) -> None:
+    """Every growing layer of `cache` with room for `room` more positions (decoder.py: a decode's new tokens)."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowingLayer):
+            layer.reserve(room)
