@@ -117,6 +117,8 @@ BAD_CONFIGS = [
     # figures of heads that do not exist
     (lambda c, tmp: c["analysis"].update(comparisons={"k": ["calm", "calm_k15"]}), "analysis.comparisons.k[1]",
      "no head named 'calm_k15'"),
+    # calibrating heads that do not exist
+    (lambda c, tmp: c["calibration"].update(heads=["cal"]), "calibration.heads[0]", "no head named 'cal'"),
     # speculative series: heads the backbone runs under a rule it runs, with no recurrent state; a vocabulary needs answers
     (lambda c, tmp: c["backbones"]["mamba2"].update(speculative={"heads": {"lens": ["calm"]}, "max_draft": [2]}),
      "backbones.mamba2.speculative.heads.lens", "'lens' is not among backbones.mamba2.emissions"),
@@ -210,6 +212,15 @@ def test_one_evaluation_job_per_backbone_and_task_runs_every_series(smoke):
     inputs = plan.paths.task_inputs_all("mamba2", "coqa")
     assert inputs["heads"] == [f"results/heads/mamba2/head~{h}/heads.json" for h in ("calm", "saturation")]
     assert inputs["draft_vocab"] == [] and inputs["angular_text"] == ["results/world/corpus_valid.jsonl"]
+
+
+def test_calibration_of_some_heads_only():
+    config = shipped("config.yaml")
+    every = resolve(config).records.calibrated()
+    config["calibration"]["heads"] = ["calm"]
+    calm = resolve(config).records.calibrated()
+    assert calm and set(calm) < set(every) and all("/head~calm/" in r for r in calm)
+    assert {r for r in every if "/head~calm/" in r} == set(calm)  # under both rules, every policy
 
 
 def test_head_keys_paths_and_flags():

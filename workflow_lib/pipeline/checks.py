@@ -55,7 +55,7 @@ def check_exit_layers(backbones: dict, depth: dict, specs: dict) -> None:
                                          f"in 0..{n - 2} (the last block always runs)")
 
 
-def _check_heads(where: str, heads: list[str], specs: dict) -> None:
+def check_heads(where: str, heads: list[str], specs: dict) -> None:
     for i, head in enumerate(heads):
         if head not in specs:
             raise ConfigError(f"{where}[{i}]", f"no head named {head!r} (heads: {', '.join(specs)})")
@@ -72,7 +72,7 @@ def check_emission_lists(backbones: dict, specs: dict) -> None:
         for emission, heads in spec["emission_heads"].items():
             where = f"backbones.{name}.emission_heads.{emission}"
             _check_listed_rule(where, emission, name, spec["emissions"])
-            _check_heads(where, heads, specs)
+            check_heads(where, heads, specs)
         for emission, policies in spec["emission_policies"].items():
             where = f"backbones.{name}.emission_policies.{emission}"
             _check_listed_rule(where, emission, name, spec["emissions"])
@@ -84,7 +84,7 @@ def check_emission_lists(backbones: dict, specs: dict) -> None:
 
 def check_comparisons(comparisons: dict, specs: dict) -> None:
     for name, heads in comparisons.items():
-        _check_heads(f"analysis.comparisons.{name}", heads, specs)
+        check_heads(f"analysis.comparisons.{name}", heads, specs)
 
 
 def check_answer_tasks(answer_tasks: list[str], tasks: list[str], embedded: bool, pools: list[str]) -> None:
@@ -109,7 +109,7 @@ def check_speculative(backbones: dict, specs: dict, types: dict, answer_tasks: l
         for emission, heads in speculative["heads"].items():
             where = f"backbones.{name}.speculative.heads.{emission}"
             _check_listed_rule(where, emission, name, spec["emissions"])
-            _check_heads(where, heads, specs)
+            check_heads(where, heads, specs)
             runs = spec["emission_heads"].get(emission)
             for i, head in enumerate(heads):
                 if runs and head not in runs:

@@ -174,6 +174,8 @@ def resolve(config: dict, schema: str | Path = SCHEMA) -> Plan:
     checks.check_exit_layers(backbones, depth, specs)
     checks.check_emission_lists(backbones, specs)
     checks.check_comparisons(config["analysis"]["comparisons"], specs)
+    if calibration is not None and calibration["heads"]:
+        checks.check_heads("calibration.heads", calibration["heads"], specs)
     checks.check_answer_tasks(config["answers"]["tasks"], tasks, real is None, pools)
     checks.check_speculative(backbones, specs, types, config["answers"]["tasks"])
     return Plan(

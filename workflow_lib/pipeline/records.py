@@ -30,6 +30,8 @@ class Records:
                 for x in self.plan.thresholds]
 
     def calibrated(self, backbones=None, specs=None, tasks=None) -> list[str]:
+        calibrated = self.plan.calibration and self.plan.calibration["heads"]
+        specs = [s for s in _given(specs, self.plan.heads) if s in calibrated] if calibrated else specs
         return [self.paths.calibrated_record(cell, d) for task, cell in self._cells(backbones, specs, tasks)
                 if task in self.plan.calibrated_tasks for d in self.plan.deltas]
 
