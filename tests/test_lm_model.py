@@ -146,3 +146,16 @@ def test_translator_emission_from_model_args(saved_backbone, task_files, tmp_pat
                   translators=str(tmp_path / "tr1"))
     with pytest.raises(ValueError, match="needs translators"):
         DynamaxLM(backbone=str(saved_backbone), heads=str(heads), threshold=0.5, device="cpu", emission="translator")
+
+
+def test_warm_up_runs_the_batched_path_it_times(saved_backbone):
+    """The untimed warm-up decodes a batch of `batch_size` rows, as the grid points it warms up for do (it used to
+    warm batch size 1 only, a path evaluation never times)."""
+    lm = DynamaxLM(backbone=str(saved_backbone), device="cpu", batch_size=4)
+    rows = []
+    hook = lm.model.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    try:
+        lm.warm_up(new_tokens=3)
+    finally:
+        hook.remove()
+    assert rows and max(rows) == 4
