@@ -132,16 +132,22 @@ def test_registry_follows_bases_and_refuses_ambiguous_options(tmp_path):
         "class ExitHead:\n"
         "    trainable: bool = True\n"
         "    def __init__(self, hidden_size, **options): pass\n"
+        "    def prefill(self, hidden): pass\n"
         "@register_head('plain')\n"
         "class Plain(ExitHead):\n"
         "    trainable = False\n"
         "@register_head('needy')\n"
         "class Needy(Plain):\n"
-        "    def __init__(self, hidden_size, width, *, depth=2): pass\n")
+        "    def __init__(self, hidden_size, width, *, depth=2): pass\n"
+        "    def prefill(self, hidden): pass\n"
+        "@register_head('recurrent')\n"
+        "class Recurrent(Needy):\n"
+        "    pass\n")
     types = registry(source)
-    assert types["plain"] == HeadType(options=(), required=(), any_options=True, trainable=False)
+    assert types["plain"] == HeadType(options=(), required=(), any_options=True, trainable=False, stateful=False)
     assert types["needy"] == HeadType(options=("width", "depth"), required=("width",), any_options=False,
-                                      trainable=False)
+                                      trainable=False, stateful=True)
+    assert types["recurrent"].stateful  # a prefill inherited from a base other than ExitHead
     with pytest.raises(ValueError, match="heads.n: head type 'needy' needs the option 'width'"):
         resolve_specs({"n": {"type": "needy"}}, DEFAULTS, types)
     source.write_text(source.read_text().replace("depth=2", "k=2"))

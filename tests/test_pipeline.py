@@ -226,9 +226,9 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     extended = tmp_path / "extended.yaml"
     extended.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(extended))
-    # Only the cells that gain a point (one per backbone x head x policy x task; the new depth's
-    # pruning job) and what reads them; nothing upstream (data, backbones, heads).
-    assert job_stats(plan.stdout) == {"evaluate_exits": 4, "evaluate_prune": 2, "tables": 1, "figure": 2,
+    # Only the evaluation jobs that gain a point (one per backbone x task) and what reads them; nothing upstream
+    # (data, backbones, heads).
+    assert job_stats(plan.stdout) == {"evaluate_mistral": 1, "evaluate_mamba2": 1, "tables": 1, "figure": 2,
                                       "comparison_figure": 2, "all": 1}, plan.stdout
 
     # Running them computes only the new points: the records already there are kept byte for byte (a recomputed
@@ -257,7 +257,8 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(specs))
     # Each spec's training job, evaluation cell and calibration per backbone, the tables and the figures with every
     # head; not the calm_alone comparison figures, nor anything of `calm`.
-    assert job_stats(plan.stdout) == {"train_heads": 4, "evaluate_exits": 4, "calibrate": 4, "tables": 1, "figure": 2,
+    assert job_stats(plan.stdout) == {"train_heads": 4, "evaluate_mistral": 1, "evaluate_mamba2": 1, "calibrate": 4,
+                                      "tables": 1, "figure": 2,
                                       "all": 1}, plan.stdout
     results = tmp_path / "results"
     kept = [p for p in results.rglob("*")

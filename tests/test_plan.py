@@ -182,7 +182,7 @@ def test_default_plan_heads_keys_policies_and_records():
                   for r in plan.records.exits() + plan.records.oracle() if "emission~translator" in r}
     assert translator == {(b, what, "recompute", t) for b in ("mistral", "mamba2") for what in ("head~calm", "oracle")
                           for t in ("triviaqa", "coqa", "truthfulqa")}
-    # the dry run's job counts (tests/test_pipeline.py): one evaluate_exits job per cell and task, 8 thresholds each
+    # every exit cell of every task, 8 thresholds each
     cells = [(b, k, p) for b, k, p in plan.cells()]
     assert len(plan.records.exits()) == len(cells) * 3 * 8 and len(cells) == 5 * 3 + 5 * 2 + 2
     assert len(plan.records.all()) == 765 and len(plan.records.figures()) == 2 * 3 * 2
