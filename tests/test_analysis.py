@@ -154,7 +154,8 @@ def test_figure_heads_filter_keeps_only_those_heads(records, tmp_path, monkeypat
 
 def test_analysis_does_not_import_torch():
     code = ("import sys, workflow_lib.analysis.tables, workflow_lib.analysis.figures, "
-            "workflow_lib.cli.make_tables, workflow_lib.cli.make_figures; print('torch' in sys.modules)")
+            "workflow_lib.analysis.results_page, workflow_lib.cli.make_tables, workflow_lib.cli.make_figures, "
+            "workflow_lib.cli.results_page; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 
@@ -193,3 +194,35 @@ def test_calibrated_points_carry_their_threshold_and_measured_risk(tmp_path):
     assert [ax.get_title() for ax in figure.axes] == ["head: calm"]  # calibrated points are their head's
     labels = figure.axes[0].get_legend_handles_labels()[1]
     assert "calibrated, copy, delta=0.05" in labels and "calibrated, copy, delta=0.1" in labels
+
+
+def test_rows_say_which_run_made_them(tmp_path):
+    """A grid row carries its record's run (a key of commit, seed and package versions, and the three); a derived row
+    the run of each point it reads, joined where they differ; early_exit_share comes from the exit histogram."""
+    from workflow_lib.analysis.runs import run_columns
+    from workflow_lib.analysis.tables import no_loss_table, versus_pruning_table
+
+    root = tmp_path / "eval"
+    made = {"a": {"git_commit": "aaa", "seed": 3, "packages": {"python": "3.11.7", "torch": "2.13.0", "x": None}},
+            "b": {"git_commit": "bbb+dirty", "seed": 3, "packages": {"python": "3.11.7", "torch": "2.13.0"}}}
+    paths = []
+    for rel, em, crf, run in (("m/baseline/task~triviaqa", [1, 1, 0, 0], 1.0, "a"),
+                              ("m/prune~1/task~triviaqa", [0, 0, 0, 0], 1.2, "a"),
+                              ("m/head~calm/policy~copy/task~triviaqa/threshold~0.5", [1, 1, 0, 0], 1.3, "b")):
+        path = write_record(root, rel, sum(em) / 4, crf)
+        record = json.loads(path.read_text())
+        record.update(provenance=made[run], n_layers=6, exit_histogram={"2": 3, "5": 1})
+        path.write_text(json.dumps(record))
+        write_samples(path, ["x"] * 4, em)
+        paths.append(path)
+    grid = grid_table(paths, root, resamples=200)
+    keys = {name: run_columns(p)["run"] for name, p in made.items()}
+    assert list(grid.columns[-4:]) == ["run", "git_commit", "seed", "packages"]
+    assert list(grid["run"]) == [keys["a"], keys["b"], keys["a"]]  # sorted: baseline, early exit, prune
+    assert grid["packages"].iloc[0] == "python=3.11.7 torch=2.13.0" and grid["git_commit"].iloc[1] == "bbb+dirty"
+    in_memory = {**made["a"], "packages": dict(reversed(made["a"]["packages"].items()))}  # records store them sorted
+    assert len(set(keys.values())) == 2 and run_columns(in_memory)["run"] == keys["a"]  # one run, one key
+    assert (grid["early_exit_share"] == 0.75).all()
+    assert no_loss_table(grid).set_index("series").loc["calm / copy", "run"] == keys["b"]
+    (versus,) = versus_pruning_table(grid, root, resamples=200)["run"]
+    assert versus == "+".join(sorted(keys.values()))

@@ -210,3 +210,4 @@ def test_agreement_table(setup, task_files, tmp_path):  # noqa: F811
     last = table[(table.exit_layer == 2) & (table.rule == "last_block")]  # block n-2 + the last block: the full model
     assert (last.top1 == 1).all() and (last.kl.abs() < 1e-3).all()
     assert (table[table.source == "text"].tokens == 256).all()
+    assert table["run"].nunique() == 1 and table["packages"].str.contains("torch=").all()  # what made the rows

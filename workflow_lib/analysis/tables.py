@@ -14,6 +14,10 @@ pruning at equal compute): early exit minus pruning on the same questions, at a 
 versus-rule table does the same between emission rules: a head and policy under another rule minus under the paper's
 last_block, at a CRF at least the last_block point's.
 
+Every row says what made it (analysis/runs.py): the grid carries each record's run key, git commit, seed and package
+versions from its provenance; the tables derived from it carry the run key of the points they read.
+
+`early_exit_share` is each point's share of decode tokens that left before the last block (its exit histogram).
 `inconsistency` is each point's share of questions whose generation (stripped) differs from the full model's on the
 same question: the risk the calibrated thresholds bound. A calibrated point (`calibrated~<delta>`, from
 `python -m workflow_lib.cli.calibrate`) carries its threshold and calibration in its record; `measured_risk` is the
@@ -28,6 +32,7 @@ from typing import Iterable
 import pandas as pd
 
 from workflow_lib.analysis.intervals import bootstrap_mean, paired_difference, per_question_scores
+from workflow_lib.analysis.runs import RUN_COLUMNS, joined_runs, run_columns
 
 ID_COLUMNS = ["backbone", "method", "head", "policy", "emission", "task", "threshold", "prune"]
 DEFAULT_EMISSION = "last_block"  # the paper's emission rule; series under another rule carry its name
@@ -49,7 +54,7 @@ _SKIPPED_FIELDS = {"provenance", "lm_eval", "cost", "metrics_stderr", "exit_hist
 SPEED = "speed.decode_tokens_per_second"
 INTERVAL_SUFFIXES = ["_ci_low", "_ci_high", "_delta", "_delta_ci_low", "_delta_ci_high"]
 LEADING_COLUMNS = ["crf_exact", "crf_paper", "valid", "speedup_indicative", SPEED, "n_samples", "inconsistency",
-                   "calibration.delta", "measured_risk"]
+                   "early_exit_share", "calibration.delta", "measured_risk"]
 
 
 def record_path(path: str | Path, results_root: str | Path) -> Path:
@@ -118,7 +123,7 @@ def metric_name(name: str) -> str:
 def record_row(path: str | Path, results_root: str | Path = "results/eval") -> tuple[dict, list[str]]:
     """One grid point's row, and the names of its metric columns."""
     record = json.loads(Path(path).read_text())
-    row = grid_point(path, results_root)
+    row = grid_point(path, results_root) | run_columns(record.get("provenance"))
     if row["method"] == "calibrated":  # the threshold Learn-then-Test chose (None: none certified, exits off)
         row["threshold"] = record.get("threshold")
     names = []
@@ -127,6 +132,9 @@ def record_row(path: str | Path, results_root: str | Path = "results/eval") -> t
         if not name.endswith("_stderr") and isinstance(value, (int, float)) and not isinstance(value, bool):
             row[name] = float(value)
             names.append(name)
+    histogram, layers = record.get("exit_histogram"), record.get("n_layers")
+    if histogram and layers:  # a token that ran every block is counted at the last one
+        row["early_exit_share"] = 1 - histogram.get(str(layers - 1), 0) / sum(histogram.values())
     for key, value in _flatten(record).items():
         row.setdefault(key, value)
     return row, names
@@ -200,7 +208,7 @@ def grid_table(record_paths: Iterable[str | Path], results_root: str | Path = "r
     interval_columns = [f"{m}{suffix}" for m in metrics for suffix in INTERVAL_SUFFIXES if f"{m}{suffix}" in table]
     first = (ID_COLUMNS + [m for m in metrics if m in table] + interval_columns
              + [c for c in LEADING_COLUMNS if c in table])
-    order = first + [c for c in table.columns if c not in first]
+    order = first + [c for c in table.columns if c not in first + RUN_COLUMNS] + RUN_COLUMNS
     keys = ID_COLUMNS + [c for c in ("calibration.delta",) if c in table]  # calibrated points may share a threshold
     return table[order].sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
 
@@ -242,8 +250,9 @@ def pareto_table(grid: pd.DataFrame, crf: str = "crf_exact") -> pd.DataFrame:
                 "task": task, "backbone": backbone, "metric": metric, "crf": front[crf].to_numpy(),
                 "value": front[metric].to_numpy(), "series": front.apply(series_name, axis=1).to_numpy(),
                 "threshold": front["threshold"].to_numpy(), "prune": front["prune"].to_numpy(),
+                "run": front["run"].to_numpy() if "run" in front else None,
             }))
-    columns = ["task", "backbone", "metric", "crf", "value", "series", "threshold", "prune"]
+    columns = ["task", "backbone", "metric", "crf", "value", "series", "threshold", "prune", "run"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -252,7 +261,7 @@ def no_loss_table(grid: pd.DataFrame, delta: float = 0.02) -> pd.DataFrame:
     its paper CRF and threshold or prune n) of a valid point whose paired difference to the full model has its
     95% interval above -delta, i.e. no loss larger than delta is supported by the data."""
     columns = ["backbone", "task", "metric", "series", "crf_exact", "crf_paper", "threshold", "prune", "delta",
-               "delta_ci_low", "delta_ci_high", "no_loss_delta"]
+               "delta_ci_low", "delta_ci_high", "no_loss_delta", "run"]
     valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
     valid = valid[valid["method"] != "baseline"]
     rows = []
@@ -270,7 +279,7 @@ def no_loss_table(grid: pd.DataFrame, delta: float = 0.02) -> pd.DataFrame:
                              "crf_exact": best["crf_exact"], "crf_paper": best.get("crf_paper"),
                              "threshold": best["threshold"], "prune": best["prune"], "delta": best[f"{metric}_delta"],
                              "delta_ci_low": best[low], "delta_ci_high": best[f"{metric}_delta_ci_high"],
-                             "no_loss_delta": delta})
+                             "no_loss_delta": delta, "run": best.get("run")})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -296,7 +305,7 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
     95% paired bootstrap interval. `ci_low > 0`: early exit beats pruning at that compute. Points without a
     samples.jsonl (per-question scores) are left out."""
     columns = ["backbone", "task", "metric", "prune_method", "prune", "prune_crf_exact", "prune_value", "series",
-               "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n"]
+               "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n", "run"]
     valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
     question_scores = score_reader(results_root)
     rows = []
@@ -323,7 +332,8 @@ def versus_pruning_table(grid: pd.DataFrame, results_root: str | Path = "results
                                  "series": f"{head} / {policy}{emission_suffix(emission)}",
                                  "threshold": point["threshold"],
                                  "crf_exact": point["crf_exact"], "value": point[metric], "difference": diff,
-                                 "ci_low": low, "ci_high": high, "n": n})
+                                 "ci_low": low, "ci_high": high, "n": n,
+                                 "run": joined_runs(point.get("run"), pruned.get("run"))})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -335,7 +345,7 @@ def versus_rule_table(grid: pd.DataFrame, results_root: str | Path = "results/ev
     questions with its 95% paired bootstrap interval. `ci_high < 0`: the other rule is worse at that compute;
     `ci_low > 0`: better. Points without a samples.jsonl are left out."""
     columns = ["backbone", "task", "metric", "head", "policy", "emission", "default_threshold", "default_crf_exact",
-               "default_value", "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n"]
+               "default_value", "threshold", "crf_exact", "value", "difference", "ci_low", "ci_high", "n", "run"]
     valid = grid[grid["valid"].fillna(True).astype(bool)] if "valid" in grid else grid
     exits = valid[valid["method"] == "early_exit"]
     question_scores = score_reader(results_root)
@@ -360,5 +370,6 @@ def versus_rule_table(grid: pd.DataFrame, results_root: str | Path = "results/ev
                                  "emission": emission, "default_threshold": point["threshold"],
                                  "default_crf_exact": point["crf_exact"], "default_value": point[metric],
                                  "threshold": match["threshold"], "crf_exact": match["crf_exact"],
-                                 "value": match[metric], "difference": diff, "ci_low": low, "ci_high": high, "n": n})
+                                 "value": match[metric], "difference": diff, "ci_low": low, "ci_high": high, "n": n,
+                                 "run": joined_runs(match.get("run"), point.get("run"))})
     return pd.DataFrame(rows, columns=columns)

@@ -12,7 +12,8 @@ the full model and mean KL(full || emitted) when a token leaves at l with everyt
   TASK        the full model's greedy answers to the task's prompts (built by lm-eval as evaluate builds them, with
               the task's shots: SHOTS, else its task file's, as evaluate's): the positions that read a generated
               token, i.e. the decode steps where an exit decides
-One CSV row per (source, exit layer, rule).
+One CSV row per (source, exit layer, rule), with what made it: run key, git commit, seed, package versions
+(analysis/runs.py).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..arguments import layer_list, set_threads, task_spec
 from ..defaults import AGREEMENT, EVALUATION, SEED
 from ..evaluation.tasks import TASKS
 
-COLUMNS = ["source", "exit_layer", "rule", "tokens", "top1", "top1_low", "top1_high", "kl", "kl_low", "kl_high"]
+MEASURES = ["source", "exit_layer", "rule", "tokens", "top1", "top1_low", "top1_high", "kl", "kl_low", "kl_high"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +107,7 @@ def rows(source: str, measured: dict, seed: int, resamples: int) -> list[dict]:
             continue
         top1 = bootstrap_mean(agree.numpy(), seed, resamples)
         mean_kl = bootstrap_mean(kl.double().numpy(), seed, resamples)
-        table.append(dict(zip(COLUMNS, [source, layer, rule, agree.numel(), *top1, *mean_kl])))
+        table.append(dict(zip(MEASURES, [source, layer, rule, agree.numel(), *top1, *mean_kl])))
     return table
 
 
@@ -114,7 +115,8 @@ def main(argv=None) -> None:
     a = parse_args(argv)
     from transformers import AutoTokenizer
 
-    from ..artifacts import atomic_path
+    from ..analysis.runs import RUN_COLUMNS, run_columns
+    from ..artifacts import atomic_path, provenance
     from ..decoding.answers import greedy_answers
     from ..evaluation.tasks import task_prompts
     from ..models.backbone import default_device, load_backbone, load_config, resolve_exit_layers
@@ -143,9 +145,11 @@ def main(argv=None) -> None:
             table += rows(task, measure(model, sequences, layers, rules, translators), a.seed, a.resamples)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"agreement: error: {e}")
+    made_by = run_columns(provenance(None, a.seed))
+    frame = pd.DataFrame([row | made_by for row in table], columns=MEASURES + RUN_COLUMNS)
     with atomic_path(a.out) as tmp:
-        pd.DataFrame(table, columns=COLUMNS).to_csv(tmp, index=False, float_format="%.4f")
-    print(pd.DataFrame(table, columns=COLUMNS).to_string(index=False))
+        frame.to_csv(tmp, index=False, float_format="%.4f")
+    print(frame[MEASURES].to_string(index=False))
 
 
 if __name__ == "__main__":

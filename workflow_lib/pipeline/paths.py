@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .config import ConfigError
 from .keys import emission_of
 
 if TYPE_CHECKING:
@@ -14,6 +15,13 @@ TASK_FILES = {"triviaqa": "triviaqa.jsonl", "coqa": "coqa.json", "truthfulqa": "
 # Layer pruning: which n blocks are dropped (choices.PRUNE_RULES) -> the folder of its points. deepest: the n before
 # the last (the paper); angular: the n consecutive blocks closest in angle on the held-out text (Gromov et al.).
 PRUNE_FOLDERS = {"deepest": "prune", "angular": "prune_angular"}
+PAGE_SPEC, PAGE_MANIFEST = "page.yaml", "manifest.json"
+
+
+def page_folder(page: str) -> str:
+    """A results page's committed files (its spec, tables, figures, timings.csv, manifest.json): docs/results/X.md ->
+    docs/results/X (rule results_page, analysis/results_page.py)."""
+    return page[: -len(".md")] if page.endswith(".md") else page
 
 
 class Paths:
@@ -203,6 +211,18 @@ class Paths:
         """evaluate_inputs, and for angular pruning the held-out text that chooses the blocks."""
         angular = folder == PRUNE_FOLDERS["angular"]
         return self.evaluate_inputs(backbone, task) | ({"angular_text": self.corpus_file("valid")} if angular else {})
+
+    # ---- the results page (rule results_page) ----
+    def results_page(self) -> str:
+        """The page results_page.page names; ConfigError where the config names none."""
+        if self.plan.config.get("results_page") is None:
+            raise ConfigError("results_page", "this config names no page; `snakemake results_page` needs "
+                                              "results_page: {page: docs/results/NAME.md} (docs/results/README.md)")
+        return self.plan.config["results_page"]["page"]
+
+    def results_page_file(self, name: str) -> str:
+        """A file of the page's folder: its spec (PAGE_SPEC), its manifest (PAGE_MANIFEST)."""
+        return f"{page_folder(self.results_page())}/{name}"
 
     # ---- figures ----
     @staticmethod
