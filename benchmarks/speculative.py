@@ -333,7 +333,8 @@ def main(argv=None) -> None:
                 stops = StoppingCriteriaList([StopAnywhere(tokenizer, until, x.shape[1])])
                 with torch.no_grad():
                     out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new,
-                                         eos_token_id=eos, pad_token_id=pad, stopping_criteria=stops, **kw)  # (1, T + N)
+                                         eos_token_id=eos, pad_token_id=pad, stopping_criteria=stops,
+                                         **kw)  # (1, T + N)
                 return out[0, x.shape[1]:].tolist()
             return call
 

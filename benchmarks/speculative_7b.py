@@ -121,7 +121,7 @@ class Pieces:
             layer.keys, layer.values = layer.keys[..., :self.context, :], layer.values[..., :self.context, :]
 
     def inputs(self, positions: int):
-        """h (1, P, D), its position ids (1, P), rotary (cos, sin) and the causal mask, as the verification builds them."""
+        """h (1, P, D), its position ids (1, P), rotary (cos, sin) and the causal mask, as the verification has them."""
         h = self.h.expand(1, positions, -1).contiguous()  # (1, P, D)
         pos = torch.arange(self.context, self.context + positions, device=self.device)[None]  # (1, P)
         rotary = self.p.rotary_emb(h, position_ids=pos)
@@ -170,8 +170,9 @@ class Pieces:
         n = len(self.p.layers)
         translators = Translators(self.h.shape[-1], [0]).to(self.device, self.h.dtype) if emission == "translator" \
             else None
-        decoder = ExitDecoder(self.model, heads=build_heads("calm", self.h.shape[-1], [0]).to(self.device, self.h.dtype),
-                              threshold=0.5, policy=policy, emission=emission, translators=translators)
+        heads = build_heads("calm", self.h.shape[-1], [0]).to(self.device, self.h.dtype)
+        decoder = ExitDecoder(self.model, heads=heads, threshold=0.5, policy=policy, emission=emission,
+                              translators=translators)
         skipped = list(range(1, n - 1)) + ([n - 1] if emission != "last_block" else [])
         _, pos, rotary, _ = self.inputs(1)
 
