@@ -287,7 +287,7 @@ def test_results_page_target(tmp_path):
     assert planned.returncode == 0, out
     assert "output: docs/results/emission-rules/manifest.json" in out
     assert "--page docs/results/emission-rules.md" in out and "results/tables/agreement_mamba2.csv" in out
-    assert "--rule-benchmark 'evaluate_oracle=results/benchmarks/evaluate/" in out
+    assert "--rule-benchmark 'evaluate_mamba2=results/benchmarks/evaluate/mamba2/{task,triviaqa|coqa|truthfulqa}.tsv'" in out
     assert "--rule-benchmark 'results_page=" not in out
     refused = snakemake(tmp_path / "none", "results_page")
     assert refused.returncode != 0
