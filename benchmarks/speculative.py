@@ -34,7 +34,6 @@ Without --heads: random `calm` heads at --exit-layers (presets, tests); a preset
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 from collections import Counter
 from contextlib import contextmanager
@@ -48,7 +47,8 @@ from timing import add_common_args, interleaved, print_table, save, setup, sprea
 
 from workflow_lib.choices import EMISSION_RULES
 from workflow_lib.decoding.accounting import crf_exact
-from workflow_lib.decoding.decoder import ExitDecoder, Rows, prefill
+from workflow_lib.decoding.decoder import ExitDecoder
+from workflow_lib.decoding.prefill import Prefill
 from workflow_lib.evaluation.lm_model import read_draft_vocab
 from workflow_lib.evaluation.tasks import TASKS, load_task, task_prompts
 from workflow_lib.models.backbone import default_exit_layers, load_backbone, load_tokenizer, parts
@@ -269,7 +269,7 @@ def main(argv=None) -> None:
 
     prefiller = ExitDecoder(model, threshold=1.0, **exit_kw)  # exits on: head states for every decoder here
     with torch.no_grad():
-        pool = [prefill(prefiller, [prompts[i] for i in b], max_new)[1:] for b in batches]  # (cache, states, logits)
+        pool = [Prefill([prefiller], [prompts[i] for i in b], max_new) for b in batches]
 
     variants, records, meta_rows = {}, {}, {}
     scope = list(range(len(batches)))  # the batches a variant's call decodes: all, or the first for the warm-up
@@ -279,10 +279,10 @@ def main(argv=None) -> None:
 
         def run() -> list[float]:
             times, results = [], [None] * len(prompts)
-            for b, (cache, states, logits) in ((batches[k], pool[k]) for k in scope):
+            for b, shared in ((batches[k], pool[k]) for k in scope):
+                rows, cache, states, logits, _ = shared.start(decoder)  # untimed: a copy of the batch's prefill
                 with torch.no_grad():
-                    out = decoder.decode(Rows(decoder, [prompts[i] for i in b], max_new), copy.deepcopy(cache),
-                                         copy.deepcopy(states), logits, decoder.threshold, max_new, until, tokenizer,
+                    out = decoder.decode(rows, cache, states, logits, decoder.threshold, max_new, until, tokenizer,
                                          eos, climbing_only, 0.0)
                 times.append(out[0].batch_decode_seconds)
                 for i, r in zip(b, out):
@@ -302,7 +302,7 @@ def main(argv=None) -> None:
 
     def run_prefill() -> list[float]:
         with torch.no_grad():
-            return [timed(lambda k=k: prefill(prefiller, [prompts[i] for i in batches[k]], max_new), device)[0]
+            return [timed(lambda k=k: Prefill([prefiller], [prompts[i] for i in batches[k]], max_new), device)[0]
                     for k in scope]
     variants["prefill"] = run_prefill
 
