@@ -90,11 +90,14 @@ The oracle reaches <!-- value: oracle -->?<!-- /value --> over <!-- value: point
 
 <!-- generated: later -->
 <!-- /generated -->
+
+<!-- generated: speed -->
+<!-- /generated -->
 """
 SPEC = """
 labels: {task: {coqa: CoQA, triviaqa: TriviaQA}}
 order: {task: [triviaqa, coqa]}
-keep: ["notes-*.txt"]
+keep: ["notes-*.txt", speed]
 blocks:
   provenance: {kind: provenance}
   figures: {kind: figures}
@@ -113,6 +116,9 @@ blocks:
   later:
     csv: versus_rule.csv
     columns: [{x: "{x}"}]
+  speed:
+    csv: speed/coqa.json
+    columns: [{task: "{task}"}, {variant: "{variant}"}, {"ms [q1]": "{ms.median:.1f} [{ms.q1:.1f}]"}]
 values:
   oracle: {csv: grid.csv, query: "method == 'oracle'", agg: max, column: crf_exact, format: "{value:.2f}"}
   points: {csv: grid.csv, agg: count}
@@ -170,6 +176,11 @@ def run(tmp_path):
     (folder / "page.yaml").write_text(SPEC)
     (folder / "old.csv").write_text("a\n1\n")  # an earlier run's table: goes
     (folder / "notes-1.txt").write_text("kept")  # named by keep: stays
+    (folder / "speed").mkdir()  # a kept folder: a benchmark's JSON, its rows with its scalar fields beside
+    (folder / "speed" / "coqa.json").write_text(json.dumps(
+        {"benchmark": "speculative", "task": "coqa", "environment": {"torch_threads": 2},
+         "rows": [{"variant": "exits_off", "ms": {"median": 20.0, "q1": 19.5}},
+                  {"variant": "spec@0.9/4/full", "ms": {"median": 15.0, "q1": 14.25}}]}))
     config = tmp_path / "run.yaml"
     config.write_text("seed: 7\n")
     return tmp_path, made, patterns, page, folder, config
@@ -184,7 +195,7 @@ def test_a_page_made_from_a_run(run, monkeypatch):
                    patterns, [Path("run.yaml")], ("results/benchmarks/results_page.tsv",))
     assert page.read_text() == text
     assert sorted(p.name for p in folder.iterdir()) == ["grid.csv", "m-coqa.png", "manifest.json", "no_loss.csv",
-                                                        "notes-1.txt", "page.yaml", "timings.csv"]
+                                                        "notes-1.txt", "page.yaml", "speed", "timings.csv"]
     timings = pd.read_csv(folder / "timings.csv").set_index("rule")
     assert timings.loc["evaluate_exits", "jobs"] == 1 and timings.loc["evaluate_oracle", "wall_seconds"] == 50
     assert timings.loc[OTHER, "jobs"] == 1 and "results_page" not in timings.index
@@ -205,6 +216,7 @@ def test_a_page_made_from_a_run(run, monkeypatch):
     assert "The oracle reaches <!-- value: oracle -->1.91<!-- /value --> over <!-- value: points -->5<!-- /value -->" \
            in text
     assert "- [`m-coqa.png`](page/m-coqa.png)" in text
+    assert "| CoQA | exits_off | 20.0 [19.5] |\n| CoQA | spec@0.9/4/full | 15.0 [14.2] |" in text
     assert "*Waiting for the run: `versus_rule.csv` is not committed beside this page yet.*" in text
     assert check(Path("docs/page.md")) == []
     grid = pd.read_csv(folder / "grid.csv")

@@ -3,7 +3,8 @@
 A page's spec (docs/results/PAGE/page.yaml, docs/results/README.md) names each block and inline value and says how
 its text is made from the committed files beside the page, in this order:
 
-  csv          a file of the folder, or {label: file, ...} read one after the other with the label in `file_column`
+  csv          a file of the folder, or {label: file, ...} read one after the other with the label in `file_column`;
+               a .json file is a benchmark's (its `rows`, with its scalar fields beside: read_benchmark)
   requires     columns the block needs; a file or column not (yet) committed renders a "waiting for the run" line
   optional     columns that may be absent (tables made before they existed): empty where they are
   query        rows kept (pandas query, python engine: `series.str.startswith('oracle')`, `ci_high < 0`)
@@ -27,6 +28,7 @@ invalid point, else empty.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -117,7 +119,7 @@ def read_csv(folder: Path, source, file_column: str | None) -> pd.DataFrame:
         path = folder / name
         if not path.is_file():
             raise Waiting(f"`{name}` is not committed beside this page yet")
-        frame = pd.read_csv(path)
+        frame = read_benchmark(path) if path.suffix == ".json" else pd.read_csv(path)
         if label is not None:
             frame.insert(0, file_column or "file", label)
         frames.append(frame)
@@ -128,6 +130,19 @@ def read_csv(folder: Path, source, file_column: str | None) -> pd.DataFrame:
     if "method" in table and "task" in table:
         table = with_headline(table)
     return table
+
+
+def read_benchmark(path: Path) -> pd.DataFrame:
+    """A benchmark's JSON (benchmarks/timing.py's `save`) as a table: one row per entry of its `rows` (nested fields
+    dotted: `ms_per_token_spread.q1`), with its scalar top-level fields (task, prompts, git_commit, ...) beside."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data.get("rows"), list):
+        raise SpecError(f"{path}: a benchmark JSON holds a list under 'rows'")
+    frame = pd.json_normalize(data["rows"])
+    for key, value in data.items():
+        if key not in frame and (value is None or isinstance(value, (str, int, float, bool))):
+            frame[key] = value
+    return frame
 
 
 def with_headline(grid: pd.DataFrame) -> pd.DataFrame:

@@ -231,7 +231,7 @@ def collect(page: Path, tables: list[Path], figures: list[Path], figures_root: P
         made.mkdir()
         for path in folder.glob("*") if folder.is_dir() else []:
             if path.name == SPEC or any(fnmatch(path.name, pattern) for pattern in keep):
-                shutil.copy2(path, made / path.name)
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, made / path.name)
         for table in tables:
             shutil.copyfile(table, made / table.name)
         for figure in figures:
@@ -248,7 +248,8 @@ def collect(page: Path, tables: list[Path], figures: list[Path], figures_root: P
             "page_command": f"snakemake results_page --cores all --configfile {configs}",
             "configfiles": [{"path": str(c), "sha256": sha256(c)} for c in configfiles],
             "runs": runs, "page_made_at_commit": git_commit(),
-            "files": {p.name: sha256(p) for p in sorted(made.iterdir()) if p.name != SPEC},
+            # a kept folder (a benchmark's JSONs, made after the run) is not the run's: its files say what made them
+            "files": {p.name: sha256(p) for p in sorted(made.iterdir()) if p.name != SPEC and p.is_file()},
         }
         (made / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         text = render(page.read_text(encoding="utf-8"), spec, made)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The speed tables of docs/results/real-small.md: benchmarks/speculative.py on each task's evaluated prompts, batch 1
+# and batch 8, on what a finished `snakemake --configfile configs/real-small.yaml` run made (the converted SmolLM2,
+# calm's translator-rule heads, the translators, the task data, the draft vocabulary). Speculative at the config's
+# speculative thresholds and max_draft, with the full LM head and the draft vocabulary as draft heads; the lossy exit
+# decoder at the task's no-loss point (results/tables/no_loss.csv: the highest-CRF threshold of calm / recompute /
+# translator with no loss on every metric of the task; 0.9, the grid's highest, where none qualifies); at batch 1 also transformers'
+# assistant_early_exit at the first and last exit. One JSON per (task, batch size) into docs/results/real-small/speed/,
+# which `snakemake results_page --configfile configs/real-small.yaml` turns into the page's speed tables.
+#   bash benchmarks/real_small_speed.sh            (from the project root, the run's results/ in place)
+# N_PROMPTS (default 16) and REPEATS (default 3) set the size; THREADS (default 2) the torch threads.
+set -euo pipefail
+N_PROMPTS=${N_PROMPTS:-16}
+REPEATS=${REPEATS:-3}
+THREADS=${THREADS:-2}
+OUT=docs/results/real-small/speed
+R=results
+mkdir -p "$OUT"
+
+# The lossy no-loss point per task, from the run's own table.
+lossy_threshold() {
+    python - "$1" <<'EOF'
+import sys
+import pandas as pd
+task = sys.argv[1]
+table = pd.read_csv("results/tables/no_loss.csv")
+rows = table[(table["task"] == task) & (table["series"] == "calm / recompute / translator")]
+# no loss on every metric of the task (CoQA: EM and F1)
+rows = rows.groupby("threshold").filter(lambda g: set(g["metric"]) == set(table[table["task"] == task]["metric"]))
+print(f"{rows.sort_values('crf_exact').iloc[-1]['threshold']:g}" if len(rows) else "0.9")
+EOF
+}
+
+for task in triviaqa coqa truthfulqa; do
+    fewshot=()
+    [[ $task == triviaqa ]] && fewshot=(--fewshot-data "$R/data/triviaqa_train.jsonl")
+    data="$R/data/$task.jsonl"
+    [[ $task == coqa ]] && data="$R/data/coqa.json"
+    lossy=$(lossy_threshold "$task")
+    for batch in 1 8; do
+        aee=()
+        [[ $batch == 1 ]] && aee=(--assistant-early-exit 14,26)
+        python benchmarks/speculative.py --backbone "$R/backbones/smollm2" \
+            --heads "$R/heads/smollm2/head~calm/emission~translator" --emission translator \
+            --translators "$R/translators/smollm2" --task "$task" --data "$data" "${fewshot[@]}" \
+            --n-prompts "$N_PROMPTS" --batch-size "$batch" --lossy-threshold "$lossy" --thresholds 0.8,0.9 \
+            --max-drafts 4 --draft-vocabs "none,$R/draft_vocab/smollm2/draft_vocab.json" "${aee[@]}" \
+            --threads "$THREADS" --repeats "$REPEATS" --out "$OUT/${task}_batch${batch}.json"
+    done
+done
