@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
 # The speed tables of docs/results/real-small.md: benchmarks/speculative.py on each task's evaluated prompts, batch 1
-# and batch 8, on what a finished `snakemake --configfile configs/real-small.yaml` run made (the converted SmolLM2,
-# calm's translator-rule heads, the translators, the task data, the draft vocabulary). Speculative at the config's
+# and batch 8, on what a `snakemake --configfile configs/real-small.yaml` run made (the converted SmolLM2, calm's
+# translator-rule heads, the translators, the task data, the draft vocabulary). Speculative at the config's
 # speculative thresholds and max_draft, with the full LM head and the draft vocabulary as draft heads; the lossy exit
-# decoder at the task's no-loss point (results/tables/no_loss.csv: the highest-CRF threshold of calm / recompute /
-# translator with no loss on every metric of the task; 0.9, the grid's highest, where none qualifies); at batch 1 also transformers'
-# assistant_early_exit at the first and last exit. One JSON per (task, batch size) into docs/results/real-small/speed/,
+# decoder at the task's no-loss point (LOSSY_TABLE, default results/tables/no_loss.csv: the highest-CRF threshold of
+# calm / recompute / translator with no loss on every metric of the task; 0.9, the grid's highest, where none
+# qualifies); at batch 1 also transformers' assistant_early_exit at the blocks AEE names (default 26, the last exit).
+# Answers are capped at the evaluation's 64 tokens. One JSON per (task, batch size) into docs/results/real-small/speed/,
 # which `snakemake results_page --configfile configs/real-small.yaml` turns into the page's speed tables.
 #   bash benchmarks/real_small_speed.sh            (from the project root, the run's results/ in place)
-# N_PROMPTS (default 16) and REPEATS (default 3) set the size; THREADS (default 2) the torch threads.
+# N_PROMPTS (default 16) and REPEATS (default 2) set the size, THREADS (default 2) the torch threads, TASKS and
+# BATCHES (default all three, 1 and 8) what runs.
 set -euo pipefail
 N_PROMPTS=${N_PROMPTS:-16}
-REPEATS=${REPEATS:-3}
+REPEATS=${REPEATS:-2}
+AEE=${AEE:-26}
+LOSSY_TABLE=${LOSSY_TABLE:-results/tables/no_loss.csv}
 THREADS=${THREADS:-2}
+TASKS=${TASKS:-triviaqa coqa truthfulqa}
+BATCHES=${BATCHES:-1 8}
 OUT=docs/results/real-small/speed
 R=results
 mkdir -p "$OUT"
 
 # The lossy no-loss point per task, from the run's own table.
 lossy_threshold() {
-    python - "$1" <<'EOF'
+    python - "$1" "$LOSSY_TABLE" <<'EOF'
 import sys
 import pandas as pd
 task = sys.argv[1]
-table = pd.read_csv("results/tables/no_loss.csv")
+table = pd.read_csv(sys.argv[2])
 rows = table[(table["task"] == task) & (table["series"] == "calm / recompute / translator")]
 # no loss on every metric of the task (CoQA: EM and F1)
 rows = rows.groupby("threshold").filter(lambda g: set(g["metric"]) == set(table[table["task"] == task]["metric"]))
@@ -31,19 +37,19 @@ print(f"{rows.sort_values('crf_exact').iloc[-1]['threshold']:g}" if len(rows) el
 EOF
 }
 
-for task in triviaqa coqa truthfulqa; do
+for task in $TASKS; do
     fewshot=()
     [[ $task == triviaqa ]] && fewshot=(--fewshot-data "$R/data/triviaqa_train.jsonl")
     data="$R/data/$task.jsonl"
     [[ $task == coqa ]] && data="$R/data/coqa.json"
     lossy=$(lossy_threshold "$task")
-    for batch in 1 8; do
+    for batch in $BATCHES; do
         aee=()
-        [[ $batch == 1 ]] && aee=(--assistant-early-exit 14,26)
+        [[ $batch == 1 ]] && aee=(--assistant-early-exit "$AEE")
         python benchmarks/speculative.py --backbone "$R/backbones/smollm2" \
             --heads "$R/heads/smollm2/head~calm/emission~translator" --emission translator \
             --translators "$R/translators/smollm2" --task "$task" --data "$data" "${fewshot[@]}" \
-            --n-prompts "$N_PROMPTS" --batch-size "$batch" --lossy-threshold "$lossy" --thresholds 0.8,0.9 \
+            --n-prompts "$N_PROMPTS" --max-new-tokens 64 --batch-size "$batch" --lossy-threshold "$lossy" --thresholds 0.8,0.9 \
             --max-drafts 4 --draft-vocabs "none,$R/draft_vocab/smollm2/draft_vocab.json" "${aee[@]}" \
             --threads "$THREADS" --repeats "$REPEATS" --out "$OUT/${task}_batch${batch}.json"
     done

@@ -185,7 +185,11 @@ def test_default_plan_heads_keys_policies_and_records():
     # every exit cell of every task, 8 thresholds each
     cells = [(b, k, p) for b, k, p in plan.cells()]
     assert len(plan.records.exits()) == len(cells) * 3 * 8 and len(cells) == 5 * 3 + 5 * 2 + 2
-    assert len(plan.records.all()) == 765 and len(plan.records.figures()) == 2 * 3 * 2
+    # one speculative point per backbone and task (calm under the translator, recompute, max_draft 4, threshold 0.9)
+    assert plan.records.speculative() == [
+        f"results/eval/{b}/head~calm/emission~translator/policy~recompute/speculative~4/task~{t}/threshold~0.9/"
+        "record.json" for b in ("mistral", "mamba2") for t in ("triviaqa", "coqa", "truthfulqa")]
+    assert len(plan.records.all()) == 765 + 6 and len(plan.records.figures()) == 2 * 3 * 2
 
 
 def test_one_evaluation_job_per_backbone_and_task_runs_every_series(smoke):
