@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The speed tables of docs/results/real-small.md: benchmarks/speculative.py on each task's evaluated prompts, batch 1
 # and batch 8, on what a `snakemake --configfile configs/real-small.yaml` run made (the converted SmolLM2, calm's
-# translator-rule heads, the translators, the task data, the draft vocabulary). Speculative at the config's
-# speculative thresholds and max_draft, with the full LM head and the draft vocabulary as draft heads; the lossy exit
+# translator-rule heads, the translators, the task data, the draft vocabulary). Speculative at THRESHOLDS (default
+# 0.5,0.7,0.9: lossless whatever the threshold) and max_draft 4, drafting through the draft vocabulary (VOCABS:
+# 'none,results/...' adds the full LM head); the lossy exit
 # decoder at the task's no-loss point (LOSSY_TABLE, default results/tables/no_loss.csv: the highest-CRF threshold of
 # calm / recompute / translator with no loss on every metric of the task; 0.9, the grid's highest, where none
 # qualifies); at batch 1 also transformers' assistant_early_exit at the blocks AEE names (default 26, the last exit).
@@ -18,6 +19,8 @@ AEE=${AEE:-26}
 LOSSY_TABLE=${LOSSY_TABLE:-results/tables/no_loss.csv}
 THREADS=${THREADS:-2}
 TASKS=${TASKS:-triviaqa coqa truthfulqa}
+THRESHOLDS=${THRESHOLDS:-0.5,0.7,0.9}
+VOCABS=${VOCABS:-results/draft_vocab/smollm2/draft_vocab.json}
 BATCHES=${BATCHES:-1 8}
 OUT=docs/results/real-small/speed
 R=results
@@ -49,8 +52,8 @@ for task in $TASKS; do
         python benchmarks/speculative.py --backbone "$R/backbones/smollm2" \
             --heads "$R/heads/smollm2/head~calm/emission~translator" --emission translator \
             --translators "$R/translators/smollm2" --task "$task" --data "$data" "${fewshot[@]}" \
-            --n-prompts "$N_PROMPTS" --max-new-tokens 64 --batch-size "$batch" --lossy-threshold "$lossy" --thresholds 0.8,0.9 \
-            --max-drafts 4 --draft-vocabs "none,$R/draft_vocab/smollm2/draft_vocab.json" "${aee[@]}" \
+            --n-prompts "$N_PROMPTS" --max-new-tokens 64 --batch-size "$batch" --lossy-threshold "$lossy" --thresholds "$THRESHOLDS" \
+            --max-drafts 4 --draft-vocabs "$VOCABS" "${aee[@]}" \
             --threads "$THREADS" --repeats "$REPEATS" --out "$OUT/${task}_batch${batch}.json"
     done
 done
