@@ -14,8 +14,12 @@ Ours are timed on decode alone (each batch prefilled once, untimed, and decoded 
 `prefill` variant times the same prefills every round, so `speedup_whole_call` adds it to both sides).
 
 Per variant: ms per token (decode tokens for ours, answer tokens for whole calls); speedup over exits off (the
-whole-call kind over exits_off_call): pooled (sum of times) and the median and quartiles of the ratios paired per
-(round, batch); prompts and tokens that differ from exits off (speculative and generate must have none: the script
+whole-call kind over exits_off_call) as a ratio of times per token, so that a lossy variant's shorter or longer
+answers do not count as speed: pooled (sums of times over sums of tokens) and the median and quartiles of the ratios
+paired per (round, batch); at batch size > 1 a variant whose tokens differ is compared on the batches whose tokens
+all equal exits off's (`speedup_batches`), since a changed answer changes how long the batch runs with idle rows; the
+raw seconds per (round, batch) and tokens per batch (`seconds`, `batch_tokens`) stay in each row; prompts and tokens
+that differ from exits off (speculative and generate must have none: the script
 exits 1 naming them after writing the JSON); speculative: acceptance (accepted / drafted), tokens per verification,
 drafts, rejected drafts, MACs of drafts / verification / rejected work / Mamba-2 rollback, the MAC-based CRF
 (`crf_exact_macs`: compute, not time) and per cycle the accepted lengths and the drafts' exit layers (what
@@ -287,7 +291,8 @@ def main(argv=None) -> None:
                 times.append(out[0].batch_decode_seconds)
                 for i, r in zip(b, out):
                     results[i] = r
-            records[name] = {"results": results, "tokens": [len(r.costs) for r in results if r is not None]}
+            records[name] = {"results": results, "batch_tokens": [  # None: a batch the warm-up left out
+                sum(len(results[i].costs) for i in b) if results[b[0]] is not None else None for b in batches]}
             return times
         variants[name] = run
 
@@ -319,8 +324,9 @@ def main(argv=None) -> None:
                 tokens[i] = cut_at_stop(ids, eos, until, tokenizer)
                 for key in counts:
                     counts[key] += c[key]
-            records[name] = {"tokens_ids": tokens, "tokens": [len(t) for t in tokens if t is not None], "raw": raw,
-                             "counts": counts}
+            records[name] = {"tokens_ids": tokens, "batch_tokens": [None if tokens[b[0]] is None else len(tokens[b[0]])
+                                                                  for b in batches],
+                             "raw": raw, "counts": counts}
             return times
         variants[name] = run
 
@@ -382,21 +388,32 @@ def summarise(samples: dict, records: dict, meta_rows: dict, batches: list[list[
     for name, times in samples.items():
         rec, row = records[name], dict(meta_rows[name], batch_size=batch_size)
         whole = row["timed"] != "decode"
-        ref = samples["exits_off_call" if whole else "exits_off"]
-        per_round = [sum(t) / sum(rec["tokens"]) for t in times]
-        pairs = [o / v for ro, rv in zip(ref, times) for o, v in zip(ro, rv)]  # per (round, batch)
-        ratio = spread(pairs)
+        ref_name = "exits_off_call" if whole else "exits_off"
+        ref, ref_tokens = samples[ref_name], records[ref_name]["batch_tokens"]
+        tokens = rec["batch_tokens"]
         got = rec["tokens_ids"] if whole else [r.token_ids for r in rec["results"]]
         bad, n_bad = differences(got, want)
-        row.update(prompts=len(got), tokens=sum(rec["tokens"]), ms_per_token=1e3 * spread(per_round)["median"],
+        same = [k for k, b in enumerate(batches) if batch_size == 1 or not set(b) & set(bad)]
+
+        def speedup(ref_s: list[list[float]], var_s: list[list[float]]) -> float | None:
+            """Pooled ratio of times per token over the comparable batches, each side's extra seconds included."""
+            if not same:
+                return None
+            return ((sum(r[k] for r in ref_s for k in same) / sum(ref_tokens[k] for k in same))
+                    / (sum(v[k] for v in var_s for k in same) / sum(tokens[k] for k in same)))
+
+        pairs = [(ro[k] / ref_tokens[k]) / (rv[k] / tokens[k]) for ro, rv in zip(ref, times) for k in same]
+        ratio = spread(pairs) if pairs else dict.fromkeys(("median", "q1", "q3"))
+        per_round = [sum(t) / sum(tokens) for t in times]
+        row.update(prompts=len(got), tokens=sum(tokens), ms_per_token=1e3 * spread(per_round)["median"],
                    ms_per_token_spread={k: 1e3 * v if k != "n" else v for k, v in spread(per_round).items()},
-                   reference="exits_off_call" if whole else "exits_off",
-                   speedup=sum(map(sum, ref)) / sum(map(sum, times)), speedup_median=ratio["median"],
-                   speedup_q1=ratio["q1"], speedup_q3=ratio["q3"],
-                   prompts_differing=len(bad), tokens_differing=n_bad, differing_prompts=bad)
+                   reference=ref_name, speedup=speedup(ref, times), speedup_median=ratio["median"],
+                   speedup_q1=ratio["q1"], speedup_q3=ratio["q3"], speedup_batches=len(same), batches=len(batches),
+                   prompts_differing=len(bad), tokens_differing=n_bad, differing_prompts=bad,
+                   seconds=times, batch_tokens=tokens)
         if whole:
             counts = rec["counts"]
-            row["tokens_past_stop"] = sum(rec["raw"]) - sum(rec["tokens"])
+            row["tokens_past_stop"] = sum(rec["raw"]) - sum(tokens)
             if samples.get("generate") is not None and name != "generate":
                 row["speedup_vs_generate"] = sum(map(sum, samples["generate"])) / sum(map(sum, times))
             if counts["matches"]:
@@ -406,8 +423,8 @@ def summarise(samples: dict, records: dict, meta_rows: dict, batches: list[list[
                            tokens_per_verification=(sum(counts["matches"]) + len(counts["matches"]))
                            / len(counts["matches"]))
         else:  # whole-call time of ours: the same measured prefills added to both sides
-            row["speedup_whole_call"] = ((sum(map(sum, prefill_s)) + sum(map(sum, ref)))
-                                         / (sum(map(sum, prefill_s)) + sum(map(sum, times))))
+            row["speedup_whole_call"] = speedup([[p + t for p, t in zip(pr, r)] for pr, r in zip(prefill_s, ref)],
+                                                [[p + t for p, t in zip(pr, v)] for pr, v in zip(prefill_s, times)])
             results = rec["results"]
             row["crf_exact_macs"] = crf_exact([c for r in results for c in r.costs])
             if row["kind"] == "lossy":

@@ -114,3 +114,32 @@ def test_cycles_read_from_exit_layers():
     # prefill token; 2 accepted + full model's; capped at 3 accepted; 0 accepted + full model's; 1 accepted, stopped
     exits = [31, 14, 22, 31, 14, 14, 26, 31, 18]
     assert cycles(exits, 31, 3) == [(2, True), (3, False), (0, True), (1, False)]
+
+
+def test_speedup_is_per_token_and_skips_batches_whose_answers_changed():
+    """A lossy variant that answers in fewer tokens at the same time per token is no faster (the pooled ratio of
+    times once counted shorter answers as speed), and at batch size > 1 a batch whose answers changed is left out."""
+    from types import SimpleNamespace
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from speculative import summarise
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def record(answers):  # one result per prompt: its tokens and one (full-depth) cost per token
+        results = [SimpleNamespace(token_ids=t, costs=[SimpleNamespace(macs_spent=1, macs_full=1)] * len(t))
+                   for t in answers]
+        return {"results": results, "batch_tokens": [len(answers[0]) + len(answers[1]),
+                                                     len(answers[2]) + len(answers[3])]}
+
+    long, short = [1] * 8, [2] * 4
+    records = {"exits_off": record([long] * 4), "lossy@0.5": record([short, short, long, long])}
+    meta = {n: {"variant": n, "kind": "exits_off" if n == "exits_off" else "speculative_like", "timed": "decode"}
+            for n in records}
+    # 1 s per token everywhere; one round, two batches of two prompts
+    samples = {"exits_off": [[16.0, 16.0]], "lossy@0.5": [[8.0, 16.0]], "prefill": [[1.0, 1.0]]}
+    rows = {r["variant"]: r for r in summarise(samples, records, meta, [[0, 1], [2, 3]], 3, 2, [1])}
+    lossy = rows["lossy@0.5"]
+    assert lossy["prompts_differing"] == 2 and lossy["speedup_batches"] == 1  # the changed batch is left out
+    assert lossy["speedup"] == pytest.approx(1.0) and lossy["speedup_median"] == pytest.approx(1.0)
+    assert lossy["seconds"] == [[8.0, 16.0]] and lossy["batch_tokens"] == [8, 16]
