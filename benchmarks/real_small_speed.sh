@@ -7,7 +7,8 @@
 # decoder at the task's no-loss point (LOSSY_TABLE, default results/tables/no_loss.csv: the highest-CRF threshold of
 # calm / recompute / translator with no loss on every metric of the task; 0.9, the grid's highest, where none
 # qualifies); at batch 1 also transformers' assistant_early_exit at the blocks AEE names (default 26, the last exit).
-# Answers are capped at the evaluation's 64 tokens. One JSON per (task, batch size) into docs/results/real-small/speed/,
+# Answers are capped at the evaluation's 64 tokens. One JSON per (task, batch size) into docs/results/real-small/speed/
+# and from them speedup_vs_crf.png (benchmarks/speed_figure.py),
 # which `snakemake results_page --configfile configs/real-small.yaml` turns into the page's speed tables.
 #   bash benchmarks/real_small_speed.sh            (from the project root, the run's results/ in place)
 # N_PROMPTS (default 16) and REPEATS (default 2) set the size, THREADS (default 2) the torch threads, TASKS and
@@ -57,3 +58,5 @@ for task in $TASKS; do
             --threads "$THREADS" --repeats "$REPEATS" --out "$OUT/${task}_batch${batch}.json"
     done
 done
+# Measured speedup beside the MAC-based CRF, from every JSON there.
+python benchmarks/speed_figure.py "$OUT"/*_batch*.json --out "$OUT/speedup_vs_crf.png"

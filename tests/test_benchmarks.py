@@ -68,6 +68,22 @@ def test_speculative_batch1_every_variant(batch1):
     assert data["task"] == "triviaqa" and data["exit_layers"] == [1, 2] and "\n" in data["stop_strings"]
 
 
+def test_speed_figure_from_the_benchmark_json(setup, batch1):
+    """speed_figure.py draws the lossy and speculative rows of a speculative.py JSON and refuses other files."""
+    path, _ = batch1
+    out = setup["root"] / "speed.png"
+    figure = [sys.executable, str(BENCHMARKS / "speed_figure.py")]
+    done = subprocess.run([*figure, str(path), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = setup["root"] / "other.json"
+    other.write_text(json.dumps({"benchmark": "realised_speedup", "rows": []}))
+    done = subprocess.run([*figure, str(other), "--out", str(setup["root"] / "no.png")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "not a benchmarks/speculative.py result" in done.stderr
+    assert not (setup["root"] / "no.png").exists()
+
+
 def test_speculative_batched_mamba2(setup):
     """A padded batch of 2 on Mamba-2 (rollback re-runs kept tokens), the translator rule with zero translators."""
     out = setup["root"] / "b2.json"

@@ -117,6 +117,28 @@ def test_costs_add_up(tiny_mistral):
     assert s["kept"] == 11 and 0 < s["macs_rejected"] < s["macs_draft"] + s["macs_verify"]
 
 
+@pytest.mark.parametrize("arch", ["mistral", "mamba2"])
+@pytest.mark.parametrize("emission", ["last_block", "translator"])
+def test_a_token_that_does_not_exit_stops_climbing_at_the_deepest_exit(request, arch, emission):
+    """A drafting step whose token exits nowhere stops after the deepest exit's block: the blocks above run once per
+    cycle, in the verification, as the cost model counts (they once ran in the draft as well, then again)."""
+    model = request.getfixturevalue(f"tiny_{arch}")
+    layers = model.model.layers if hasattr(model, "model") else model.backbone.layers
+    calls = [0] * len(layers)
+    hooks = [block.register_forward_hook(lambda *_, j=j: calls.__setitem__(j, calls[j] + 1))
+             for j, block in enumerate(layers)]
+    translators = random_translators([2, 4]) if emission == "translator" else None
+    decoder = ExitDecoder(model, build_heads("calm", 256, [2, 4], seed=1).eval(), threshold=1.0, emission=emission,
+                          translators=translators, max_draft=3)  # p_exit never reaches 1: no token exits
+    try:
+        got = decoder.generate_batch(PROMPTS[:1], max_new_tokens=8, eos_token_id=[])[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert got.speculation["drafted"] == 0 and got.speculation["cycles"] == 7
+    assert len(set(calls)) == 1, calls  # every block: the prefill, then once per cycle
+
+
 def test_exits_off_is_plain_decoding(tiny_mamba2):
     decoder = ExitDecoder(tiny_mamba2, build_heads("calm", 256, EXITS), threshold=2.0, max_draft=3)
     got = decoder.generate_batch(PROMPTS, max_new_tokens=8, eos_token_id=[])

@@ -182,6 +182,8 @@ class Step:
         # under lens / translator the last block is one more block an exited row skips; under last_block it runs
         # on every row after the loop
         for idx, i in enumerate(body + d.tail):
+            if self.draft and i > deepest and climbing_rows:  # a draft climbs no higher: the verification runs the rest
+                climbing_rows, climbing = [], torch.empty(0, dtype=torch.long, device=h.device)
             h_in = h  # (B, 1, D): block i's input (each branch below makes a new tensor)
             if climbing is None:
                 h = p.layers[i](h, **kwargs)  # (B, 1, D)
@@ -237,8 +239,6 @@ class Step:
                     h = h.index_copy(0, rows, emitted[picked])  # (B, 1, D)
             climbing_rows = [r for r, e in zip(reached, flags) if not e]
             climbing = torch.tensor(climbing_rows, dtype=torch.long, device=h.device)
-            if self.draft and i == deepest:  # the rows still climbing stop here, the verification runs the rest
-                climbing_rows, climbing = [], climbing[:0]
         for j in sorted(self.pending):  # blocks no row reached after the last exit
             self.commit(j)
         if self.draft:
