@@ -12,17 +12,17 @@
 # which `snakemake results_page --configfile configs/real-small.yaml` turns into the page's speed tables.
 #   bash benchmarks/real_small_speed.sh            (from the project root, the run's results/ in place)
 # N_PROMPTS (default 16) and REPEATS (default 2) set the size, THREADS (default 2) the torch threads, TASKS and
-# BATCHES (default all three, 1 and 8) what runs.
+# BATCHES (default all three, 1 and 8; empty: none) what runs.
 set -euo pipefail
 N_PROMPTS=${N_PROMPTS:-16}
 REPEATS=${REPEATS:-2}
 AEE=${AEE:-26}
 LOSSY_TABLE=${LOSSY_TABLE:-results/tables/no_loss.csv}
 THREADS=${THREADS:-2}
-TASKS=${TASKS:-triviaqa coqa truthfulqa}
+TASKS=${TASKS-triviaqa coqa truthfulqa}
 THRESHOLDS=${THRESHOLDS:-0.5,0.7,0.9}
 VOCABS=${VOCABS:-results/draft_vocab/smollm2/draft_vocab.json}
-BATCHES=${BATCHES:-1 8}
+BATCHES=${BATCHES-1 8}
 OUT=docs/results/real-small/speed
 R=results
 mkdir -p "$OUT"
@@ -60,3 +60,14 @@ for task in $TASKS; do
 done
 # Measured speedup beside the MAC-based CRF, from every JSON there.
 python benchmarks/speed_figure.py "$OUT"/*_batch*.json --out "$OUT/speedup_vs_crf.png"
+
+# The 7B-shaped timing model (benchmarks/speculative_7b.py): a cycle's pieces timed at Mistral-7B's shapes on random
+# bf16 weights, composed with the acceptance and accepted lengths BORROWED from the batch-1 JSONs (SmolLM2's exits
+# 14/18/22/26 of 30 mapped by index onto 15/19/23/28 of 32). SEVEN_B=0 leaves it out; TASKS= BATCHES= runs only
+# the figure and this.
+if [[ ${SEVEN_B:-1} == 1 ]]; then
+    borrowed=()
+    for f in "$OUT"/*_batch1.json; do borrowed+=(--borrowed "$f"); done
+    python benchmarks/speculative_7b.py "${borrowed[@]}" --exit-layers 15,19,23,28 --threads "$THREADS" \
+        --repeats 3 --out "$OUT/speculative_7b.json"
+fi

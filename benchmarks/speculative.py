@@ -14,12 +14,13 @@ Ours are timed on decode alone (each batch prefilled once, untimed, and decoded 
 `prefill` variant times the same prefills every round, so `speedup_whole_call` adds it to both sides).
 
 Per variant: ms per token (decode tokens for ours, answer tokens for whole calls); speedup over exits off (the
-whole-call kind over exits_off_call) as a ratio of times per token, so that a lossy variant's shorter or longer
-answers do not count as speed: pooled (sums of times over sums of tokens) and the median and quartiles of the ratios
-paired per (round, batch); at batch size > 1 a variant whose tokens differ is compared on the batches whose tokens
-all equal exits off's (`speedup_batches`), since a changed answer changes how long the batch runs with idle rows; the
-raw seconds per (round, batch) and tokens per batch (`seconds`, `batch_tokens`) stay in each row; prompts and tokens
-that differ from exits off (speculative and generate must have none: the script
+whole-call kind over exits_off_call) as a ratio of times per token over the batches whose answers all equal exits
+off's (`speedup_batches` of `batches`: every batch for a lossless variant; a lossy variant's changed answer has other
+tokens at other contexts, and in a batch changes how long the batch runs with idle rows): pooled (sums of times over
+sums of tokens) and the median and quartiles of the ratios paired per (round, batch); the MAC-based CRF over the same
+prompts (`crf_exact_macs`, its bound; `crf_exact_macs_all` over every prompt); the raw seconds per (round, batch) and
+tokens per batch (`seconds`, `batch_tokens`) stay in each row; prompts and tokens that differ from exits off
+(speculative and generate must have none: the script
 exits 1 naming them after writing the JSON); speculative: acceptance (accepted / drafted), tokens per verification,
 drafts, rejected drafts, MACs of drafts / verification / rejected work / Mamba-2 rollback, the MAC-based CRF
 (`crf_exact_macs`: compute, not time) and per cycle the accepted lengths and the drafts' exit layers (what
@@ -393,7 +394,7 @@ def summarise(samples: dict, records: dict, meta_rows: dict, batches: list[list[
         tokens = rec["batch_tokens"]
         got = rec["tokens_ids"] if whole else [r.token_ids for r in rec["results"]]
         bad, n_bad = differences(got, want)
-        same = [k for k, b in enumerate(batches) if batch_size == 1 or not set(b) & set(bad)]
+        same = [k for k, b in enumerate(batches) if not set(b) & set(bad)]  # the batches compared
 
         def speedup(ref_s: list[list[float]], var_s: list[list[float]]) -> float | None:
             """Pooled ratio of times per token over the comparable batches, each side's extra seconds included."""
@@ -426,7 +427,10 @@ def summarise(samples: dict, records: dict, meta_rows: dict, batches: list[list[
             row["speedup_whole_call"] = speedup([[p + t for p, t in zip(pr, r)] for pr, r in zip(prefill_s, ref)],
                                                 [[p + t for p, t in zip(pr, v)] for pr, v in zip(prefill_s, times)])
             results = rec["results"]
-            row["crf_exact_macs"] = crf_exact([c for r in results for c in r.costs])
+            # over the compared prompts, as the speedup: its bound (and over every prompt, for a lossy variant)
+            row["crf_exact_macs"] = (crf_exact([c for k in same for i in batches[k] for c in results[i].costs])
+                                     if same else None)
+            row["crf_exact_macs_all"] = crf_exact([c for r in results for c in r.costs])
             if row["kind"] == "lossy":
                 exits = [e for r in results for e in r.exit_layers[1:]]
                 row["early_exit_share"] = sum(e < last for e in exits) / max(len(exits), 1)

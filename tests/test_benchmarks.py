@@ -134,7 +134,8 @@ def test_cycles_read_from_exit_layers():
 
 def test_speedup_is_per_token_and_skips_batches_whose_answers_changed():
     """A lossy variant that answers in fewer tokens at the same time per token is no faster (the pooled ratio of
-    times once counted shorter answers as speed), and at batch size > 1 a batch whose answers changed is left out."""
+    times once counted shorter answers as speed): a batch whose answers changed is left out, of the speedup and of
+    the CRF beside it."""
     from types import SimpleNamespace
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -159,3 +160,11 @@ def test_speedup_is_per_token_and_skips_batches_whose_answers_changed():
     assert lossy["prompts_differing"] == 2 and lossy["speedup_batches"] == 1  # the changed batch is left out
     assert lossy["speedup"] == pytest.approx(1.0) and lossy["speedup_median"] == pytest.approx(1.0)
     assert lossy["seconds"] == [[8.0, 16.0]] and lossy["batch_tokens"] == [8, 16]
+    assert lossy["crf_exact_macs"] == lossy["crf_exact_macs_all"] == 1.0
+    # batch size 1, prompt 0 alone: its answer changed, nothing to compare
+    records1 = {n: {"results": records[n]["results"][:1], "batch_tokens": [len(records[n]["results"][0].token_ids)]}
+                for n in records}
+    rows = {r["variant"]: r for r in summarise({"exits_off": [[8.0]], "lossy@0.5": [[4.0]], "prefill": [[1.0]]},
+                                               records1, meta, [[0]], 3, 1, [1])}
+    assert rows["lossy@0.5"]["speedup_batches"] == 0
+    assert rows["lossy@0.5"]["speedup"] is None and rows["lossy@0.5"]["crf_exact_macs"] is None
