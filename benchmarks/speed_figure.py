@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from any folder
@@ -74,6 +75,7 @@ def plot(table: pd.DataFrame) -> plt.Figure:
         ax.axhline(1.0, color="black", lw=0.8)
         ax.axvline(1.0, color="black", lw=0.5, ls="--")
         ax.set(title=TASKS[task], xlabel="exact CRF (MACs)", xlim=(left, right), ylim=(0, top))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, prune="upper"))  # no label meets the next panel's
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("measured speedup over exits off\n(time per token, paired median [q1, q3])")
     handles, labels = axes[0][0].get_legend_handles_labels()
