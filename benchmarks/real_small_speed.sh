@@ -7,8 +7,8 @@
 # decoder at the task's no-loss point (LOSSY_TABLE, default results/tables/no_loss.csv: the highest-CRF threshold of
 # calm / recompute / translator with no loss on every metric of the task; 0.9, the grid's highest, where none
 # qualifies); at batch 1 also transformers' assistant_early_exit at the blocks AEE names (default 26, the last exit).
-# Answers are capped at the evaluation's 64 tokens. One JSON per (task, batch size) into docs/results/real-small/speed/
-# and from them speedup_vs_crf.png (benchmarks/speed_figure.py),
+# Answers are capped at MAX_NEW_TOKENS (default 32, the evaluation's in configs/real-small.yaml). One JSON per
+# (task, batch size) into docs/results/real-small/speed/ and from them speedup_vs_crf.png (benchmarks/speed_figure.py),
 # which `snakemake results_page --configfile configs/real-small.yaml` turns into the page's speed tables.
 #   bash benchmarks/real_small_speed.sh            (from the project root, the run's results/ in place)
 # N_PROMPTS (default 16) and REPEATS (default 2) set the size, THREADS (default 2) the torch threads, TASKS and
@@ -23,6 +23,7 @@ TASKS=${TASKS-triviaqa coqa truthfulqa}
 THRESHOLDS=${THRESHOLDS:-0.5,0.7,0.9}
 VOCABS=${VOCABS:-results/draft_vocab/smollm2/draft_vocab.json}
 BATCHES=${BATCHES-1 8}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-32}
 OUT=docs/results/real-small/speed
 R=results
 mkdir -p "$OUT"
@@ -53,7 +54,7 @@ for task in $TASKS; do
         python benchmarks/speculative.py --backbone "$R/backbones/smollm2" \
             --heads "$R/heads/smollm2/head~calm/emission~translator" --emission translator \
             --translators "$R/translators/smollm2" --task "$task" --data "$data" "${fewshot[@]}" \
-            --n-prompts "$N_PROMPTS" --max-new-tokens 64 --batch-size "$batch" --lossy-threshold "$lossy" --thresholds "$THRESHOLDS" \
+            --n-prompts "$N_PROMPTS" --max-new-tokens "$MAX_NEW_TOKENS" --batch-size "$batch" --lossy-threshold "$lossy" --thresholds "$THRESHOLDS" \
             --max-drafts 4 --draft-vocabs "$VOCABS" "${aee[@]}" \
             --threads "$THREADS" --repeats "$REPEATS" --out "$OUT/${task}_batch${batch}.json"
     done
