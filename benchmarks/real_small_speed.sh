@@ -7,7 +7,7 @@
 # decoder at the task's no-loss point (LOSSY_TABLE, default results/tables/no_loss.csv: the highest-CRF threshold of
 # calm / recompute / translator with no loss on every metric of the task; 0.9, the grid's highest, where none
 # qualifies); at batch 1 also transformers' assistant_early_exit at the blocks AEE names (default 26, the last exit).
-# Answers are capped at MAX_NEW_TOKENS (default 32, the evaluation's in configs/real-small.yaml). One JSON per
+# Answers are capped at MAX_NEW_TOKENS (default: the evaluation's, from configs/real-small.yaml). One JSON per
 # (task, batch size) into docs/results/real-small/speed/ and from them speedup_vs_crf.png (benchmarks/speed_figure.py),
 # which `snakemake results_page --configfile configs/real-small.yaml` turns into the page's speed tables.
 #   bash benchmarks/real_small_speed.sh            (from the project root, the run's results/ in place)
@@ -23,7 +23,8 @@ TASKS=${TASKS-triviaqa coqa truthfulqa}
 THRESHOLDS=${THRESHOLDS:-0.5,0.7,0.9}
 VOCABS=${VOCABS:-results/draft_vocab/smollm2/draft_vocab.json}
 BATCHES=${BATCHES-1 8}
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-32}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$(python -c \
+    "import yaml; print(yaml.safe_load(open('configs/real-small.yaml'))['evaluation']['max_new_tokens'])")}
 OUT=docs/results/real-small/speed
 R=results
 mkdir -p "$OUT"

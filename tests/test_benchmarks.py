@@ -143,9 +143,9 @@ def test_speedup_is_per_token_and_skips_batches_whose_answers_changed():
     finally:
         sys.path.remove(str(BENCHMARKS))
 
-    def record(answers):  # one result per prompt: its tokens and one (full-depth) cost per token
-        results = [SimpleNamespace(token_ids=t, costs=[SimpleNamespace(macs_spent=1, macs_full=1)] * len(t))
-                   for t in answers]
+    def record(answers):  # one result per prompt: its tokens and one cost per token (the short answer exits early)
+        results = [SimpleNamespace(token_ids=t, costs=[SimpleNamespace(macs_spent=1 if t is long else 0.5,
+                                                                       macs_full=1)] * len(t)) for t in answers]
         return {"results": results, "batch_tokens": [len(answers[0]) + len(answers[1]),
                                                      len(answers[2]) + len(answers[3])]}
 
@@ -163,7 +163,7 @@ def test_speedup_is_per_token_and_skips_batches_whose_answers_changed():
     assert lossy["speedup"] == pytest.approx(1.0) and lossy["speedup_median"] == pytest.approx(1.0)
     assert lossy["speedup_whole_call"] == pytest.approx(1.0)
     assert lossy["seconds"] == [[8.0, 16.0], [8.0, 16.0]] and lossy["batch_tokens"] == [8, 16]
-    assert lossy["crf_exact_macs"] == lossy["crf_exact_macs_all"] == 1.0
+    assert lossy["crf_exact_macs"] == 1.0 and lossy["crf_exact_macs_all"] == pytest.approx(24 / 20)  # compared only
     # batch size 1, prompt 0 alone: its answer changed, nothing to compare
     records1 = {n: {"results": records[n]["results"][:1], "batch_tokens": [len(records[n]["results"][0].token_ids)]}
                 for n in records}
