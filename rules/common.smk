@@ -11,7 +11,7 @@ from workflow_lib.choices import EMISSION_RULES
 from workflow_lib.pipeline import ConfigError, resolve
 from workflow_lib.pipeline.flags import flags, sample_options
 from workflow_lib.pipeline.keys import HEAD_KEY, ORACLE_KEY, SPEC_NAME, emission_of, keys_of, one_of, spec_name
-from workflow_lib.pipeline.paths import PRUNE_FOLDERS
+from workflow_lib.pipeline.paths import EVALUATION_PARTS, PRUNE_FOLDERS
 
 min_version("9.0")
 

@@ -226,10 +226,11 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     extended = tmp_path / "extended.yaml"
     extended.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(extended))
-    # Only the evaluation jobs that gain a point (one per backbone x task) and what reads them; nothing upstream
-    # (data, backbones, heads).
-    assert job_stats(plan.stdout) == {"evaluate_mistral": 1, "evaluate_mamba2": 1, "tables": 1, "figure": 2,
-                                      "comparison_figure": 2, "all": 1}, plan.stdout
+    # Only the evaluation jobs that gain a point (per backbone x task: the heads' job for the threshold, the
+    # reference job for the depth) and what reads them; nothing upstream (data, backbones, heads).
+    assert job_stats(plan.stdout) == {"evaluate_mistral_heads": 1, "evaluate_mistral_reference": 1,
+                                      "evaluate_mamba2_heads": 1, "tables": 1, "figure": 2, "comparison_figure": 2,
+                                      "all": 1}, plan.stdout
 
     # Running them computes only the new points: the records already there are kept byte for byte (a recomputed
     # one would differ: records hold measured times). Snakemake touches them, so their mtimes do change.
@@ -255,11 +256,12 @@ def test_smoke_end_to_end_then_extend_then_noop(tmp_path):
     specs = tmp_path / "specs.yaml"
     specs.write_text(yaml.safe_dump(config))
     plan = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(specs))
-    # Each spec's training job and calibration per backbone, each backbone's evaluation job (for the new points), the
-    # tables and figures; nothing of `calm` but its comparison figures, re-planned because the evaluation job that
-    # keeps their records reruns (the records themselves stay: below).
-    assert job_stats(plan.stdout) == {"train_heads": 4, "evaluate_mistral": 1, "evaluate_mamba2": 1, "calibrate": 4,
-                                      "tables": 1, "figure": 2, "comparison_figure": 2, "all": 1}, plan.stdout
+    # Each spec's training job and calibration per backbone, each backbone's heads evaluation job (for the new points;
+    # the reference jobs read no head and stay), the tables and figures; nothing of `calm` but its comparison
+    # figures, re-planned because the evaluation job that keeps their records reruns (the records stay: below).
+    assert job_stats(plan.stdout) == {"train_heads": 4, "evaluate_mistral_heads": 1, "evaluate_mamba2_heads": 1,
+                                      "calibrate": 4, "tables": 1, "figure": 2, "comparison_figure": 2, "all": 1}, \
+        plan.stdout
     results = tmp_path / "results"
     kept = [p for p in results.rglob("*")
             if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks", "tables", "figures")]

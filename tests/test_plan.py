@@ -80,7 +80,8 @@ BAD_CONFIGS = [
     (lambda c, tmp: c.update(world=None, real_data={"corpus": {}}), "evaluation.tasks.triviaqa",
      "needs real_data.triviaqa \\(where its data comes from\\)"),
     # calibration on a task not evaluated, or whose every question is evaluated with no pool of its own
-    (lambda c, tmp: c["calibration"].update(tasks=["coqa"]), "calibration.tasks", "coqa is not among evaluation.tasks"),
+    (lambda c, tmp: c["calibration"].update(tasks=["coqa"]), "calibration.tasks",
+     "coqa is not among the evaluated evaluation.tasks"),
     (lambda c, tmp: c["evaluation"]["tasks"]["triviaqa"].update(limit=None), "calibration.tasks",
      "triviaqa has no calibration questions: every one of its questions is evaluated"),
     # backbones: made here, a GGUF file, a local folder; exits the backbone does not have
@@ -192,30 +193,61 @@ def test_default_plan_heads_keys_policies_and_records():
     assert len(plan.records.all()) == 765 + 6 and len(plan.records.figures()) == 2 * 3 * 2
 
 
-def test_one_evaluation_job_per_backbone_and_task_runs_every_series(smoke):
-    """A backbone's evaluation of a task is one job: its records are every exit cell's thresholds, the baseline, the
-    oracle per rule and policy, each pruning depth of both rules and the speculative series; its command holds one
-    --series each, with the flags a job of that series alone would take."""
+def test_two_evaluation_jobs_per_backbone_and_task_run_every_series(smoke):
+    """A backbone's evaluation of a task is two jobs: `heads` (every exit cell's thresholds and the speculative series,
+    reading the heads) and `reference` (the baseline, the oracle per rule and policy, each pruning depth of both
+    rules, reading no head); together every record once; each command holds one --series per series, with the flags
+    a job of that series alone would take."""
     smoke["backbones"]["mamba2"].update(speculative={"heads": {"last_block": ["calm"]}, "max_draft": [2, 4],
                                                      "thresholds": [0.5]})
     plan = resolve(smoke)
     cells = [c for c in plan.cells(["mamba2"])]
     speculative = list(plan.speculative_cells(["mamba2"]))
     assert speculative == [("mamba2", "calm", "skip", 2), ("mamba2", "calm", "skip", 4)]
-    records = plan.records.evaluated("mamba2", "{task}")
+    heads, reference = (plan.records.evaluated("mamba2", "{task}", part) for part in ("heads", "reference"))
     prune = 2 * len(plan.backbones["mamba2"]["prune"])
-    assert len(records) == len(cells) * len(plan.thresholds) + 1 + len(plan.records.oracle(["mamba2"], ["t"])) + \
-        prune + 2
-    assert "results/eval/mamba2/head~calm/policy~skip/speculative~4/task~{task}/threshold~0.5/record.json" in records
-    assert set(plan.records.speculative()) <= set(plan.records.all())
-    series = shlex.split(plan.flags.series("mamba2", "coqa"))
-    assert series[::2] == ["--series"] * (len(cells) + 1 + len(plan.records.oracle(["mamba2"], ["coqa"])) + prune + 2)
+    oracle = len(plan.records.oracle(["mamba2"], ["t"]))
+    assert len(heads) == len(cells) * len(plan.thresholds) + 2
+    assert len(reference) == 1 + oracle + prune
+    assert "results/eval/mamba2/head~calm/policy~skip/speculative~4/task~{task}/threshold~0.5/record.json" in heads
+    assert not set(heads) & set(reference)
+    every = {r.replace("{task}", t) for r in heads + reference for t in plan.tasks}
+    assert every == {r for r in plan.records.all() if "/mamba2/" in r and "/calibrated~" not in r}
+    series = {part: shlex.split(plan.flags.series("mamba2", "coqa", part)) for part in ("heads", "reference")}
+    assert series["heads"][::2] == ["--series"] * (len(cells) + 2)
+    assert series["reference"][::2] == ["--series"] * (1 + oracle + prune)
     assert "--heads results/heads/mamba2/head~calm --policy skip --thresholds 0.5 --max-draft 4 " \
-           "--out-dir results/eval/mamba2/head~calm/policy~skip/speculative~4/task~coqa" in series
-    assert "--no-heads --out-dir results/eval/mamba2/baseline/task~coqa" in series
-    inputs = plan.paths.task_inputs_all("mamba2", "coqa")
-    assert inputs["heads"] == [f"results/heads/mamba2/head~{h}/heads.json" for h in ("calm", "saturation")]
-    assert inputs["draft_vocab"] == [] and inputs["angular_text"] == ["results/world/corpus_valid.jsonl"]
+           "--out-dir results/eval/mamba2/head~calm/policy~skip/speculative~4/task~coqa" in series["heads"]
+    assert "--no-heads --out-dir results/eval/mamba2/baseline/task~coqa" in series["reference"]
+    inputs = {part: plan.paths.task_inputs_all("mamba2", "coqa", part) for part in ("heads", "reference")}
+    assert inputs["heads"]["heads"] == [f"results/heads/mamba2/head~{h}/heads.json" for h in ("calm", "saturation")]
+    assert inputs["heads"]["draft_vocab"] == [] and "angular_text" not in inputs["heads"]
+    assert "heads" not in inputs["reference"] and inputs["reference"]["angular_text"] == [
+        "results/world/corpus_valid.jsonl"]
+
+
+def test_a_task_not_evaluated_here_still_sets_its_answer_prompts():
+    """configs/real-small.yaml evaluates TriviaQA and TruthfulQA; CoQA (evaluate: false) still gives answer prompts,
+    drawn clear of the stories configs/real-small-extra.yaml evaluates. Merged, the extra config evaluates CoQA too
+    and builds every upstream file with the same flags, so nothing upstream reruns."""
+    main = shipped("configs/real-small.yaml")
+    extra = copy.deepcopy(main)
+    extra["evaluation"]["tasks"]["coqa"].update(shipped("configs/real-small-extra.yaml")["evaluation"]["tasks"]["coqa"])
+    alone, merged = resolve(main), resolve(extra)
+    assert alone.tasks == ["triviaqa", "truthfulqa"] and merged.tasks == ["triviaqa", "coqa", "truthfulqa"]
+    assert alone.answer_tasks == merged.answer_tasks == ["triviaqa", "coqa", "truthfulqa"]
+    assert alone.flags.task_options(["coqa"], alone.paths.answer_prompts_file) == \
+        merged.flags.task_options(["coqa"], merged.paths.answer_prompts_file)
+    assert alone.task_setting("coqa", "limit") == merged.task_setting("coqa", "limit") == 200
+    assert not [r for r in alone.records.all() if "task~coqa" in r]
+    assert set(alone.records.all()) < set(merged.records.all())
+    main["calibration"]["tasks"] = ["coqa"]
+    with pytest.raises(ConfigError, match="coqa is not among the evaluated evaluation.tasks"):
+        resolve(main)
+    for task in main["evaluation"]["tasks"].values():
+        task["evaluate"] = False
+    with pytest.raises(ConfigError, match="every task says evaluate: false"):
+        resolve(main)
 
 
 def test_calibration_of_some_heads_only():

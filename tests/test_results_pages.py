@@ -299,7 +299,9 @@ def test_results_page_target(tmp_path):
     assert planned.returncode == 0, out
     assert "output: docs/results/emission-rules/manifest.json" in out
     assert "--page docs/results/emission-rules.md" in out and "results/tables/agreement_mamba2.csv" in out
-    assert "--rule-benchmark 'evaluate_mamba2=results/benchmarks/evaluate/mamba2/{task,triviaqa|coqa|truthfulqa}.tsv'" in out
+    for part in ("heads", "reference"):
+        assert (f"--rule-benchmark 'evaluate_mamba2_{part}=results/benchmarks/evaluate/mamba2/{part}/"
+                "{task,triviaqa|coqa|truthfulqa}.tsv'") in out
     assert "--rule-benchmark 'results_page=" not in out
     refused = snakemake(tmp_path / "none", "results_page")
     assert refused.returncode != 0

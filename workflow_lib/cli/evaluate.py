@@ -21,8 +21,8 @@ A threshold above 1 disables the exits. Everything is checked (task, files, numb
 heads built for another backbone are refused when they load, before any generation.
 
 A job's points share one prefill per batch of prompts (decoding/prefill.py): every threshold of a series, and with
---series every series of the job (the pipeline runs one job per backbone and task: its exit cells, the oracle, the
-baseline, the pruning depths, the speculative points):
+--series every series of the job (the pipeline runs two jobs per backbone and task: its exit cells and speculative
+points; its baseline, oracle and pruning depths):
     python -m workflow_lib.cli.evaluate --backbone B --task coqa --data coqa.json --reuse \
         --series "--no-heads --out-dir OUT/baseline" \
         --series "--heads H --thresholds 0.6,0.8 --policy recompute --out-dir OUT/calm" \

@@ -18,12 +18,12 @@ def check_setup(config: dict, tasks: list[str]) -> None:
             raise ConfigError(f"evaluation.tasks.{task}", f"needs real_data.{task} (where its data comes from)")
 
 
-def check_calibrated_tasks(calibrated: list[str], evaluation: dict, pools: list[str]) -> None:
-    """Each calibrated task is evaluated and has questions its evaluation leaves out: a pool of its own or a limit
-    (refused here rather than in the calibration_split job)."""
+def check_calibrated_tasks(calibrated: list[str], tasks: list[str], evaluation: dict, pools: list[str]) -> None:
+    """Each calibrated task is evaluated (`tasks`) and has questions its evaluation leaves out: a pool of its own or a
+    limit (refused here rather than in the calibration_split job)."""
     for task in calibrated:
-        if task not in evaluation["tasks"]:
-            raise ConfigError("calibration.tasks", f"{task} is not among evaluation.tasks")
+        if task not in tasks:
+            raise ConfigError("calibration.tasks", f"{task} is not among the evaluated evaluation.tasks")
     for task in calibrated:
         if task not in pools and (evaluation["tasks"][task] or {}).get("limit") is None:
             raise ConfigError("calibration.tasks", f"{task} has no calibration questions: every one of its questions "
@@ -88,7 +88,8 @@ def check_comparisons(comparisons: dict, specs: dict) -> None:
 
 
 def check_answer_tasks(answer_tasks: list[str], tasks: list[str], embedded: bool, pools: list[str]) -> None:
-    """Answer prompts are built as the task's evaluation builds them, from questions nobody evaluates."""
+    """Answer prompts are built as the task's evaluation builds them (its settings, evaluated in this run or not),
+    from questions nobody evaluates."""
     for task in answer_tasks:
         if task not in tasks:
             raise ConfigError("answers.tasks", f"{task} is not among evaluation.tasks (its prompts are built as its "

@@ -118,30 +118,35 @@ class Flags:
         """Flags every evaluation job shares: the task's evaluation data with its limit."""
         return self.run(backbone, task, self.paths.task_file(task), self.plan.task_setting(task, "limit"))
 
-    def series(self, backbone: str, task: str) -> str:
-        """Every series of points one evaluation job of a backbone and a task runs (rule evaluate_task), each a
-        `--series` of evaluate: the exit cells, the baseline, the oracle, each pruning depth, the speculative series."""
+    def series(self, backbone: str, task: str, part: str) -> str:
+        """Every series of points one part (paths.EVALUATION_PARTS) of a backbone's evaluation of a task runs, each a
+        `--series` of evaluate: `heads` the exit cells and the speculative series, `reference` the baseline, the
+        oracle and each pruning depth."""
         plan, paths = self.plan, self.paths
         words = lambda *parts: " ".join(filter(None, parts))  # noqa: E731
-        thresholds = ",".join(plan.thresholds)
-        series = [words(f"--heads {paths.heads_dir(b, key)} --thresholds {thresholds} --policy {policy}",
-                        self.emission(b, emission_of(key)), f"--out-dir {paths.exit_cell(b, key, policy, task)}")
-                  for b, key, policy in plan.cells([backbone])]
-        series.append(f"--no-heads --out-dir {paths.baseline_dir(backbone, task)}")
-        if plan.evaluation["oracle"]:
-            series += [words("--oracle", self.exit_layers(backbone), f"--policy {policy}", self.emission(backbone, e),
-                             f"--out-dir {paths.oracle_dir(backbone, head_key(ORACLE, e), policy, task)}")
-                       for e in plan.emissions(backbone) for policy in plan.policies_under(backbone, e)]
-        series += [words(f"--no-heads --prune {n}", self.prune(folder),
-                         f"--out-dir {paths.prune_dir(backbone, folder, n, task)}")
-                   for folder in PRUNE_FOLDERS.values() for n in plan.backbones[backbone]["prune"]]
-        speculative = plan.backbones[backbone]["speculative"]
-        for b, key, policy, k in plan.speculative_cells([backbone]):
-            vocab = f"--draft-vocab {paths.draft_vocab_file(b)}" if speculative["draft_vocab"] else ""
-            series.append(words(f"--heads {paths.heads_dir(b, key)} --policy {policy}",
-                                f"--thresholds {','.join(plan.speculative_thresholds(b))} --max-draft {k}", vocab,
-                                self.emission(b, emission_of(key)),
-                                f"--out-dir {paths.speculative_cell(b, key, policy, k, task)}"))
+        series = []
+        if part == "heads":
+            thresholds = ",".join(plan.thresholds)
+            series += [words(f"--heads {paths.heads_dir(b, key)} --thresholds {thresholds} --policy {policy}",
+                             self.emission(b, emission_of(key)), f"--out-dir {paths.exit_cell(b, key, policy, task)}")
+                       for b, key, policy in plan.cells([backbone])]
+            speculative = plan.backbones[backbone]["speculative"]
+            for b, key, policy, k in plan.speculative_cells([backbone]):
+                vocab = f"--draft-vocab {paths.draft_vocab_file(b)}" if speculative["draft_vocab"] else ""
+                series.append(words(f"--heads {paths.heads_dir(b, key)} --policy {policy}",
+                                    f"--thresholds {','.join(plan.speculative_thresholds(b))} --max-draft {k}", vocab,
+                                    self.emission(b, emission_of(key)),
+                                    f"--out-dir {paths.speculative_cell(b, key, policy, k, task)}"))
+        else:
+            series.append(f"--no-heads --out-dir {paths.baseline_dir(backbone, task)}")
+            if plan.evaluation["oracle"]:
+                series += [words("--oracle", self.exit_layers(backbone), f"--policy {policy}",
+                                 self.emission(backbone, e),
+                                 f"--out-dir {paths.oracle_dir(backbone, head_key(ORACLE, e), policy, task)}")
+                           for e in plan.emissions(backbone) for policy in plan.policies_under(backbone, e)]
+            series += [words(f"--no-heads --prune {n}", self.prune(folder),
+                             f"--out-dir {paths.prune_dir(backbone, folder, n, task)}")
+                       for folder in PRUNE_FOLDERS.values() for n in plan.backbones[backbone]["prune"]]
         return " ".join(shlex.join(["--series", one]) for one in series)
 
     def prune(self, folder: str) -> str:

@@ -16,6 +16,10 @@ TASK_FILES = {"triviaqa": "triviaqa.jsonl", "coqa": "coqa.json", "truthfulqa": "
 # the last (the paper); angular: the n consecutive blocks closest in angle on the held-out text (Gromov et al.).
 PRUNE_FOLDERS = {"deepest": "prune", "angular": "prune_angular"}
 PAGE_SPEC, PAGE_MANIFEST = "page.yaml", "manifest.json"
+# A task's evaluation runs as two jobs, each with its own prefill, so that two cores share a task: the points that read
+# trained heads (exit cells, speculative series) and the reference points that read none (baseline, oracle, pruning),
+# which can start before any head is trained.
+EVALUATION_PARTS = ("heads", "reference")
 
 
 def page_folder(page: str) -> str:
@@ -191,17 +195,20 @@ class Paths:
         translators = self.translators_input(backbone, emission_of(key))
         return self.evaluate_inputs(backbone, task) | {"translators": translators}
 
-    def task_inputs_all(self, backbone: str, task: str) -> dict:
-        """What a backbone's evaluation of a task reads (rule evaluate_task): its data, backbone and tokenizer, every
-        head key's heads, the translators of its rules, the text that chooses angular blocks, the draft vocabulary."""
+    def task_inputs_all(self, backbone: str, task: str, part: str) -> dict:
+        """What one part (EVALUATION_PARTS) of a backbone's evaluation of a task reads (rules evaluate_BACKBONE_PART):
+        its data, backbone and tokenizer, the translators of its rules; `heads` every head key's heads and the draft
+        vocabulary, `reference` the text that chooses angular blocks."""
         plan = self.plan
+        inputs = self.evaluate_inputs(backbone, task) | {
+            "translators": self.translators_input(backbone, "translator") if "translator" in plan.emissions(backbone)
+            else []}
+        if part == "reference":
+            return inputs | {"angular_text": [self.corpus_file("valid")] if plan.backbones[backbone]["prune"] else []}
         keys = {key for b, key, _ in plan.cells([backbone])} | {key for _, key, _, _ in plan.speculative_cells([backbone])}
         speculative = plan.backbones[backbone]["speculative"]
-        return self.evaluate_inputs(backbone, task) | {
+        return inputs | {
             "heads": sorted(f"{self.heads_dir(backbone, key)}/heads.json" for key in keys),
-            "translators": self.translators_input(backbone, "translator") if "translator" in plan.emissions(backbone)
-            else [],
-            "angular_text": [self.corpus_file("valid")] if plan.backbones[backbone]["prune"] else [],
             "draft_vocab": [self.draft_vocab_file(backbone)] if speculative and speculative["draft_vocab"] else []}
 
     def calibration_inputs(self, backbone: str, task: str) -> dict:

@@ -44,7 +44,7 @@ class Plan:
     head_specs: dict  # spec name -> {"type", "options", "training"} (training/head_specs.resolve_specs)
     untrained_heads: list  # specs of a type with nothing to train: a heads.json-only folder (rule untrained_heads)
     trained_heads: list  # the others: a train_heads job per backbone and head key
-    tasks: list  # the evaluated tasks
+    tasks: list  # the evaluated tasks (evaluation.tasks but those with evaluate: false)
     thresholds: list  # evaluation.thresholds as their folders spell them (keys.number_label)
     calibrated_tasks: list
     deltas: list  # calibration.deltas as their folders spell them
@@ -157,11 +157,13 @@ def resolve(config: dict, schema: str | Path = SCHEMA) -> Plan:
     """The plan of a config (as Snakemake loads it), or ConfigError naming the first key it refuses."""
     config = validated(config, schema)
     evaluation, calibration, real = config["evaluation"], config["calibration"], config["real_data"]
-    tasks = list(evaluation["tasks"])
-    checks.check_setup(config, tasks)
+    tasks = [t for t, setting in evaluation["tasks"].items() if (setting or {}).get("evaluate", True)]
+    if not tasks:
+        raise ConfigError("evaluation.tasks", "every task says evaluate: false; this run would evaluate nothing")
+    checks.check_setup(config, list(evaluation["tasks"]))
     calibrated = [] if calibration is None else calibration["tasks"] or tasks
     pools = separate_pools(real)
-    checks.check_calibrated_tasks(calibrated, evaluation, pools)
+    checks.check_calibrated_tasks(calibrated, tasks, evaluation, pools)
     backbones = config["backbones"]
     depth = {name: backbone_depth(name, spec, real is None) for name, spec in backbones.items()}
     types = _head_registry()
@@ -176,7 +178,7 @@ def resolve(config: dict, schema: str | Path = SCHEMA) -> Plan:
     checks.check_comparisons(config["analysis"]["comparisons"], specs)
     if calibration is not None and calibration["heads"]:
         checks.check_heads("calibration.heads", calibration["heads"], specs)
-    checks.check_answer_tasks(config["answers"]["tasks"], tasks, real is None, pools)
+    checks.check_answer_tasks(config["answers"]["tasks"], list(evaluation["tasks"]), real is None, pools)
     checks.check_speculative(backbones, specs, types, config["answers"]["tasks"])
     return Plan(
         config=config, seed=config["seed"], world=config["world"], real=real, tokenizer=config["tokenizer"],

@@ -58,11 +58,14 @@ class Records:
                 for b, key, policy, k in self.plan.speculative_cells(backbones, specs)
                 for t in _given(tasks, self.plan.tasks) for x in self.plan.speculative_thresholds(b)]
 
-    def evaluated(self, backbone: str, task: str) -> list[str]:
-        """Every record one evaluation job of a backbone and a task writes (rule evaluate_task)."""
+    def evaluated(self, backbone: str, task: str, part: str) -> list[str]:
+        """Every record one part (paths.EVALUATION_PARTS) of the evaluation of a backbone and a task writes (rules
+        evaluate_BACKBONE_PART): `heads` the exit cells and the speculative series, `reference` the baseline, the
+        oracle and the pruning depths."""
         b, t = [backbone], [task]
-        return (self.exits(b, tasks=t) + self.baseline(b, t) + self.oracle(b, t) + self.prune(b, t)
-                + self.speculative(b, tasks=t))
+        if part == "heads":
+            return self.exits(b, tasks=t) + self.speculative(b, tasks=t)
+        return self.baseline(b, t) + self.oracle(b, t) + self.prune(b, t)
 
     def all(self) -> list[str]:
         """Every record: the tables' inputs."""
