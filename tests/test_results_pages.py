@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_lib.analysis.page_blocks import duration
+from workflow_lib.analysis.page_blocks import duration, widen
 from workflow_lib.analysis.results_page import PageError, check, collect, load_spec, loose_numbers, render
 from workflow_lib.analysis.runs import run_columns
 from workflow_lib.analysis.timings import OTHER, TOTAL, pattern_regex, rule_of, timings_table
@@ -64,6 +64,14 @@ def test_loose_numbers_leave_code_integers_versions_and_constants_alone():
             "<!-- generated: b -->\n| 0.333 |\n<!-- /generated -->\n")
     assert loose_numbers(text, {"95%": "a setting"}) == ["2: 1.28", "2: 53 min", "2: 84%", "2: 16,384", "2: 1.33x",
                                                          "2: 7 s"]
+
+
+def test_widen_levels_make_a_task_the_run_did_not_evaluate_an_empty_column():
+    table = pd.DataFrame({"series": ["a", "a"], "task": ["triviaqa", "truthfulqa"], "crf": [1.1, 1.2]})
+    spec = {"index": ["series"], "columns": "task", "values": ["crf"]}
+    assert list(widen(table, spec).columns) == ["series", "crf_triviaqa", "crf_truthfulqa"]
+    wide = widen(table, spec | {"levels": ["triviaqa", "coqa", "truthfulqa"]})
+    assert wide.loc[0, "crf_truthfulqa"] == 1.2 and wide.loc[0, "crf_coqa"] is None
 
 
 def test_duration():

@@ -9,7 +9,8 @@ its text is made from the committed files beside the page, in this order:
   optional     columns that may be absent (tables made before they existed): empty where they are
   query        rows kept (pandas query, python engine: `series.str.startswith('oracle')`, `ci_high < 0`)
   widen        {index: [...], columns: COLUMN, values: [...]}: one row per index, VALUE_LEVEL columns
-               (`top1_lens`; characters other than letters, digits and _ become _)
+               (`top1_lens`; characters other than letters, digits and _ become _); `levels: [...]` makes those
+               levels' columns even where no row has them (empty: a task a run did not evaluate)
   where        rows kept after widening
   group        {by: [...], aggregate: {NAME: size | sum:EXPR | min:EXPR | max:EXPR | mean:EXPR}}
   sort         columns to sort by (-column: descending; the spec's `order` of their values, else natural order)
@@ -164,6 +165,9 @@ def widen(table: pd.DataFrame, spec: dict) -> pd.DataFrame:
         raise SpecError(f"widen: several rows per {index + [column]}; narrow the query")
     wide = table.pivot(index=index, columns=column, values=values)
     wide.columns = [re.sub(r"\W", "_", f"{value}_{level}") for value, level in wide.columns]
+    for name in (re.sub(r"\W", "_", f"{value}_{level}") for value in values for level in spec.get("levels", [])):
+        if name not in wide:
+            wide[name] = None
     return wide.reset_index()
 
 
