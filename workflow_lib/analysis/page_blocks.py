@@ -164,11 +164,15 @@ def widen(table: pd.DataFrame, spec: dict) -> pd.DataFrame:
     if table.duplicated(index + [column]).any():
         raise SpecError(f"widen: several rows per {index + [column]}; narrow the query")
     wide = table.pivot(index=index, columns=column, values=values)
-    wide.columns = [re.sub(r"\W", "_", f"{value}_{level}") for value, level in wide.columns]
-    for name in (re.sub(r"\W", "_", f"{value}_{level}") for value in values for level in spec.get("levels", [])):
+    wide.columns = [_wide_name(value, level) for value, level in wide.columns]
+    for name in (_wide_name(value, level) for value in values for level in spec.get("levels", [])):
         if name not in wide:
             wide[name] = None
     return wide.reset_index()
+
+
+def _wide_name(value: str, level) -> str:
+    return re.sub(r"\W", "_", f"{value}_{level}")
 
 
 def aggregate(table: pd.DataFrame, spec: dict) -> pd.DataFrame:
