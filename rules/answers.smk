@@ -43,8 +43,7 @@ rule greedy_answers:
         tasks=FLAGS.prompts(PLAN.answer_tasks, PATHS.answer_prompts_file),
         options=flags({"prompts": PLAN.answers["prompts"], "tokens": PLAN.answers["tokens"],
                        "batch_size": PLAN.evaluation["batch_size"], "seed": PLAN.seed}),
-    # unlocks the translators and every head job of the backbone: first (see train_heads)
-    priority: 3
+    priority: PRIORITY["greedy_answers"]
     threads: 1
     log:
         f"{LOGS}/greedy_answers/{{backbone}}.log",

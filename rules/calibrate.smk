@@ -114,6 +114,7 @@ rule calibrate:
         reference=lambda wc, input: os.path.dirname(input.reference),
         options=lambda wc: FLAGS.calibrate_options(),
         out_dir=lambda wc: EXIT_CELL.format(**wc),
+    priority: PRIORITY["calibrate"]
     threads: 1
     log:
         f"{LOGS}/calibrate/{{backbone}}/{{head}}/{{policy}}/{{task}}.log",

@@ -30,9 +30,7 @@ for _backbone in PLAN.backbones:
             params:
                 common=lambda wc, b=_backbone: FLAGS.evaluate(b, wc.task),
                 series=lambda wc, b=_backbone, part=_part: FLAGS.series(b, wc.task, part),
-            # as the head jobs: with only the heads' jobs ahead of the rest (the run at dfd4f9b), TruthfulQA's
-            # reference job, the longest, waited behind every head, label and calibration job and ran alone at the end
-            priority: 1
+            priority: evaluation_priority(_part)
             threads: 1
             log:
                 f"{LOGS}/evaluate/{_backbone}/{_part}/{{task}}.log",

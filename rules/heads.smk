@@ -33,8 +33,7 @@ rule label_cache:
         emission=emission_flags,
         answers=lambda wc, input: f"--answers {input.answers[0]}" if input.answers else "",
         options=FLAGS.label_cache_options(),
-    # unlocks every head job of the backbone: first (see train_heads)
-    priority: 2
+    priority: PRIORITY["label_cache"]
     threads: 1
     log:
         f"{LOGS}/label_cache/{{backbone}}/{{emission}}.log",
@@ -76,8 +75,7 @@ rule train_heads:
         labels=lambda wc, input: f"--label-cache {os.path.dirname(input.labels[0])}" if input.labels else "",
         options=lambda wc: FLAGS.training_options(wc.head),
         answers=lambda wc: FLAGS.answers(wc.backbone, PLAN.spec(wc.head)["training"]["answers_weight"]),
-    # long jobs that unlock the evaluations: first, so the run does not end on one of them with a core idle
-    priority: 1
+    priority: PRIORITY["train_heads"]
     threads: 1
     log:
         f"{LOGS}/train_heads/{{backbone}}/{{head}}.log",

@@ -22,8 +22,7 @@ rule train_translators:
         options=flags({k: v for k, v in PLAN.translators.items() if k != "answers_weight"}),
         answers=lambda wc: FLAGS.answers(wc.backbone, PLAN.translators["answers_weight"]),
         seed=PLAN.seed,
-    # unlocks the translator heads and their evaluations: first (see train_heads)
-    priority: 1
+    priority: PRIORITY["train_translators"]
     threads: 1
     log:
         f"{LOGS}/train_translators/{{backbone}}.log",
@@ -55,6 +54,7 @@ rule agreement:
         tasks=FLAGS.task_options(PLAN.tasks, PATHS.task_file),
         fewshot=FLAGS.fewshot(PLAN.tasks),
         options=flags({**PLAN.agreement, "max_new_tokens": PLAN.evaluation["max_new_tokens"], "seed": PLAN.seed}),
+    priority: PRIORITY["agreement"]
     threads: 1
     log:
         f"{LOGS}/agreement/{{backbone}}.log",

@@ -98,7 +98,7 @@ def _seed(*extra):
 CLI_DEFAULTS = {
     "train_heads": _seed(*((k, f"head_training.{k}") for k in (
         "label_rule", "k", "label_source", "mode", "class_balance", "seq_len", "batch_size", "steps", "lr"))),
-    "label_cache": _seed(*((k, f"head_training.{k}") for k in ("label_source", "seq_len", "batch_size"))),
+    "label_cache": _seed(*((k, f"head_training.{k}") for k in ("label_source", "seq_len", "batch_size", "store_inputs"))),
     "train_translators": _seed(*((k, f"translators.{k}") for k in (
         "steps", "lr", "batch_size", "seq_len", "init", "init_batches"))),
     "answers": _seed(("prompts", "answers.prompts"), ("tokens", "answers.tokens"),
@@ -181,7 +181,7 @@ DATACLASSES = {  # dataclass -> {field: config key}
     "workflow_lib.training.distill.TrainConfig": _seed(*((k, f"head_training.{k}") for k in (
         "label_rule", "k", "label_source", "mode", "class_balance", "seq_len", "batch_size", "steps", "lr"))),
     "workflow_lib.training.label_cache.LabelCacheConfig": _seed(*((k, f"head_training.{k}") for k in (
-        "label_source", "seq_len", "batch_size"))),
+        "label_source", "seq_len", "batch_size", "store_inputs"))),
     "workflow_lib.training.translators.TranslatorConfig": _seed(*((k, f"translators.{k}") for k in (
         "steps", "lr", "batch_size", "seq_len", "init", "init_batches"))),
     "workflow_lib.training.pretrain.PretrainConfig": _seed(*((k, f"backbones.*.pretrain.{k}") for k in (

@@ -120,6 +120,8 @@ BAD_CONFIGS = [
      "no head named 'calm_k15'"),
     # calibrating heads that do not exist
     (lambda c, tmp: c["calibration"].update(heads=["cal"]), "calibration.heads[0]", "no head named 'cal'"),
+    (lambda c, tmp: c["calibration"].update(emissions=["lens"]), "calibration.emissions[0]",
+     "'lens' is not among the backbones' emissions \\['last_block'\\]"),
     # speculative series: heads the backbone runs under a rule it runs, with no recurrent state; a vocabulary needs answers
     (lambda c, tmp: c["backbones"]["mamba2"].update(speculative={"heads": {"lens": ["calm"]}, "max_draft": [2]}),
      "backbones.mamba2.speculative.heads.lens", "'lens' is not among backbones.mamba2.emissions"),
@@ -257,6 +259,10 @@ def test_calibration_of_some_heads_only():
     calm = resolve(config).records.calibrated()
     assert calm and set(calm) < set(every) and all("/head~calm/" in r for r in calm)
     assert {r for r in every if "/head~calm/" in r} == set(calm)  # under both rules, every policy
+    config["calibration"]["emissions"] = ["translator"]
+    translator = resolve(config).records.calibrated()
+    assert translator and set(translator) < set(calm) and all("/emission~translator/" in r for r in translator)
+    assert {r for r in calm if "/emission~translator/" in r} == set(translator)  # every policy, task and delta
 
 
 def test_head_keys_paths_and_flags():

@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from distill_setup import answers_file, count_block_calls, train_config, workdir  # noqa: F401 (fixture)
 from workflow_lib.cli.train_heads import main
 from workflow_lib.models.backbone import load_backbone, parts, preset_config, signature
-from workflow_lib.models.emission import emitted_logits, exit_states
+from workflow_lib.models.emission import emitted_logits, exit_hidden, exit_states
 from workflow_lib.models.heads import build_heads, load_heads
 from workflow_lib.models.translators import Translators
+from workflow_lib.training import distill
 from workflow_lib.training.checkpoints import CHECKPOINT_DIR, save_checkpoint
 from workflow_lib.training.distill import METRICS_FILE, HeadTrainer, TrainConfig, train_heads
 from workflow_lib.training.label_cache import LabelCacheConfig, build_label_cache
@@ -278,23 +279,35 @@ def test_untrained_head_gets_a_config_only_folder_without_text(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("preset", ["tiny-mistral", "tiny-mamba2"])
-def test_heads_trained_on_answers(workdir, tmp_path, preset):
+def test_heads_trained_on_answers(workdir, tmp_path, preset, monkeypatch):
     """With answers_weight the heads also train on the full model's greedy answers (their decode steps only): other
     heads than text alone, the answers' own positive ratio reported, and the label cache's answer labels give the
-    heads of a job that labels its own answers, bit for bit, for a per-token head and the recurrent one."""
+    heads of a job that labels its own answers, bit for bit, for a per-token head and the recurrent one. So do the
+    heads' inputs stored in the cache (store_inputs), with which a per-token head's job runs no backbone pass at all."""
     answers = answers_file(workdir, preset, tmp_path / "answers.safetensors")
     cache = LabelCacheConfig(backbone=str(workdir / preset), train_text=str(workdir / "train.txt"),
                              valid_text=str(workdir / "valid.txt"), out=str(tmp_path / "labels"),
                              train_tokens=6 * 8 * 32, seq_len=32, valid_tokens=2048, device="cpu", answers=str(answers))
     shapes = build_label_cache(cache)
     assert shapes["answers"][:2] == (2, 6)
+    with_inputs = dataclasses.replace(cache, out=str(tmp_path / "inputs"), store_inputs=True, batch_size=5)
+    build_label_cache(with_inputs)  # other batches than the head jobs': the inputs do not depend on them
     for head in ("calm", "mamba"):
         kw = dict(head=head, steps=6, class_balance=True, answers=str(answers), answers_weight=0.5)
         own = train_heads(train_config(workdir, str(tmp_path / f"own_{head}"), preset, **kw))
         stored = train_heads(train_config(workdir, str(tmp_path / f"stored_{head}"), preset, label_cache=cache.out, **kw))
+        passes = []  # backbone passes of the job reading the stored inputs
+        monkeypatch.setattr(distill, "exit_hidden", lambda *a, **k: passes.append(1) or exit_hidden(*a, **k))
+        cached = train_heads(train_config(workdir, str(tmp_path / f"cached_{head}"), preset,
+                                          label_cache=with_inputs.out, **kw))
+        monkeypatch.undo()
         text = train_heads(train_config(workdir, str(tmp_path / f"text_{head}"), preset, head=head, steps=6, class_balance=True))
-        a, b, t = (load_file(str(tmp_path / f"{which}_{head}" / "heads.safetensors")) for which in ("own", "stored", "text"))
+        a, b, c, t = (load_file(str(tmp_path / f"{which}_{head}" / "heads.safetensors"))
+                      for which in ("own", "stored", "cached", "text"))
         assert all(torch.equal(a[k], b[k]) for k in a) and own["answers"] == stored["answers"]
+        assert all(torch.equal(a[k], c[k]) for k in a) and own["trained"] == cached["trained"]
+        assert cached["stored_inputs"] == ["answers", "train", "valid"] and own["stored_inputs"] == []
+        assert (passes == []) == (head == "calm")  # the recurrent head still reads the answers' prompts itself
         assert not all(torch.equal(a[k], t[k]) for k in a)  # the answers changed the heads
         assert own["answers"]["positions"] == 6 * 7 and own["answers"]["sequences"] == 6  # 8 tokens: 7 decode steps
         assert set(own["answers"]["train_positive_ratio"]) == {"1", "2"} and own["answers"]["weight"] == 0.5

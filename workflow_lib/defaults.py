@@ -49,6 +49,7 @@ PRETRAIN = MappingProxyType({"hidden_size": 192, "num_layers": 6, "seq_len": 128
 HEAD_TRAINING = MappingProxyType({
     "label_rule": DEFAULT_LABEL_RULE, "k": 1, "label_source": DEFAULT_LABEL_SOURCE, "mode": DEFAULT_TRAIN_MODE,
     "class_balance": False, "seq_len": 128, "batch_size": 16, "steps": 300, "lr": 0.001, "answers_weight": 0.5,
+    "store_inputs": False,
 })
 
 # translators: tuned-lens translators (training/translators.py TranslatorConfig, cli/train_translators.py);

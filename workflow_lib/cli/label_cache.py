@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"train_heads' --seq-len (default {HEAD_TRAINING['seq_len']})")
     p.add_argument("--batch-size", type=int, default=HEAD_TRAINING["batch_size"],
                    help=f"sequences per backbone pass (default {HEAD_TRAINING['batch_size']})")
+    p.add_argument("--store-inputs", action="store_true", default=HEAD_TRAINING["store_inputs"],
+                   help="also store the heads' inputs final_norm(h_l) at every exit (float32): head jobs then run no "
+                        "backbone pass, except over the answers for a head with a recurrent state")
     p.add_argument("--seed", type=int, default=SEED, help="the backbone's seed (random presets only)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
@@ -60,7 +63,7 @@ def parse_args(argv=None) -> LabelCacheConfig:
         backbone=a.backbone, train_text=a.train_text, valid_text=a.valid_text, out=a.out, train_tokens=a.train_tokens,
         exit_layers=a.exit_layers, tokenizer=a.tokenizer, emission=a.emission, translators=a.translators,
         label_source=a.label_source, seq_len=a.seq_len, valid_tokens=a.valid_tokens, batch_size=a.batch_size,
-        answers=a.answers,
+        answers=a.answers, store_inputs=a.store_inputs,
         seed=a.seed, device=a.device)
 
 

@@ -24,7 +24,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from ..models.backbone import parts
-from ..models.heads import ExitHead
+from ..models.heads import ExitHead, stateful
 from ..models.translators import Translators, check_emission
 from .accounting import CostModel, TokenCost
 from .policies import make_fill, resolve_policy
@@ -50,11 +50,6 @@ class DecodeResult:
         """Decode throughput: tokens produced by decode steps per second of decoding (0 when none ran)."""
         steps = len(self.token_ids) - 1
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
-
-
-def stateful(head: ExitHead) -> bool:
-    """Whether the head carries a recurrent state that must see the prompt (the `mamba` head)."""
-    return type(head).prefill is not ExitHead.prefill
 
 
 def check_decoder_emission(emission: str, translators: Translators | None, exit_layers: list[int],

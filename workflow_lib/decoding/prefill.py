@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.masking_utils import create_recurrent_attention_mask
 
-from .core import DecoderCore, stateful
+from ..models.heads import stateful
+from .core import DecoderCore
 from .kv_cache import new_cache
 
 

@@ -94,6 +94,11 @@ class ExitHead(nn.Module):
         return sum(m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
 
 
+def stateful(head: ExitHead) -> bool:
+    """Whether the head carries a recurrent state that must see the prompt (the `mamba` head)."""
+    return type(head).prefill is not ExitHead.prefill
+
+
 @register_head("calm")
 class CalmHead(ExitHead):
     """CALM's classifier: one linear layer d -> 2."""

@@ -61,6 +61,15 @@ def check_heads(where: str, heads: list[str], specs: dict) -> None:
             raise ConfigError(f"{where}[{i}]", f"no head named {head!r} (heads: {', '.join(specs)})")
 
 
+def check_calibrated_emissions(emissions: list[str], backbones: dict) -> None:
+    """calibration.emissions lists rules some backbone evaluates."""
+    evaluated = sorted({e for spec in backbones.values() for e in spec["emissions"]})
+    for i, emission in enumerate(emissions):
+        if emission not in evaluated:
+            raise ConfigError(f"calibration.emissions[{i}]",
+                              f"{emission!r} is not among the backbones' emissions {evaluated}")
+
+
 def _check_listed_rule(where: str, emission: str, backbone: str, emissions: list[str]) -> None:
     if emission not in emissions:
         raise ConfigError(where, f"{emission!r} is not among backbones.{backbone}.emissions {emissions}")

@@ -77,7 +77,7 @@ class Flags:
         """The label cache's settings: head_training's, and as much text as its steps read."""
         t = self.plan.head_training
         return flags({"label_source": t["label_source"], "seq_len": t["seq_len"], "batch_size": t["batch_size"],
-                      "train_tokens": t["steps"] * t["batch_size"] * t["seq_len"]})
+                      "train_tokens": t["steps"] * t["batch_size"] * t["seq_len"], "store_inputs": t["store_inputs"]})
 
     def training_options(self, key: str) -> str:
         """The head key's training settings as train_heads flags (its exit layers and answers: their own flags)."""

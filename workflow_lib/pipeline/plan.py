@@ -178,6 +178,8 @@ def resolve(config: dict, schema: str | Path = SCHEMA) -> Plan:
     checks.check_comparisons(config["analysis"]["comparisons"], specs)
     if calibration is not None and calibration["heads"]:
         checks.check_heads("calibration.heads", calibration["heads"], specs)
+    if calibration is not None and calibration["emissions"]:
+        checks.check_calibrated_emissions(calibration["emissions"], backbones)
     checks.check_answer_tasks(config["answers"]["tasks"], list(evaluation["tasks"]), real is None, pools)
     checks.check_speculative(backbones, specs, types, config["answers"]["tasks"])
     return Plan(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .keys import ORACLE, head_key
+from .keys import ORACLE, emission_of, head_key
 from .paths import PRUNE_FOLDERS
 
 if TYPE_CHECKING:
@@ -32,8 +32,12 @@ class Records:
     def calibrated(self, backbones=None, specs=None, tasks=None) -> list[str]:
         calibrated = self.plan.calibration and self.plan.calibration["heads"]
         specs = [s for s in _given(specs, self.plan.heads) if s in calibrated] if calibrated else specs
-        return [self.paths.calibrated_record(cell, d) for task, cell in self._cells(backbones, specs, tasks)
-                if task in self.plan.calibrated_tasks for d in self.plan.deltas]
+        emissions = self.plan.calibration and self.plan.calibration["emissions"]
+        return [self.paths.calibrated_record(self.paths.exit_cell(b, key, policy, task), d)
+                for b, key, policy in self.plan.cells(backbones, specs)
+                if not emissions or emission_of(key) in emissions
+                for task in _given(tasks, self.plan.tasks) if task in self.plan.calibrated_tasks
+                for d in self.plan.deltas]
 
     def baseline(self, backbones=None, tasks=None) -> list[str]:
         return [f"{self.paths.baseline_dir(b, t)}/record.json" for b in _given(backbones, self.plan.backbones)

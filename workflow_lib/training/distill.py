@@ -45,7 +45,7 @@ from ..decoding.answers import load_answers
 from ..defaults import HEAD_TRAINING, SEED, VALID_TOKENS
 from ..models.backbone import default_device, load_backbone, load_config, parts, resolve_exit_layers, signature
 from ..models.emission import exit_hidden
-from ..models.heads import HEAD_TYPES, build_heads, save_heads
+from ..models.heads import HEAD_TYPES, build_heads, save_heads, stateful
 from ..models.translators import check_emission, load_translators
 from .checkpoints import (CHECKPOINT_DIR, CHECKPOINT_FILE, check_resume, load_checkpoint, read_checkpoint_meta,
                           save_checkpoint)
@@ -108,6 +108,7 @@ class HeadTrainer:
         self.weights = loss_weights(len(self.exit_layers), cfg.mode).to(self.device)  # (E,)
         self.class_weights = None if class_weights is None else class_weights.to(self.device)  # (E, 2)
         self.answer_class_weights: torch.Tensor | None = None  # (E, 2), the answers' own (their positive ratio)
+        self.recurrent = any(stateful(h) for h in heads.values())  # its heads read whole sequences, prompts too
         groups = ([list(h.parameters()) for h in self._ordered(heads)] if cfg.mode == "individual"
                   else [list(heads.parameters())])
         self.optimizers = [torch.optim.AdamW(g, lr=cfg.lr, weight_decay=cfg.weight_decay) for g in groups]
@@ -117,12 +118,16 @@ class HeadTrainer:
 
     @torch.no_grad()
     def backbone_pass(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                      positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      positions: torch.Tensor | None = None,
+                      inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids (B, T) -> z (E, B, T, D) = final_norm(h_l) for every exit, labels (E, B, T), or (E, P) at
         `positions` (bool (B, T)) only.
 
         Without `labels` the pass labels the batch itself (`exit_predictions`, then the label rule); with them (stored
-        by training/label_cache.py, (E, B, T)) only the blocks up to the deepest exit run."""
+        by training/label_cache.py, (E, B, T)) only the blocks up to the deepest exit run, and none with the stored
+        `inputs` z (E, B, T, D) too."""
+        if inputs is not None:
+            return inputs.to(self.device), labels.to(self.device)
         with autocast(self.device):
             if labels is not None:
                 hidden = exit_hidden(self.model, input_ids, self.exit_layers)  # blocks 0 .. deepest exit
@@ -147,22 +152,30 @@ class HeadTrainer:
 
     def answer_positions(self, answers) -> tuple[torch.Tensor, torch.Tensor]:
         """Head logits (E, P, 2) and labels (E, P) at the decode steps of answers [(ids (1, T), counted (1, T),
-        stored labels (E, 1, T) or None)], one backbone pass each (unpadded: the labels are those of the label
-        cache, bit for bit). The heads read the whole sequence, the prompt too, as the decoder's heads do."""
+        stored labels (E, 1, T) or None, stored inputs (E, P_i, D) or None)], one backbone pass each (unpadded: the
+        labels are those of the label cache, bit for bit) unless the inputs are stored. A head with a recurrent state
+        reads the whole sequence, the prompt too, as the decoder's heads do; the others read the decode steps only,
+        stored or not (the same rows either way, so the same bits)."""
         logits, gold = [], []
-        for ids, counted, stored in answers:
+        heads = self._ordered(self.heads)
+        for ids, counted, stored, inputs in answers:
             mask = counted.to(self.device)  # (1, T)
-            z, labels = self.backbone_pass(ids.to(self.device), stored, mask)  # (E, 1, T, D), (E, P_i)
+            if inputs is not None and not self.recurrent:
+                z, labels = inputs.to(self.device), stored.to(self.device)[:, mask]  # (E, P_i, D), (E, P_i)
+            else:
+                z, labels = self.backbone_pass(ids.to(self.device), stored, mask)  # (E, 1, T, D), (E, P_i)
+                z = z if self.recurrent else z[:, mask]  # (E, P_i, D)
             with autocast(self.device):
-                heads = self._ordered(self.heads)
-                logits.append(torch.stack([head(z[i]).float()[mask] for i, head in enumerate(heads)]))  # (E, P_i, 2)
+                out = [head(z[i]).float() for i, head in enumerate(heads)]  # (1, T, 2) or (P_i, 2) each
+                logits.append(torch.stack([o[mask] if self.recurrent else o for o in out]))  # (E, P_i, 2)
             gold.append(labels)  # (E, P_i)
         return torch.cat(logits, 1), torch.cat(gold, 1)  # (E, P, 2), (E, P)
 
-    def train_step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, answers=None) -> torch.Tensor:
-        """One optimisation step on a batch (B, T), stored labels (E, B, T) if any, and with cfg.answers_weight > 0
-        a batch of answers (answer_positions'); returns the per-exit training losses (E,)."""
-        z, labels = self.backbone_pass(input_ids.to(self.device), labels)  # (E, B, T, D), (E, B, T)
+    def train_step(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                   inputs: torch.Tensor | None = None, answers=None) -> torch.Tensor:
+        """One optimisation step on a batch (B, T), stored labels (E, B, T) and inputs (E, B, T, D) if any, and with
+        cfg.answers_weight > 0 a batch of answers (answer_positions'); returns the per-exit training losses (E,)."""
+        z, labels = self.backbone_pass(input_ids.to(self.device), labels, inputs=inputs)  # (E, B, T, D), (E, B, T)
         losses, _ = self._exit_losses(self.heads, z, labels, balanced=True)  # (E,)
         if answers:
             logits, gold = self.answer_positions(answers)  # (E, P, 2), (E, P)
@@ -187,7 +200,7 @@ class HeadTrainer:
         """Mean exit label per exit (E,) over an iterable of (input_ids (B, T), stored labels (E, B, T) or None)."""
         total = torch.zeros(len(self.exit_layers), device=self.device)  # (E,)
         count = 0
-        for input_ids, stored in batches:
+        for input_ids, stored, _ in batches:
             labels = stored if stored is not None else self.backbone_pass(input_ids.to(self.device))[1]  # (E, B, T)
             total += labels.flatten(1).sum(1)  # (E,)
             count += labels[0].numel()
@@ -199,22 +212,22 @@ class HeadTrainer:
         stored labels are read as they are, the others labelled by a pass (no head runs)."""
         gold = [stored.to(self.device)[:, counted.to(self.device)] if stored is not None
                 else self.backbone_pass(ids.to(self.device), None, counted.to(self.device))[1]
-                for batch in batches for ids, counted, stored in batch]  # (E, P_i) each
+                for batch in batches for ids, counted, stored, _ in batch]  # (E, P_i) each
         return torch.cat(gold, 1).float().mean(1).cpu()
 
     @torch.no_grad()
     def evaluate(self, sequences: torch.Tensor, head_sets: dict[str, nn.ModuleDict],
-                 stored: torch.Tensor | None = None) -> dict[str, dict]:
+                 stored: torch.Tensor | None = None, inputs: torch.Tensor | None = None) -> dict[str, dict]:
         """Held-out metrics per head set and exit (see `exit_metrics`) on sequences (N, T), with their stored labels
-        (E, N, T) if any. One backbone pass per batch serves every head set."""
+        (E, N, T) and inputs (E, N, T, D) if any. One backbone pass per batch (or none) serves every head set."""
         for heads in head_sets.values():
             heads.to(self.device).eval()
         logits = {name: [] for name in head_sets}
         labels = []
         for start in range(0, len(sequences), self.cfg.batch_size):
             rows = slice(start, start + self.cfg.batch_size)
-            z, gold = self.backbone_pass(sequences[rows].to(self.device),
-                                         None if stored is None else stored[:, rows])  # (E, B, T, D), (E, B, T)
+            z, gold = self.backbone_pass(sequences[rows].to(self.device), None if stored is None else stored[:, rows],
+                                         inputs=None if inputs is None else inputs[:, rows])  # (E, B, T, D), (E, B, T)
             labels.append(gold.flatten(1).cpu())  # (E, B*T)
             for name, heads in head_sets.items():
                 _, head_logits = self._exit_losses(heads, z, gold, balanced=False)  # (E, B, T, 2)
@@ -308,15 +321,20 @@ def train_heads(cfg: TrainConfig) -> dict:
         check_emission(cfg.emission, translators, exit_layers)
     trainer = HeadTrainer(model, heads, cfg, translators=translators)
 
-    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    inputs = {} if stored is None else stored.inputs  # the heads' inputs, when the cache holds them
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         rows = batch_indices(step, cfg.batch_size, len(train), cfg.seed)  # (B,)
-        return train[rows], None if stored is None else stored.labels["train"][:, rows]  # (B, L), (E, B, L)
+        return (train[rows], None if stored is None else stored.labels["train"][:, rows],  # (B, L), (E, B, L)
+                inputs["train"][:, rows] if "train" in inputs else None)  # (E, B, L, D)
 
     def answer_batch(step: int) -> list:
-        """cfg.batch_size answers in their own seeded order: [(ids (1, T), counted (1, T), labels (E, 1, T) or None)]."""
+        """cfg.batch_size answers in their own seeded order: [(ids (1, T), counted (1, T), labels (E, 1, T) or None,
+        inputs (E, P_i, D) or None)]."""
         if not answers:
             return []
-        return [(*answers[i], None if stored is None else stored.answer_labels(i, answers[i][0].shape[1]))
+        return [(*answers[i], None if stored is None else stored.answer_labels(i, answers[i][0].shape[1]),
+                 None if stored is None else stored.answer_inputs(i))
                 for i in batch_indices(step, cfg.batch_size, len(answers), cfg.seed).tolist()]
 
     if meta is not None:
@@ -344,7 +362,7 @@ def train_heads(cfg: TrainConfig) -> dict:
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.head} heads",
                file=sys.stderr, mininterval=1.0)
     for step in bar:
-        losses = trainer.train_step(*batch(step), answer_batch(step))  # (E,)
+        losses = trainer.train_step(*batch(step), answers=answer_batch(step))  # (E,)
         bar.set_postfix(loss=f"{losses.mean().item():.4f}", refresh=False)
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
@@ -355,7 +373,7 @@ def train_heads(cfg: TrainConfig) -> dict:
     bar.close()
 
     evaluation = trainer.evaluate(valid, {"trained": heads, "untrained": initial},
-                                  None if stored is None else stored.labels["valid"])
+                                  None if stored is None else stored.labels["valid"], inputs.get("valid"))
     trained_tokens = (cfg.steps - start) * cfg.batch_size * cfg.seq_len
     metrics = {
         "exit_layers": exit_layers,
@@ -372,6 +390,7 @@ def train_heads(cfg: TrainConfig) -> dict:
         "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
         "epochs": cfg.steps * cfg.batch_size / len(train),
         "valid_tokens": valid.numel(),
+        "stored_inputs": sorted(inputs),  # the splits whose heads' inputs came from the label cache, no backbone pass
         "throughput": {"tokens": trained_tokens, "seconds": seconds,
                        "tokens_per_second": trained_tokens / seconds if seconds > 0 else math.nan,
                        "resumed_from_step": start, "device": str(trainer.device)},

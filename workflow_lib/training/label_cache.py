@@ -14,6 +14,13 @@ for heads trained on them too) answers_ids (Na, Lmax) int32 right-padded with 0 
 each answer labelled in its own pass at its decode steps (elsewhere RANK_CAP: no label rule exits there); as metadata
 the settings it was made with, the backbone's signature and provenance. A head job checks its own sequences against the stored ones (its training set is a
 prefix of the cache's when it reads fewer tokens) and refuses a cache made for other settings or exits.
+
+With `store_inputs` the cache also holds the heads' inputs from the same pass, z = final_norm(h_l) in float32:
+train_inputs (E, N, L, D), valid_inputs (E, Nv, L, D) and answers_inputs (E, P, D) at the answers' decode steps (in
+answer order). A head job then runs no backbone pass at all for them: on the real-small setup every head job ran the
+same blocks over the same text and answers again, most of its time. The answers' prompts are not stored (a head with
+a recurrent state reads them: its job runs its own passes over the answers). Exits x tokens x hidden x 4 bytes: 0.4 GB
+on SmolLM2's 30,720 + 13,312 tokens at 4 exits, far too much at the paper's scale, hence a setting.
 """
 from __future__ import annotations
 
@@ -94,6 +101,10 @@ class StoredLabels:
         self.answer_ids = tensors.get("answers_ids")  # (Na, Lmax) or None
         self.answers = (labels_from_ranks(tensors["answers_ranks"][rows], rule, k)
                         if "answers_ranks" in tensors else None)  # (E, Na, Lmax)
+        # the heads' inputs, when stored: (E, N, L, D) per split, (E, P, D) at the answers' decode steps
+        self.inputs = {split: tensors[f"{split}_inputs"][rows] for split in ("train", "valid", "answers")
+                       if f"{split}_inputs" in tensors}
+        self.answer_offsets = None  # start of each answer's decode steps in inputs["answers"] (check_answers sets it)
 
     def answer_labels(self, i: int, length: int) -> torch.Tensor:
         """The labels (E, 1, length) of answer i, `length` tokens long."""
@@ -105,6 +116,14 @@ class StoredLabels:
             raise ValueError(f"label cache {str(self.directory)!r} holds no answers (label_cache --answers)")
         if not torch.equal(pad_answers(answers)[0], self.answer_ids):
             raise ValueError(f"label cache {str(self.directory)!r} holds other answers than this job's")
+        counts = torch.tensor([int(counted.sum()) for _, counted in answers])  # (Na,)
+        self.answer_offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (Na + 1,)
+
+    def answer_inputs(self, i: int) -> torch.Tensor | None:
+        """The heads' inputs (E, P_i, D) at answer i's decode steps, None when the cache holds none."""
+        if "answers" not in self.inputs:
+            return None
+        return self.inputs["answers"][:, self.answer_offsets[i]:self.answer_offsets[i + 1]]
 
     def check_sequences(self, train: torch.Tensor, valid: torch.Tensor) -> None:
         """The head job's own sequences must be the cache's (the training ones a prefix of them)."""
@@ -132,6 +151,7 @@ class LabelCacheConfig:
     valid_tokens: int = VALID_TOKENS
     batch_size: int = HEAD_TRAINING["batch_size"]  # sequences per backbone pass (labels do not depend on it)
     answers: str | None = None  # answers file (decoding/answers.py) labelled too, for heads trained on answers
+    store_inputs: bool = HEAD_TRAINING["store_inputs"]  # the heads' inputs z too (the module docstring)
     seed: int = SEED
     device: str | None = None
 
@@ -166,25 +186,34 @@ def build_label_cache(cfg: LabelCacheConfig) -> dict:
         check_emission(cfg.emission, translators, exit_layers)
     tensors = {}
     for split, ids in sequences.items():
-        ranks = []
+        ranks, inputs = [], []
         for start in tqdm(range(0, len(ids), cfg.batch_size), desc=f"label {split}", mininterval=1.0):
             with autocast(device):  # as a head job's own labelling pass, so the same labels
-                _, intermediate, full = exit_predictions(model, ids[start:start + cfg.batch_size].to(device),
+                z, intermediate, full = exit_predictions(model, ids[start:start + cfg.batch_size].to(device),
                                                          exit_layers, cfg.emission, cfg.label_source, translators)
                 ranks.append(label_ranks(intermediate, full).cpu())  # (E, B, L, 2)
+                if cfg.store_inputs:
+                    inputs.append(z.float().cpu())  # (E, B, L, D)
         tensors[f"{split}_ids"] = ids.to(torch.int32).contiguous()  # (N, L)
         tensors[f"{split}_ranks"] = torch.cat(ranks, 1).contiguous()  # (E, N, L, 2)
+        if cfg.store_inputs:
+            tensors[f"{split}_inputs"] = torch.cat(inputs, 1).contiguous()  # (E, N, L, D)
     if cfg.answers is not None:  # one pass per answer, unpadded, as the head job's own (answer_positions)
         answers = load_answers(cfg.answers, signature(backbone_config))
         shape = (len(exit_layers), len(answers), max(ids.shape[1] for ids, _ in answers), 2)
         ranks = torch.full(shape, RANK_CAP, dtype=torch.int16)  # (E, Na, Lmax, 2): set at the decode steps only
+        inputs = []
         for i, (ids, counted) in enumerate(tqdm(answers, desc="label answers", mininterval=1.0)):
             with autocast(device):
-                _, intermediate, full = exit_predictions(model, ids.to(device), exit_layers, cfg.emission,
+                z, intermediate, full = exit_predictions(model, ids.to(device), exit_layers, cfg.emission,
                                                          cfg.label_source, translators, counted.to(device))
                 ranks[:, i, :ids.shape[1]][:, counted[0]] = label_ranks(intermediate, full).cpu()  # (E, P, 2)
+                if cfg.store_inputs:
+                    inputs.append(z[:, 0, counted[0].to(z.device)].float().cpu())  # (E, P_i, D)
         tensors["answers_ranks"] = ranks
         tensors["answers_ids"] = pad_answers(answers)[0]  # (Na, Lmax)
+        if cfg.store_inputs:
+            tensors["answers_inputs"] = torch.cat(inputs, 1).contiguous()  # (E, P, D)
     settings = dataclasses.asdict(cfg)
     write_cache(cfg.out, tensors, {"settings": settings, "backbone": signature(backbone_config),
                                    "provenance": provenance(settings, cfg.seed)})
