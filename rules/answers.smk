@@ -67,6 +67,7 @@ rule draft_vocab:
     params:
         tokenizer=lambda wc: PATHS.tokenizer if PLAN.pretrained_here(wc.backbone) else PATHS.backbone_path(wc.backbone),
         size=lambda wc: PLAN.backbones[wc.backbone]["speculative"]["draft_vocab"],
+    priority: PRIORITY["draft_vocab"]
     threads: 1
     log:
         f"{LOGS}/draft_vocab/{{backbone}}.log",

@@ -19,7 +19,7 @@ With `store_inputs` the cache also holds the heads' inputs from the same pass, z
 train_inputs (E, N, L, D), valid_inputs (E, Nv, L, D) and answers_inputs (E, P, D) at the answers' decode steps (in
 answer order). A head job then runs no backbone pass at all for them: on the real-small setup every head job ran the
 same blocks over the same text and answers again, most of its time. The answers' prompts are not stored (a head with
-a recurrent state reads them: its job runs its own passes over the answers). Exits x tokens x hidden x 4 bytes: 0.4 GB
+a recurrent state reads them: its job runs its own passes over the answers). Exits x tokens x hidden x 4 bytes: 463 MB
 on SmolLM2's 30,720 + 13,312 tokens at 4 exits, far too much at the paper's scale, hence a setting.
 """
 from __future__ import annotations
