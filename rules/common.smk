@@ -29,14 +29,17 @@ except ConfigError as e:
 config.update(PLAN.config)  # the schema's defaults too, for the report's captions (snakemake.config)
 PATHS, FLAGS, RECORDS = PLAN.paths, PLAN.flags, PLAN.records
 
+LOGS, BENCHMARKS = PATHS.logs, PATHS.benchmarks
+EXIT_CELL = PATHS.exit_cell("{backbone}", "{head}", "{policy}", "{task}")
+
 # Which ready job a free core takes first (the highest priority) when the ready jobs outnumber the cores, as on a
-# laptop: the jobs that unlock others; the short agreement and calibration jobs as soon as they can run; the
-# evaluations last and longest first (list scheduling's longest-processing-time rule), TruthfulQA's and CoQA's long
-# answers and prompts ahead of TriviaQA's, so that no long job is left alone on one core at the end. In the 2-core run
-# at dfd4f9b, the order as it was left TruthfulQA's reference job, the longest, alone for its last 26 minutes. A short
-# job that unlocks others takes their priority (Snakemake gives none to a job's inputs): at 24dda6a the 9-second
-# draft_vocab, at 0, waited for a core behind a reference job and a calibration and held TruthfulQA's heads job back
-# 1 min 41 s.
+# laptop: the jobs that unlock others; the short agreement and calibration jobs as soon as they can run; of the
+# evaluations (the DAG's last jobs) the longest first (list scheduling's longest-processing-time rule): TruthfulQA's
+# and CoQA's long answers and prompts ahead of TriviaQA's, so that no long job is left alone on one core at the end.
+# In the 2-core run at dfd4f9b, the order as it was left TruthfulQA's reference job, the longest, alone for its last
+# 26 minutes. A short job that unlocks others takes their priority (Snakemake gives none to a job's inputs): at
+# 24dda6a the 9-second draft_vocab, at 0, waited for a core behind a reference job and a calibration and held
+# TruthfulQA's heads job back 1 min 41 s.
 PRIORITY = {"greedy_answers": 3, "label_cache": 3, "train_heads": 2, "train_translators": 1, "agreement": 3,
             "calibrate": 3, "draft_vocab": 4, "evaluate_heads": 4, "evaluate_reference": 1}
 LONGER_EVALUATION = {"triviaqa": 0, "truthfulqa": 3, "coqa": 6}  # added to both evaluation parts' priorities
@@ -44,8 +47,6 @@ LONGER_EVALUATION = {"triviaqa": 0, "truthfulqa": 3, "coqa": 6}  # added to both
 
 def evaluation_priority(part):
     return lambda wc: PRIORITY[f"evaluate_{part}"] + LONGER_EVALUATION[wc.task]
-LOGS, BENCHMARKS = PATHS.logs, PATHS.benchmarks
-EXIT_CELL = PATHS.exit_cell("{backbone}", "{head}", "{policy}", "{task}")
 
 
 wildcard_constraints:
