@@ -14,7 +14,7 @@ import pytest
 from workflow_lib.analysis.page_blocks import duration, widen
 from workflow_lib.analysis.results_page import PageError, check, collect, load_spec, loose_numbers, render
 from workflow_lib.analysis.runs import run_columns
-from workflow_lib.analysis.timings import OTHER, TOTAL, pattern_regex, rule_of, timings_table
+from workflow_lib.analysis.timings import OTHER, TOTAL, benchmark_jobs, pattern_regex, rule_of
 from workflow_lib.cli import results_page
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,7 +272,41 @@ def test_timings_patterns_pick_the_most_specific_rule():
 
 def test_timings_need_benchmark_files(tmp_path):
     with pytest.raises(ValueError, match="no benchmark files under"):
-        timings_table(tmp_path, {})
+        benchmark_jobs(tmp_path, {})
+
+
+def test_a_second_run_keeps_the_first_runs_time(run, monkeypatch):
+    """A run that extends the first (one more config file) reruns the tables job, overwriting its benchmark file:
+    the page job after the first run recorded that run's time, and the second one keeps it and counts its own jobs,
+    those that started after the first run ended."""
+    root, made, patterns, page, folder, config = run
+    monkeypatch.chdir(root)
+    (root / "extra.yaml").write_text("more: 1\n")
+    tables = sorted(Path("results/tables").glob("*.csv"))
+    args = (tables, [], Path("results/figures"), Path("results/benchmarks"), patterns)
+    skip = ("results/benchmarks/results_page.tsv",)
+    collect(Path("docs/page.md"), *args, [Path("run.yaml")], skip)
+    first = pd.read_csv(folder / "timings.csv")
+    assert set(first["run_order"]) == {1} and set(first["configfiles"]) == {"run.yaml"}
+    write_benchmark(Path("results/benchmarks/evaluate/m/calm/copy/triviaqa.tsv"), 300.0, 2000.0)
+    write_benchmark(Path("results/benchmarks/tables.tsv"), 7.0, 2100.0)  # the first run's tables job, overwritten
+    text = collect(Path("docs/page.md"), *args, [Path("run.yaml"), Path("extra.yaml")], skip)
+    both = pd.read_csv(folder / "timings.csv")
+    pd.testing.assert_frame_equal(both[both["run_order"] == 1].reset_index(drop=True), first)
+    second = both[both["run_order"] == 2].set_index("rule")
+    assert set(second["configfiles"]) == {"run.yaml extra.yaml"}
+    assert second.loc[TOTAL, "jobs"] == 2 and second.loc[TOTAL, "wall_seconds"] == 307
+    assert second.loc[TOTAL, "elapsed_seconds"] == 2100 - 1700
+    assert "- **Time of the run with `run.yaml`:** 4 jobs, 6 min 40 s" in text
+    assert "- **Time of the run with `run.yaml extra.yaml`:** 2 jobs, 6 min 40 s" in text
+    # the second run's page again: its own earlier rows are replaced, not kept; a run whose window no benchmark file
+    # ends in any more (another results/, here every file rewritten later) is dropped
+    collect(Path("docs/page.md"), *args, [Path("run.yaml"), Path("extra.yaml")], skip)
+    assert pd.read_csv(folder / "timings.csv").equals(both)
+    for path in Path("results/benchmarks").rglob("*.tsv"):
+        os.utime(path, (5000.0, 5000.0))
+    collect(Path("docs/page.md"), *args, [Path("run.yaml"), Path("extra.yaml")], skip)
+    assert set(pd.read_csv(folder / "timings.csv")["run_order"]) == {1}
 
 
 def test_cli_from_committed_files_and_its_refusals(tmp_path, capsys):

@@ -31,7 +31,7 @@ import yaml
 
 from workflow_lib.analysis.page_blocks import SpecError, check_spec, duration, render_table, render_value
 from workflow_lib.analysis.runs import runs_of
-from workflow_lib.analysis.timings import TOTAL, timings_table
+from workflow_lib.analysis.timings import TOTAL, run_timings
 from workflow_lib.artifacts import atomic_path, git_commit, write_text
 from workflow_lib.pipeline.paths import PAGE_MANIFEST, PAGE_SPEC, page_folder as folder_of
 
@@ -92,9 +92,12 @@ def render_provenance(folder: Path) -> str:
         lines.append("- **Runs:** the tables carry no run column")
     timings = folder / TIMINGS
     if timings.is_file():
-        total = pd.read_csv(timings).set_index("rule").loc[TOTAL]
-        lines.append(f"- **Time:** {int(total['jobs'])} jobs, {duration(total['elapsed_seconds'])} from the first "
-                     f"job's start to the last one's end, {total['wall_seconds']:,.0f} job-seconds (`{TIMINGS}`)")
+        totals = pd.read_csv(timings).query("rule == @TOTAL")
+        for _, total in totals.iterrows():
+            which = f" of the run with `{total['configfiles']}`" if len(totals) > 1 else ""
+            lines.append(f"- **Time{which}:** {int(total['jobs'])} jobs, {duration(total['elapsed_seconds'])} from "
+                         f"the first job's start to the last one's end, {total['wall_seconds']:,.0f} job-seconds "
+                         f"(`{TIMINGS}`)")
     return "\n".join(lines)
 
 
@@ -208,8 +211,9 @@ def figure_name(figure: Path, figures_root: Path) -> str:
 
 def collect(page: Path, tables: list[Path], figures: list[Path], figures_root: Path, benchmarks: Path,
             rule_patterns: dict[str, str], configfiles: list[Path], skip_benchmarks: tuple[str, ...] = ()) -> str:
-    """Make the page's folder from a run: its tables and PNG figures copied, timings.csv, manifest.json (the spec
-    and the files the spec's `keep` globs name stay; everything else in the folder goes), then the page rendered
+    """Make the page's folder from a run: its tables and PNG figures copied, timings.csv (with the rows of the
+    earlier runs this one extends, from the folder's timings.csv: analysis/timings.run_timings), manifest.json (the
+    spec and the files the spec's `keep` globs name stay; everything else in the folder goes), then the page rendered
     from it. Everything is checked, and the page rendered, before anything is replaced. Returns the page's text."""
     folder = page_folder(page)
     spec = load_spec(folder / SPEC)
@@ -222,8 +226,9 @@ def collect(page: Path, tables: list[Path], figures: list[Path], figures_root: P
     clash = sorted({n for n in names if names.count(n) > 1} | ({SPEC, MANIFEST, TIMINGS} & set(names)))
     if clash:
         raise PageError(f"two files would be copied as {clash}")
+    earlier = pd.read_csv(folder / TIMINGS) if (folder / TIMINGS).is_file() else None
     try:
-        timings = timings_table(benchmarks, rule_patterns, skip_benchmarks)
+        timings = run_timings(benchmarks, rule_patterns, [str(c) for c in configfiles], skip_benchmarks, earlier)
     except ValueError as e:
         raise PageError(str(e)) from None
     keep = spec.get("keep") or []
