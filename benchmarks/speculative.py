@@ -6,7 +6,8 @@ seed), encoded, truncated and stopped as the `dynamax` lm-eval model does (the t
 EOS id, its max_gen_toks), batched as its Collator batches them (longest first). Variants, interleaved round by round:
   exits_off            the project's decoder, no exits: the reference of every speedup
   lossy@T              the exit decoder at --lossy-threshold T (the lossy no-loss point; its tokens may differ)
-  spec@T/K/V           speculative at threshold T, max_draft K, draft vocabulary V (size, or 'full'): the grid
+  spec@T/K/V[/C]       speculative at threshold T, max_draft K, draft vocabulary V (size, or 'full') and draft_climb
+                       C (named unless 'deepest'): the grid
   exits_off_call, generate, aee@k   (batch 1, with --assistant-early-exit): whole calls, prefill included, as
                        transformers' generate cannot time its decode alone: the project's exits-off decoder as one
                        call, plain greedy `model.generate`, and `generate(assistant_early_exit=k)`
@@ -53,6 +54,7 @@ from timing import add_common_args, interleaved, print_table, save, setup, sprea
 
 from workflow_lib.choices import EMISSION_RULES
 from workflow_lib.decoding.accounting import crf_exact
+from workflow_lib.decoding.core import DRAFT_CLIMBS
 from workflow_lib.decoding.decoder import ExitDecoder
 from workflow_lib.decoding.prefill import Prefill
 from workflow_lib.evaluation.lm_model import read_draft_vocab
@@ -89,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-drafts", default="2,4", help="speculative max_draft values (default: 2,4)")
     p.add_argument("--draft-vocabs", default="none", help="draft vocabularies: 'none' (the full LM head) or files "
                    "of cli/draft_vocab.py, comma-separated (default: none)")
+    p.add_argument("--draft-climbs", default="deepest", help="how high a drafting token climbs (ExitDecoder's "
+                   f"draft_climb: {', '.join(DRAFT_CLIMBS)}), comma-separated (default: deepest)")
     p.add_argument("--assistant-early-exit", default="", help="transformers' generate(assistant_early_exit=k) for "
                    "these k, comma-separated, with plain generate and our exits-off call (batch 1 only)")
     add_common_args(p, out="results/benchmarks/speculative.json")
@@ -108,7 +112,9 @@ def check_args(a: argparse.Namespace) -> dict:
     grid = {"thresholds": numbers(a.thresholds, float, "--thresholds"),
             "max_drafts": numbers(a.max_drafts, int, "--max-drafts"),
             "aee": numbers(a.assistant_early_exit, int, "--assistant-early-exit"),
-            "vocabs": {}}
+            "climbs": [c.strip() for c in a.draft_climbs.split(",") if c.strip()], "vocabs": {}}
+    if not grid["climbs"] or set(grid["climbs"]) - set(DRAFT_CLIMBS):
+        raise SystemExit(f"error: --draft-climbs must list some of {', '.join(DRAFT_CLIMBS)}, got {a.draft_climbs!r}")
     if not Path(a.data).is_file() or (a.fewshot_data and not Path(a.fewshot_data).is_file()):
         raise SystemExit(f"error: task data {a.data!r} or few-shot pool {a.fewshot_data!r} does not exist")
     if a.n_prompts < 1 or a.batch_size < 1 or (a.max_new_tokens is not None and a.max_new_tokens < 1):
@@ -302,10 +308,13 @@ def main(argv=None) -> None:
     if a.lossy_threshold is not None:
         ours(f"lossy@{a.lossy_threshold}", ExitDecoder(model, threshold=a.lossy_threshold, **exit_kw), "lossy",
              threshold=a.lossy_threshold)
-    for t, k, (vocab_spec, vocab) in product(grid["thresholds"], grid["max_drafts"], grid["vocabs"].items()):
+    for t, k, (vocab_spec, vocab), climb in product(grid["thresholds"], grid["max_drafts"], grid["vocabs"].items(),
+                                                   grid["climbs"]):
         size = "full" if vocab is None else len(vocab)
-        ours(f"spec@{t}/{k}/{size}", ExitDecoder(model, threshold=t, max_draft=k, draft_vocab=vocab, **exit_kw),
-             "speculative", threshold=t, max_draft=k, draft_vocab=size, draft_vocab_file=vocab_spec if vocab else None)
+        name = f"spec@{t}/{k}/{size}" + ("" if climb == "deepest" else f"/{climb}")  # earlier JSONs' names stand
+        ours(name, ExitDecoder(model, threshold=t, max_draft=k, draft_vocab=vocab, draft_climb=climb, **exit_kw),
+             "speculative", threshold=t, max_draft=k, draft_vocab=size, draft_climb=climb,
+             draft_vocab_file=vocab_spec if vocab else None)
 
     def run_prefill() -> list[float]:
         with torch.no_grad():

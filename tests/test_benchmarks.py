@@ -90,10 +90,12 @@ def test_speculative_batched_mamba2(setup):
     done = run("speculative.py", "--backbone", str(setup["mamba2"]), "--task", "coqa", "--data",
                str(setup["tasks"]["coqa"]), "--n-prompts", "4", "--max-new-tokens", "6", "--batch-size", "2",
                "--exit-layers", "1,2", "--emission", "translator", "--thresholds", "0.3,0.5", "--max-drafts", "3",
-               "--out", str(out))
+               "--draft-climbs", "deepest,shallowest", "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert {r["batch_size"] for r in rows} == {2}
+    assert {r["draft_climb"] for r in rows if r["kind"] == "speculative"} == {"deepest", "shallowest"}
+    assert "spec@0.3/3/full/shallowest" in {r["variant"] for r in rows}
     check_speculative_rows([r for r in rows if r["kind"] == "speculative"])
 
 
@@ -101,6 +103,9 @@ def test_speculative_refuses_bad_input_before_loading(setup):
     done = run("speculative.py", "--backbone", str(setup["mistral"]), "--task", "triviaqa", "--data",
                str(setup["tasks"]["triviaqa"]), "--batch-size", "8", "--assistant-early-exit", "2")
     assert done.returncode != 0 and "--batch-size 1 only" in done.stderr
+    done = run("speculative.py", "--backbone", str(setup["mistral"]), "--task", "triviaqa", "--data",
+               str(setup["tasks"]["triviaqa"]), "--draft-climbs", "deepest,highest")
+    assert done.returncode != 0 and "--draft-climbs must list some of deepest, shallowest" in done.stderr
 
 
 def test_timing_model_borrows_the_measured_rows(setup, batch1):

@@ -24,14 +24,15 @@ def reference(model, prompts, n, **kw):
 
 @pytest.mark.parametrize("arch", ["mistral", "llama", "mamba2"])
 @pytest.mark.parametrize("emission", ["last_block", "lens", "translator"])
-def test_every_token_is_the_full_models(request, arch, emission):
+@pytest.mark.parametrize("climb", ["deepest", "shallowest"])
+def test_every_token_is_the_full_models(request, arch, emission, climb):
     """Random heads draft at random: most drafts are wrong and roll back, some are right; the tokens are generate's,
     at batch size 1 and in a padded batch where rows keep different numbers of tokens per cycle."""
     model = request.getfixturevalue(f"tiny_{arch}")
     want = reference(model, PROMPTS, 12, eos_token_id=None)
     translators = random_translators(EXITS) if emission == "translator" else None
     decoder = ExitDecoder(model, build_heads("calm", 256, EXITS, seed=1).eval(), threshold=0.45, emission=emission,
-                          translators=translators, max_draft=3)
+                          translators=translators, max_draft=3, draft_climb=climb)
     alone = [decoder.generate_batch([p], max_new_tokens=12, eos_token_id=[])[0] for p in PROMPTS]
     batched = decoder.generate_batch(PROMPTS, max_new_tokens=12, eos_token_id=[])
     assert [r.token_ids for r in alone] == [r.token_ids for r in batched] == want
@@ -63,6 +64,46 @@ def test_right_drafts_are_all_kept(arch, max_draft):
         assert s["accepted"] == s["drafted"] == s["kept"] == n - 1
         assert s["cycles"] == -(-(n - 1) // max_draft)
         assert r.exit_layers == [7] + [3] * (n - 1)  # every kept token was a draft of the exit at block 3
+
+
+def climbs(model, decoder, prompt: list[int], n: int) -> list[list[int]]:
+    """Per cycle, the block each drafting token climbed to: every block call is recorded (its index and positions);
+    a drafting token runs blocks 0, 1, ... on one position, a verification runs several positions at once."""
+    calls = []
+    hooks = [layer.register_forward_hook(lambda m, args, out, j=j: calls.append((j, args[0].shape[1])))
+             for j, layer in enumerate(model.model.layers)]
+    try:
+        decoder.generate_batch([prompt], max_new_tokens=n, eos_token_id=[])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    cycles, cycle = [], []
+    for j, positions in calls[len(model.model.layers):]:  # after the prefill
+        if positions > 1:  # the verification ends the cycle
+            if cycle:
+                cycles.append(cycle)
+            cycle = []
+        elif j == 0:
+            cycle.append(0)
+        elif j <= max(EXITS):
+            cycle[-1] = j
+    return cycles
+
+
+def test_a_shallow_climb_goes_no_higher_than_the_cycle(tiny_mistral):
+    """draft_climb="shallowest": after a cycle's first token, no token climbs above the shallowest block the cycle's
+    tokens stopped at (above it the verification recomputes every position); "deepest" climbs higher on the same
+    model and prompt, so the check can fail. Both give generate's tokens (test_every_token_is_the_full_models)."""
+    heads = build_heads("calm", 256, EXITS, seed=1).eval()
+    tops = {climb: climbs(tiny_mistral, ExitDecoder(tiny_mistral, heads, threshold=0.75, emission="translator",
+                                                    translators=random_translators(EXITS), max_draft=3,
+                                                    draft_climb=climb), PROMPTS[0], 16)
+            for climb in ("deepest", "shallowest")}
+
+    def higher(cycle):
+        return any(top > min(cycle[:i]) for i, top in enumerate(cycle) if i)
+    assert sum(len(c) > 1 for c in tops["shallowest"]) >= 3  # cycles with drafts
+    assert not any(higher(c) for c in tops["shallowest"]) and any(higher(c) for c in tops["deepest"])
 
 
 def test_eos_and_stop_strings_end_a_row_inside_a_cycle(tiny_mistral):
@@ -153,6 +194,7 @@ def test_refused(tiny_mistral):
                             (dict(max_draft=2, repetition_penalty=1.2), "no repetition penalty"),
                             (dict(max_draft=2, draft_vocab=[1, 1]), "distinct token ids"),
                             (dict(max_draft=2, draft_vocab=[10 ** 6]), "distinct token ids"),
+                            (dict(max_draft=2, draft_climb="highest"), "draft_climb must be one of"),
                             (dict(draft_vocab=[1, 2]), "is for speculative decoding")]:
         with pytest.raises(ValueError, match=message):
             ExitDecoder(tiny_mistral, heads, threshold=0.5, **kwargs)

@@ -64,6 +64,12 @@ def check_decoder_emission(emission: str, translators: Translators | None, exit_
         raise ValueError(f"translators map hidden size {translators.hidden_size}, the backbone has {hidden_size}")
 
 
+# How high a drafting token climbs (speculative.py): to the deepest exit layer, looking for an exit there; or, after
+# the cycle's first token, no higher than the shallowest block any token of the cycle stopped at, above which the
+# verification recomputes every position anyway (nor does a draft fill its skipped blocks: nothing reads them).
+DRAFT_CLIMBS = ("deepest", "shallowest")
+
+
 class DecoderCore:
     """The decoder's configuration (checked at construction) and the pieces its step and loop run.
 
@@ -75,7 +81,7 @@ class DecoderCore:
                  policy: str | None = None, prune: int = 0, repetition_penalty: float = 1.0,
                  prune_start: int | None = None, oracle_exits: list[int] | None = None,
                  emission: str = "last_block", translators: Translators | None = None, max_draft: int | None = None,
-                 draft_vocab: Sequence[int] | None = None):
+                 draft_vocab: Sequence[int] | None = None, draft_climb: str = "deepest"):
         self.model = model
         self.parts = parts(model)
         n = self.parts.n_layers
@@ -132,6 +138,9 @@ class DecoderCore:
         # Speculative (decoding/speculative.py): exits draft up to max_draft tokens, the full model verifies them
         self.max_draft = max_draft
         self.draft_vocab, self.draft_head = None, None
+        if draft_climb not in DRAFT_CLIMBS:
+            raise ValueError(f"draft_climb must be one of {', '.join(DRAFT_CLIMBS)}, got {draft_climb!r}")
+        self.draft_climb = draft_climb
         if max_draft is not None:
             self._check_speculative(max_draft, heads, repetition_penalty)
             if draft_vocab is not None:

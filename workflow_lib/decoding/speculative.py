@@ -3,7 +3,9 @@
 A row's cycle: the token it reads runs the drafting step (`step.Step`, draft=True). If a head exits, the exit
 emits a draft token (its emission rule, through the draft vocabulary when there is one), which the row reads next;
 the policy fills the skipped blocks as always, so that the next drafts can attend to this position. Drafting stops
-at a token that does not exit by the deepest exit layer, or once `max_draft` tokens are drafted. One verification
+at a token that does not exit by the deepest exit layer, or once `max_draft` tokens are drafted. Under
+`draft_climb="shallowest"` a token after the cycle's first climbs no higher than the shallowest block the cycle's
+tokens stopped at, and nothing is filled: above that block the verification recomputes every position anyway. One verification
 pass then runs the full model over the cycle's positions from block m+1, m the shallowest exit of the cycle: up to
 block m every position ran the full model's own computation (on the full model's states), so the drafts' cache
 entries and hidden states there are reused, as LayerSkip shares its cache; above m the cycle's entries are
@@ -162,6 +164,7 @@ def decode(decoder: DecoderCore, batch, cache: DynamicCache, states: dict, logit
         lengths = [0] * b  # positions in the cycle per row
         active = list(range(b))
         cur = tok
+        ceiling = [deepest] * b  # per row: how high its next token climbs (draft_climb)
         for t in range(decoder.max_draft + 1):
             if not active:
                 break
@@ -169,7 +172,7 @@ def decode(decoder: DecoderCore, batch, cache: DynamicCache, states: dict, logit
                 column = torch.zeros(b, 1, dtype=batch.mask.dtype, device=device)
                 column[active] = 1
                 batch.mask = torch.cat([batch.mask, column], dim=-1)  # (B, L+1)
-            step = Step(decoder, cache, b, threshold, draft=True)
+            step = Step(decoder, cache, b, threshold, draft=True, ceiling=ceiling)
             drafted, round_exits, head_macs, translations = step(cur, batch.positions + t, states, batch.mask,
                                                                  active=active)
             read.append(cur)
@@ -181,14 +184,19 @@ def decode(decoder: DecoderCore, batch, cache: DynamicCache, states: dict, logit
                 context = int(batch.positions[r]) + t + 1
                 lengths[r] += 1
                 e = round_exits[r]
-                if e is None:  # stopped at the deepest exit: the verification takes it from there
-                    macs = cm.climb_macs(deepest + 1, context, head_macs[r], translations[r])
-                    exits[r].append(deepest)
-                    blocks[r] += deepest + 1
+                if e is None:  # stopped at its ceiling: the verification takes it from there
+                    macs = cm.climb_macs(ceiling[r] + 1, context, head_macs[r], translations[r])
+                    exits[r].append(ceiling[r])
+                    blocks[r] += ceiling[r] + 1
                 else:
-                    cost = decoder.token_cost(e, context, head_macs[r], translations[r])
-                    macs = cost.macs_spent - cm.lm_head_macs + lm_draft
-                    blocks[r] += cost.blocks_spent_paper
+                    if step.fills:  # the exit's cost with the policy's fill, the draft's emission for the LM head
+                        cost = decoder.token_cost(e, context, head_macs[r], translations[r])
+                        macs = cost.macs_spent - cm.lm_head_macs + lm_draft
+                        blocks[r] += cost.blocks_spent_paper
+                    else:  # its blocks (and the last one under last_block), no fill
+                        ran = e + 1 + (decoder.emission == "last_block")
+                        macs = cm.climb_macs(ran, context, head_macs[r], translations[r]) + lm_draft
+                        blocks[r] += ran
                     exits[r].append(e)
                     drafts[r].append(drafted.pop(0))
                     nxt[r] = drafts[r][-1]
@@ -196,6 +204,8 @@ def decode(decoder: DecoderCore, batch, cache: DynamicCache, states: dict, logit
                         still.append(r)
                 spent[r] += macs
                 draft_macs[r].append(macs)
+                if decoder.draft_climb == "shallowest":  # above its shallowest block the verification redoes all
+                    ceiling[r] = min(ceiling[r], exits[r][-1])
             active, cur = still, nxt
         # ---- verification ----
         k = len(read)

@@ -50,17 +50,22 @@ class Step:
     """One decode step of a batch: blocks on the rows still climbing, exits per row, K/V merges (Mistral).
 
     `draft=True` is the speculative mode's drafting step (decoding/speculative.py): a row that has not exited by the
-    deepest exit layer stops there (the verification pass runs the rest), only the rows that exit emit (through the
+    deepest exit layer (or its `ceiling`) stops there (the verification pass runs the rest), only the rows that exit emit (through the
     draft vocabulary, `DecoderCore.draft_tokens`), rows outside `active` run nothing, and each exit layer's hidden
     states are kept in `hidden` for the verification pass. Every block still appends one position for every row
     (zeros where a row ran nothing: a hole the attention mask hides), so the cache stays one dense tensor per block.
     """
 
     def __init__(self, decoder: DecoderCore, cache: DynamicCache, rows: int, threshold: float,
-                 climbing_only: bool = True, draft: bool = False):
+                 climbing_only: bool = True, draft: bool = False, ceiling: list[int] | None = None):
         # a draft gathers the rows that run (its inactive rows would need a state put back otherwise)
         self.d, self.cache, self.p, self.climbing_only = decoder, cache, decoder.parts, climbing_only or draft
         self.b, self.threshold, self.draft = rows, threshold, draft
+        # draft: per row the block it climbs no higher than (default the deepest exit); under draft_climb
+        # "shallowest" an exited row's skipped blocks stay holes, as no drafting token reads them before the
+        # verification
+        self.ceiling = ceiling
+        self.fills = not (draft and decoder.draft_climb == "shallowest")
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # Mistral: block -> this position's K, V (B,...)
         self.hidden: dict[int, torch.Tensor] = {}  # draft: exit layer -> every row's h after that block, (B, 1, D)
 
@@ -176,14 +181,17 @@ class Step:
         if active is not None and len(active) < b:  # a draft: the other rows run nothing
             climbing_rows = list(active)
             climbing = torch.tensor(climbing_rows, dtype=torch.long, device=h.device)
-        deepest = max(d.heads or d.oracle_exits or [-1])  # draft: the rows still climbing stop after this block
+        deepest = max(d.heads or d.oracle_exits or [-1])
+        top = self.ceiling or [deepest] * b  # draft: row r, still climbing, stops after block top[r]
         body = d.kept[:-1]
         oracle = self.oracle_exits(h, kwargs) if d.oracle_exits else None  # per row: its exit block, or None
         # under lens / translator the last block is one more block an exited row skips; under last_block it runs
         # on every row after the loop
         for idx, i in enumerate(body + d.tail):
-            if self.draft and i > deepest and climbing_rows:  # a draft climbs no higher: the verification runs the rest
-                climbing_rows, climbing = [], torch.empty(0, dtype=torch.long, device=h.device)
+            if self.draft and climbing_rows and i > min(top[r] for r in climbing_rows):  # a draft climbs no
+                # higher: the verification runs the rest
+                climbing_rows = [r for r in climbing_rows if i <= top[r]]
+                climbing = torch.tensor(climbing_rows, dtype=torch.long, device=h.device)
             h_in = h  # (B, 1, D): block i's input (each branch below makes a new tensor)
             if climbing is None:
                 h = p.layers[i](h, **kwargs)  # (B, 1, D)
@@ -226,9 +234,10 @@ class Step:
             rows = torch.tensor([r for r, e in zip(reached, flags) if e], device=h.device)  # (E,) exiting rows
             for r in rows.tolist():
                 exit_layers[r] = i
-            d.fill(p.layers, self.cache, h[rows], i, body[idx + 1:] + d.tail,
-                    None if pos_emb is None else (pos_emb[0][rows], pos_emb[1][rows]), rows=rows,
-                    write=self.write(rows))
+            if self.fills:
+                d.fill(p.layers, self.cache, h[rows], i, body[idx + 1:] + d.tail,
+                       None if pos_emb is None else (pos_emb[0][rows], pos_emb[1][rows]), rows=rows,
+                       write=self.write(rows))
             if d.tail:  # lens / translator: the exited rows' h becomes what the final norm reads
                 if emitted is None:
                     h = h.index_copy(0, rows, d.translate(h[rows], i))  # (B, 1, D)
