@@ -5,8 +5,8 @@ emits a draft token (its emission rule, through the draft vocabulary when there 
 the policy fills the skipped blocks as always, so that the next drafts can attend to this position. Drafting stops
 at a token that does not exit by the deepest exit layer, or once `max_draft` tokens are drafted. Under
 `draft_climb="shallowest"` a token after the cycle's first climbs no higher than the shallowest block the cycle's
-tokens stopped at, and nothing is filled: above that block the verification recomputes every position anyway. One verification
-pass then runs the full model over the cycle's positions from block m+1, m the shallowest exit of the cycle: up to
+tokens stopped at, and nothing is filled: above that block the verification recomputes every position anyway. One
+verification pass then runs the full model over the cycle's positions from block m+1, m the shallowest exit of the cycle: up to
 block m every position ran the full model's own computation (on the full model's states), so the drafts' cache
 entries and hidden states there are reused, as LayerSkip shares its cache; above m the cycle's entries are
 recomputed. The full model's greedy token at each position is compared with the draft there: the longest agreeing
