@@ -60,16 +60,25 @@ for task in $TASKS; do
             --threads "$THREADS" --repeats "$REPEATS" --out "$OUT/${task}_batch${batch}.json"
     done
 done
-# Measured speedup beside the MAC-based CRF, from every JSON there.
-python benchmarks/speed_figure.py "$OUT"/*_batch*.json --out "$OUT/speedup_vs_crf.png"
+# Measured speedup beside the MAC-based CRF, from the JSONs above (not the folder's other benchmarks: climb_*.json).
+shopt -s nullglob
+speed_jsons=("$OUT"/{triviaqa,coqa,truthfulqa}_batch*.json)
+batch1_jsons=("$OUT"/{triviaqa,coqa,truthfulqa}_batch[1].json)  # a glob: the tasks run
+python benchmarks/speed_figure.py "${speed_jsons[@]}" --out "$OUT/speedup_vs_crf.png"
 
-# The 7B-shaped timing model (benchmarks/speculative_7b.py): a cycle's pieces timed at Mistral-7B's shapes on random
-# bf16 weights, composed with the acceptance and accepted lengths BORROWED from the batch-1 JSONs (SmolLM2's exits
-# 14/18/22/26 of 30 mapped by index onto 15/19/23/28 of 32). SEVEN_B=0 leaves it out; TASKS= BATCHES= runs only
-# the figure and this.
+# The timing model (benchmarks/speculative_7b.py): a cycle's pieces timed on random weights, composed with the
+# acceptance and accepted lengths BORROWED from the batch-1 JSONs. At Mistral-7B's shapes in bf16 (SmolLM2's exits
+# 14/18/22/26 of 30 mapped by index onto 15/19/23/28 of 32; SEVEN_B=0 leaves it out), and at SmolLM2's own shapes in
+# float32 (SMALL_SHAPES=0 leaves it out): the ceiling of the mode on this hardware, with its `ideal` cycles of up to
+# 8 drafts all accepted, and the model checked against the measured rows. TASKS= BATCHES= runs only the figure and these.
+borrowed=()
+for f in "${batch1_jsons[@]}"; do borrowed+=(--borrowed "$f"); done
 if [[ ${SEVEN_B:-1} == 1 ]]; then
-    borrowed=()
-    for f in "$OUT"/*_batch1.json; do borrowed+=(--borrowed "$f"); done
     python benchmarks/speculative_7b.py "${borrowed[@]}" --exit-layers 15,19,23,28 --threads "$THREADS" \
         --repeats 3 --out "$OUT/speculative_7b.json"
+fi
+if [[ ${SMALL_SHAPES:-1} == 1 ]]; then
+    python benchmarks/speculative_7b.py --preset smollm2-135m --blocks 30 --dtype float32 "${borrowed[@]}" \
+        --exit-layers 14,18,22,26 --max-positions 9 --prompt-len 256 --threads "$THREADS" --repeats 15 \
+        --out "$OUT/speculative_smollm2.json"
 fi

@@ -1,6 +1,8 @@
 """A timing model of speculative early exit at 7B shapes on this machine (issue 36): the pieces of a cycle measured on
 random bf16 weights, combined with acceptance and accepted lengths BORROWED from speculative.py's measurements on a
-smaller real model (SmolLM2-135M), not measured on a 7B model.
+smaller real model (SmolLM2-135M), not measured on a 7B model. At that model's own shapes (`--preset smollm2-135m
+--blocks 30 --dtype float32`) the same composition checks itself against speculative.py's measured speedups, and its
+`ideal` cycles give the ceiling of the mode on this hardware.
 
 Measured (interleaved rounds, medians with quartiles), on `--blocks` blocks of the preset built with random weights
 (default 4: a 7B block reads 436 MB, far past any cache, so a block's time does not depend on how many are built;
@@ -47,7 +49,8 @@ from workflow_lib.models.heads import build_head, build_heads
 from workflow_lib.models.translators import Translators
 
 BORROWED = ("acceptance and accepted lengths are BORROWED from speculative.py's measurements on {sources}, not "
-            "measured on a 7B model; times are measured on {preset} shapes ({blocks} of {n} blocks built, scaled)")
+            "measured on this model; times are measured on {preset} shapes, random weights ({blocks} of {n} blocks "
+            "built, scaled)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -101,6 +101,9 @@ The oracle reaches <!-- value: oracle -->?<!-- /value --> over <!-- value: point
 
 <!-- generated: speed -->
 <!-- /generated -->
+
+<!-- generated: ideal -->
+<!-- /generated -->
 """
 SPEC = """
 labels: {task: {coqa: CoQA, triviaqa: TriviaQA}}
@@ -127,6 +130,10 @@ blocks:
   speed:
     csv: speed/coqa.json
     columns: [{task: "{task}"}, {variant: "{variant}"}, {"ms [q1]": "{ms.median:.1f} [{ms.q1:.1f}]"}]
+  ideal:  # another list of the same JSON
+    csv: speed/coqa.json
+    records: ideal
+    columns: [{task: "{task}"}, {drafts: "{drafts}"}, {speedup: "{expected_speedup:.2f}"}]
 values:
   oracle: {csv: grid.csv, query: "method == 'oracle'", agg: max, column: crf_exact, format: "{value:.2f}"}
   points: {csv: grid.csv, agg: count}
@@ -188,7 +195,8 @@ def run(tmp_path):
     (folder / "speed" / "coqa.json").write_text(json.dumps(
         {"benchmark": "speculative", "task": "coqa", "environment": {"torch_threads": 2},
          "rows": [{"variant": "exits_off", "ms": {"median": 20.0, "q1": 19.5}},
-                  {"variant": "spec@0.9/4/full", "ms": {"median": 15.0, "q1": 14.25}}]}))
+                  {"variant": "spec@0.9/4/full", "ms": {"median": 15.0, "q1": 14.25}}],
+         "ideal": [{"drafts": 2, "expected_speedup": 1.25}]}))
     config = tmp_path / "run.yaml"
     config.write_text("seed: 7\n")
     return tmp_path, made, patterns, page, folder, config
@@ -225,6 +233,7 @@ def test_a_page_made_from_a_run(run, monkeypatch):
            in text
     assert "- [`m-coqa.png`](page/m-coqa.png)" in text
     assert "| CoQA | exits_off | 20.0 [19.5] |\n| CoQA | spec@0.9/4/full | 15.0 [14.2] |" in text
+    assert "| task | drafts | speedup |\n| --- | --- | --- |\n| CoQA | 2 | 1.25 |\n" in text  # `records: ideal`
     assert "*Waiting for the run: `versus_rule.csv` is not committed beside this page yet.*" in text
     assert check(Path("docs/page.md")) == []
     grid = pd.read_csv(folder / "grid.csv")
@@ -259,6 +268,10 @@ def test_spec_and_page_must_agree(tmp_path):
     with pytest.raises(PageError, match="value v: 2 rows match where one is expected"):
         pd.DataFrame({"x": [1, 2]}).to_csv(folder / "x.csv", index=False)
         render("<!-- value: v -->1<!-- /value -->", {"values": {"v": {"csv": "x.csv", "format": "{x}"}}}, folder)
+    (folder / "b.json").write_text('{"rows": []}')
+    with pytest.raises(PageError, match="holds no list under 'ideal'"):
+        render("<!-- generated: a -->\n<!-- /generated -->\n",
+               {"blocks": {"a": {"csv": "b.json", "records": "ideal", "columns": [{"x": "{x}"}]}}}, folder)
 
 
 def test_timings_patterns_pick_the_most_specific_rule():

@@ -5,6 +5,7 @@ its text is made from the committed files beside the page, in this order:
 
   csv          a file of the folder, or {label: file, ...} read one after the other with the label in `file_column`;
                a .json file is a benchmark's (its `rows`, with its scalar fields beside: read_benchmark)
+  records      the list of a benchmark JSON the table reads instead of `rows` (speculative_7b.py's `ideal`)
   requires     columns the block needs; a file or column not (yet) committed renders a "waiting for the run" line
   optional     columns that may be absent (tables made before they existed): empty where they are
   query        rows kept (pandas query, python engine: `series.str.startswith('oracle')`, `ci_high < 0`)
@@ -40,7 +41,7 @@ import pandas as pd
 from workflow_lib.analysis.tables import HEADLINE_METRICS, INTERVAL_SUFFIXES, series_name
 from workflow_lib.choices import DEFAULT_EMISSION
 
-BLOCK_KEYS = {"kind", "csv", "file_column", "requires", "optional", "query", "widen", "where", "group", "sort",
+BLOCK_KEYS = {"kind", "csv", "records", "file_column", "requires", "optional", "query", "widen", "where", "group", "sort",
               "unique", "columns", "missing", "note"}
 VALUE_KEYS = BLOCK_KEYS - {"kind", "columns"} | {"agg", "column", "format"}
 AGGREGATES = ("one", "count", "min", "max", "sum")
@@ -113,14 +114,14 @@ def series_parts(series) -> dict:
             "calibrated": float(calibrated["delta"]) if calibrated else None}
 
 
-def read_csv(folder: Path, source, file_column: str | None) -> pd.DataFrame:
+def read_csv(folder: Path, source, file_column: str | None, records: str = "rows") -> pd.DataFrame:
     files = source if isinstance(source, dict) else {None: source}
     frames = []
     for label, name in files.items():
         path = folder / name
         if not path.is_file():
             raise Waiting(f"`{name}` is not committed beside this page yet")
-        frame = read_benchmark(path) if path.suffix == ".json" else pd.read_csv(path)
+        frame = read_benchmark(path, records) if path.suffix == ".json" else pd.read_csv(path)
         if label is not None:
             frame.insert(0, file_column or "file", label)
         frames.append(frame)
@@ -133,13 +134,14 @@ def read_csv(folder: Path, source, file_column: str | None) -> pd.DataFrame:
     return table
 
 
-def read_benchmark(path: Path) -> pd.DataFrame:
-    """A benchmark's JSON (benchmarks/timing.py's `save`) as a table: one row per entry of its `rows` (nested fields
-    dotted: `ms_per_token_spread.q1`), with its scalar top-level fields (task, prompts, git_commit, ...) beside."""
+def read_benchmark(path: Path, records: str = "rows") -> pd.DataFrame:
+    """A benchmark's JSON (benchmarks/timing.py's `save`) as a table: one row per entry of its list `records` (nested
+    fields dotted: `ms_per_token_spread.q1`), with its scalar top-level fields (task, prompts, git_commit, ...)
+    beside."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data.get("rows"), list):
-        raise SpecError(f"{path}: a benchmark JSON holds a list under 'rows'")
-    frame = pd.json_normalize(data["rows"])
+    if not isinstance(data.get(records), list):
+        raise SpecError(f"{path}: this benchmark JSON holds no list under {records!r}")
+    frame = pd.json_normalize(data[records])
     for key, value in data.items():
         if key not in frame and (value is None or isinstance(value, (str, int, float, bool))):
             frame[key] = value
@@ -202,7 +204,7 @@ def sort(table: pd.DataFrame, by: list[str], order: dict) -> pd.DataFrame:
 
 def select(spec: dict, folder: Path, order: dict) -> pd.DataFrame:
     """The rows a block or value shows, before formatting (raises Waiting where its files are not there yet)."""
-    table = read_csv(folder, spec["csv"], spec.get("file_column"))
+    table = read_csv(folder, spec["csv"], spec.get("file_column"), spec.get("records", "rows"))
     absent = [c for c in spec.get("requires", []) if c not in table]
     if absent:
         raise Waiting(f"`{spec['csv']}` has no column {', '.join(absent)} yet")
