@@ -70,7 +70,8 @@ python benchmarks/speed_figure.py "${speed_jsons[@]}" --out "$OUT/speedup_vs_crf
 # acceptance and accepted lengths BORROWED from the batch-1 JSONs. At Mistral-7B's shapes in bf16 (SmolLM2's exits
 # 14/18/22/26 of 30 mapped by index onto 15/19/23/28 of 32; SEVEN_B=0 leaves it out), and at SmolLM2's own shapes in
 # float32 (SMALL_SHAPES=0 leaves it out): the ceiling of the mode on this hardware, with its `ideal` cycles of up to
-# 8 drafts all accepted, and the model checked against the measured rows. TASKS= BATCHES= runs only the figure and these.
+# 8 drafts all accepted, and the model checked against the measured rows. TASKS= BATCHES= runs only the figure and
+# these.
 borrowed=()
 for f in "${batch1_jsons[@]}"; do borrowed+=(--borrowed "$f"); done
 if [[ ${SEVEN_B:-1} == 1 ]]; then

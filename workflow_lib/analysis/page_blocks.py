@@ -41,8 +41,8 @@ import pandas as pd
 from workflow_lib.analysis.tables import HEADLINE_METRICS, INTERVAL_SUFFIXES, series_name
 from workflow_lib.choices import DEFAULT_EMISSION
 
-BLOCK_KEYS = {"kind", "csv", "records", "file_column", "requires", "optional", "query", "widen", "where", "group", "sort",
-              "unique", "columns", "missing", "note"}
+BLOCK_KEYS = {"kind", "csv", "records", "file_column", "requires", "optional", "query", "widen", "where", "group",
+              "sort", "unique", "columns", "missing", "note"}
 VALUE_KEYS = BLOCK_KEYS - {"kind", "columns"} | {"agg", "column", "format"}
 AGGREGATES = ("one", "count", "min", "max", "sum")
 CALIBRATED = re.compile(r" calibrated delta=(?P<delta>[0-9.e-]+)$")
@@ -114,7 +114,7 @@ def series_parts(series) -> dict:
             "calibrated": float(calibrated["delta"]) if calibrated else None}
 
 
-def read_csv(folder: Path, source, file_column: str | None, records: str = "rows") -> pd.DataFrame:
+def read_csv(folder: Path, source, file_column: str | None, records: str) -> pd.DataFrame:
     files = source if isinstance(source, dict) else {None: source}
     frames = []
     for label, name in files.items():
@@ -134,7 +134,7 @@ def read_csv(folder: Path, source, file_column: str | None, records: str = "rows
     return table
 
 
-def read_benchmark(path: Path, records: str = "rows") -> pd.DataFrame:
+def read_benchmark(path: Path, records: str) -> pd.DataFrame:
     """A benchmark's JSON (benchmarks/timing.py's `save`) as a table: one row per entry of its list `records` (nested
     fields dotted: `ms_per_token_spread.q1`), with its scalar top-level fields (task, prompts, git_commit, ...)
     beside."""

@@ -1,19 +1,19 @@
 """Lossless early exit: the exits draft, the full model verifies (self-speculative decoding, docs/speculative.md).
 
-A row's cycle: the token it reads runs the drafting step (`step.Step`, draft=True). If a head exits, the exit
-emits a draft token (its emission rule, through the draft vocabulary when there is one), which the row reads next;
-the policy fills the skipped blocks as always, so that the next drafts can attend to this position. Drafting stops
-at a token that does not exit by the deepest exit layer, or once `max_draft` tokens are drafted. Under
-`draft_climb="shallowest"` a token after the cycle's first climbs no higher than the shallowest block the cycle's
-tokens stopped at, and nothing is filled: above that block the verification recomputes every position anyway. One
-verification pass then runs the full model over the cycle's positions from block m+1, m the shallowest exit of the cycle: up to
-block m every position ran the full model's own computation (on the full model's states), so the drafts' cache
-entries and hidden states there are reused, as LayerSkip shares its cache; above m the cycle's entries are
-recomputed. The full model's greedy token at each position is compared with the draft there: the longest agreeing
-prefix is kept, then the full model's token at the first disagreement (or, when the cycle ended on a token that did
-not exit, the full model's token after it). The cache rolls back to the last kept position: attention K/V cropped
-(in a batch, a row's rejected positions masked), Mamba-2 conv and SSM states restored to the cycle's start and the
-kept positions re-run. Every token is the full model's greedy token: the output equals exits-off greedy decoding.
+A row's cycle: the token it reads runs the drafting step (`step.Step`, draft=True). If a head exits, the exit emits a
+draft token (its emission rule, through the draft vocabulary when there is one), which the row reads next; the policy
+fills the skipped blocks as always, so that the next drafts can attend to this position. Drafting stops at a token that
+does not exit by the deepest exit layer, or once `max_draft` tokens are drafted. Under `draft_climb="shallowest"` a
+token after the cycle's first climbs no higher than the shallowest block the cycle's tokens stopped at, and nothing is
+filled: above that block the verification recomputes every position anyway. One verification pass then runs the full
+model over the cycle's positions from block m+1, m the shallowest exit of the cycle: up to block m every position ran
+the full model's own computation (on the full model's states), so the drafts' cache entries and hidden states there are
+reused, as LayerSkip shares its cache; above m the cycle's entries are recomputed. The full model's greedy token at each
+position is compared with the draft there: the longest agreeing prefix is kept, then the full model's token at the first
+disagreement (or, when the cycle ended on a token that did not exit, the full model's token after it). The cache rolls
+back to the last kept position: attention K/V cropped (in a batch, a row's rejected positions masked), Mamba-2 conv and
+SSM states restored to the cycle's start and the kept positions re-run. Every token is the full model's greedy token:
+the output equals exits-off greedy decoding.
 
 A batch decodes its cycles in lock step: each drafting round runs the rows still drafting (the others append a hole
 that the attention mask hides); the verification is one pass over every row's positions (Mamba-2: one pass per

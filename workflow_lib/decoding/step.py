@@ -52,8 +52,9 @@ class Step:
     `draft=True` is the speculative mode's drafting step (decoding/speculative.py): a row that has not exited by the
     deepest exit layer (or its `ceiling`) stops there (the verification pass runs the rest), only the rows that exit
     emit (through the draft vocabulary, `DecoderCore.draft_tokens`), rows outside `active` run nothing, and each exit
-    layer's hidden states are kept in `hidden` for the verification pass. Every block still appends one position for every row
-    (zeros where a row ran nothing: a hole the attention mask hides), so the cache stays one dense tensor per block.
+    layer's hidden states are kept in `hidden` for the verification pass. Every block still appends one position for
+    every row (zeros where a row ran nothing: a hole the attention mask hides), so the cache stays one dense tensor per
+    block.
     """
 
     def __init__(self, decoder: DecoderCore, cache: DynamicCache, rows: int, threshold: float,
